@@ -1,0 +1,145 @@
+"""The SQLite store: the workspace's only database, and this module its only reader/writer.
+
+The schema is versioned with ``PRAGMA user_version`` and migrated forward on open: each entry of
+:data:`MIGRATIONS` takes the schema from version ``i`` to ``i + 1`` inside one transaction, so a
+crash mid-migration leaves the previous version intact. Never edit a released migration; append
+a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: organisms built in this workspace, and models converted into it.
+    """
+    CREATE TABLE organisms (
+        name        TEXT PRIMARY KEY,
+        path        TEXT NOT NULL,
+        spec_sha256 TEXT NOT NULL,
+        size        TEXT NOT NULL,
+        status      TEXT NOT NULL,          -- 'ok' | 'missed-targets'
+        built_at    REAL NOT NULL,
+        seconds     REAL NOT NULL,
+        summary     TEXT NOT NULL           -- JSON: the build's summary
+    );
+    CREATE TABLE models (
+        key         TEXT PRIMARY KEY,       -- e.g. 'gguf:<sha256>'
+        source      TEXT NOT NULL,          -- where it came from (a .gguf path)
+        path        TEXT NOT NULL,          -- the converted safetensors folder
+        architecture TEXT NOT NULL,
+        parameters  INTEGER NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class OrganismRow:
+    name: str
+    path: str
+    spec_sha256: str
+    size: str
+    status: str
+    built_at: float
+    seconds: float
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    key: str
+    source: str
+    path: str
+    architecture: str
+    parameters: int
+    created_at: float
+
+
+class Store:
+    """A connection to ``store.sqlite``, migrated to :data:`SCHEMA_VERSION` on open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    @property
+    def version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        current = self.version
+        if current > SCHEMA_VERSION:
+            from selfscope.errors import SelfscopeError
+
+            raise SelfscopeError(
+                f"the store {self.path} has schema version {current}, newer than this selfscope "
+                f"({SCHEMA_VERSION}); upgrade selfscope or use another --workspace"
+            )
+        for target, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            with self._transaction():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {target}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # organisms -------------------------------------------------------------------------------
+    def record_organism(
+        self, name: str, path: str, spec_sha256: str, size: str, status: str, seconds: float,
+        summary: dict[str, Any],
+    ) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO organisms VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, path, spec_sha256, size, status, time.time(), seconds, json.dumps(summary)),
+            )
+
+    def organisms(self) -> list[OrganismRow]:
+        rows = self._db.execute("SELECT * FROM organisms ORDER BY name").fetchall()
+        return [OrganismRow(*row[:7], summary=json.loads(row[7])) for row in rows]
+
+    # models ----------------------------------------------------------------------------------
+    def record_model(
+        self, key: str, source: str, path: str, architecture: str, parameters: int
+    ) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                (key, source, path, architecture, parameters, time.time()),
+            )
+
+    def model(self, key: str) -> ModelRow | None:
+        row = self._db.execute("SELECT * FROM models WHERE key = ?", (key,)).fetchone()
+        return ModelRow(*row) if row else None
+
+    def models(self) -> list[ModelRow]:
+        rows = self._db.execute("SELECT * FROM models ORDER BY created_at").fetchall()
+        return [ModelRow(*row) for row in rows]
