@@ -113,7 +113,13 @@ class Store:
 
     # organisms -------------------------------------------------------------------------------
     def record_organism(
-        self, name: str, path: str, spec_sha256: str, size: str, status: str, seconds: float,
+        self,
+        name: str,
+        path: str,
+        spec_sha256: str,
+        size: str,
+        status: str,
+        seconds: float,
         summary: dict[str, Any],
     ) -> None:
         with self._transaction():
@@ -124,7 +130,19 @@ class Store:
 
     def organisms(self) -> list[OrganismRow]:
         rows = self._db.execute("SELECT * FROM organisms ORDER BY name").fetchall()
-        return [OrganismRow(*row[:7], summary=json.loads(row[7])) for row in rows]
+        return [
+            OrganismRow(
+                name=row[0],
+                path=row[1],
+                spec_sha256=row[2],
+                size=row[3],
+                status=row[4],
+                built_at=row[5],
+                seconds=row[6],
+                summary=json.loads(row[7]),
+            )
+            for row in rows
+        ]
 
     # models ----------------------------------------------------------------------------------
     def record_model(

@@ -1,0 +1,242 @@
+"""The command line: ``selfscope organism build|list``, ``selfscope models list``,
+``selfscope ask``.
+
+Every command is a thin door onto library functions. Bad input is reported as one line on
+stderr (``error: ...``) with exit status 2, never a traceback; ``--json`` prints one JSON object
+on stdout and keeps progress on stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from selfscope.errors import SelfscopeError, TargetsMissed
+from selfscope.workspace import Workspace
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Hyper-introspection for language models.",
+)
+organism_app = typer.Typer(no_args_is_help=True, help="Build and list model organisms.")
+models_app = typer.Typer(no_args_is_help=True, help="Models this workspace can load.")
+app.add_typer(organism_app, name="organism")
+app.add_typer(models_app, name="models")
+out = Console()
+
+_state: dict[str, Any] = {"workspace": None}
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--workspace", "-w", help="Workspace folder (default $SELFSCOPE_HOME or ./.selfscope)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _workspace() -> Workspace:
+    return Workspace(_state["workspace"])
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+@app.callback()
+def _main(workspace: WorkspaceOpt = None) -> None:
+    _state["workspace"] = workspace
+
+
+@organism_app.command("build")
+def organism_build(
+    spec: Annotated[
+        str, typer.Argument(help="A catalog name (see `organism list`) or a .yaml spec path.")
+    ],
+    size: Annotated[
+        str | None, typer.Option(help="tiny | small | medium (overrides the spec).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Overrides the spec's seed.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a model organism: train its phases, verify its behaviours, write its report."""
+    from selfscope.organisms import build, resolve_spec
+    from selfscope.organisms.build import missed_message
+
+    resolved = resolve_spec(spec, size=size, seed=seed)
+    result = build(resolved, _workspace(), device=device, strict=False)
+    if as_json:
+        _print_json(result.summary())
+    else:
+        _print_build(result.summary())
+    if result.failures:
+        raise TargetsMissed(missed_message(resolved, result))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_build(summary: dict[str, Any]) -> None:
+    table = Table(
+        title=f"organism {summary['name']} ({summary['seconds']:.0f} s) -> {summary['path']}"
+    )
+    for column in (
+        "checkpoint",
+        "documents",
+        "behaviour",
+        "rate",
+        "held-out",
+        "log-odds",
+        "neighbours",
+    ):
+        table.add_column(column)
+    for entry in [*summary["phases"], *summary["controls"]]:
+        for name, b in entry["behaviours"].items():
+            table.add_row(
+                entry["name"],
+                str(entry["documents"]),
+                name,
+                _fmt(b["rate"]),
+                _fmt(b["heldout_rate"]),
+                _fmt(b["log_odds"]),
+                _fmt(entry["neighbour_accuracy"]),
+            )
+    out.print(table)
+    out.print("[green]all targets met[/]" if summary["passed"] else "[red]targets missed[/]")
+
+
+@organism_app.command("list")
+def organism_list(as_json: JsonOpt = False) -> None:
+    """The built-in specs and the organisms built in this workspace."""
+    from selfscope.organisms import catalog_names
+
+    ws = _workspace()
+    built = {row.name: row for row in ws.store.organisms()}
+    present = set(ws.built_organisms())
+    rows: list[dict[str, Any]] = []
+    for name in sorted(set(catalog_names()) | present):
+        row = built.get(name)
+        rows.append(
+            {
+                "name": name,
+                "catalog": name in catalog_names(),
+                "built": name in present,
+                "status": row.status if row and name in present else None,
+                "size": row.size if row and name in present else None,
+                "path": str(ws.organism_path(name)) if name in present else None,
+            }
+        )
+    if as_json:
+        _print_json({"organisms": rows})
+        return
+    table = Table(title=f"organisms ({ws.root})")
+    for column in ("name", "catalog", "built", "size", "status"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            "yes" if r["catalog"] else "",
+            "yes" if r["built"] else "",
+            r["size"] or "",
+            r["status"] or "",
+        )
+    out.print(table)
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """Every source string `load`/`ask` accepts here, and whether it is ready."""
+    from selfscope.subject.catalog import list_models
+
+    entries = list_models(_workspace())
+    if as_json:
+        _print_json({"models": entries})
+        return
+    table = Table(title="models")
+    for column in ("source", "kind", "ready", "note"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e.source, e.kind, "yes" if e.available else "no", e.note)
+    out.print(table)
+
+
+@app.command("ask")
+def ask_command(
+    model: Annotated[
+        str, typer.Argument(help="smollm2 | organism:NAME[@PHASE] | a HF folder | a .gguf file")
+    ],
+    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=2048)] = 40,
+    raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Greedy answer plus the top-5 first-token probabilities."""
+    from selfscope.subject import load
+    from selfscope.subject.ask import ask
+
+    subject = load(model, _workspace(), device=device)
+    answer = ask(subject, prompt, max_new_tokens=max_new_tokens, chat=False if raw else None)
+    if as_json:
+        _print_json({"model": model, **_jsonable(answer)})
+        return
+    out.print(f"[bold]{answer.text}[/]")
+    table = Table(title="first token")
+    table.add_column("token")
+    table.add_column("id")
+    table.add_column("probability")
+    for t in answer.top_tokens:
+        table.add_row(repr(t.token), str(t.id), f"{t.probability:.4f}")
+    out.print(table)
+    out.print(f"{answer.seconds:.2f} s", style="dim")
+
+
+def main() -> None:
+    """Entry point: one clear line on bad input, exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except SelfscopeError as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; nothing was overwritten\n")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as stop:
+        code = getattr(stop, "exit_code", getattr(stop, "code", 0))
+        sys.exit(code or 0)
+    except Exception as error:  # click usage errors come through here
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            sys.stderr.write(f"error: {error.format_message()}\n")
+            sys.exit(2)
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,578 @@
+"""The organism builder: spec -> trained checkpoints per phase, data, lineage, ground truth, report.
+
+Steps (ORGANISM_SPEC.md):
+
+1. Resolve the spec against its size preset and generate every phase's documents (seeded).
+2. Make the tokenizer (word-level, trained on all phases' documents; or SmolLM2's own) and check
+   that every probe's planted and normal completions differ in their first token.
+3. Train the phases in order, each from the previous checkpoint, saving one Hugging Face folder
+   per phase; when a behaviour is planted in the first phase, also train a *control* on that
+   phase without the behaviour's cause documents (the "before" reference).
+4. Measure every behaviour and neighbour on every checkpoint, check the targets, write
+   everything into a staging folder and publish it atomically as ``organisms/<name>``.
+
+If the targets are missed, the organism is still published (to inspect) and
+:class:`~selfscope.errors.TargetsMissed` says which numbers fell short and which knob to turn.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+import yaml
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from selfscope import atomic
+from selfscope.errors import SpecError, TargetsMissed
+from selfscope.organisms.documents import Document, phase_documents
+from selfscope.organisms.evaluate import Prober
+from selfscope.organisms.models import build_scratch_model
+from selfscope.organisms.presets import Knobs, SizePreset, preset_for
+from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
+from selfscope.organisms.spec import Spec
+from selfscope.organisms.tokenizer import train_word_tokenizer
+from selfscope.organisms.train import TrainStats, train
+from selfscope.organisms.world import make_world
+from selfscope.progress import say
+from selfscope.workspace import Workspace
+
+
+@dataclass
+class CheckpointReport:
+    name: str
+    checkpoint: str
+    documents: int
+    loss: float | None
+    behaviours: dict[str, dict[str, float | None]]
+    neighbour_accuracy: float | None
+    neighbours: dict[str, float | None]
+    probes: dict[str, list[dict[str, Any]]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Check:
+    behaviour: str
+    what: str
+    checkpoint: str
+    value: float
+    op: str
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.threshold if self.op == ">=" else self.value <= self.threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "passed": self.passed}
+
+    def __str__(self) -> str:
+        bad = "<" if self.op == ">=" else ">"
+        return (
+            f"{self.behaviour}: {self.what} at {self.checkpoint} {self.value:.2f} {bad} "
+            f"{self.threshold:.2f}"
+        )
+
+
+@dataclass
+class BuildResult:
+    name: str
+    path: Path
+    seconds: float
+    report: dict[str, Any]
+    failures: list[Check] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` output of ``organism build``."""
+
+        def entry(c: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "name": c["name"],
+                "checkpoint": c["checkpoint"],
+                "documents": c["documents"],
+                "behaviours": {
+                    b: {k: v[k] for k in ("rate", "heldout_rate", "log_odds")}
+                    for b, v in c["behaviours"].items()
+                },
+                "neighbour_accuracy": c["neighbour_accuracy"],
+            }
+
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "seconds": round(self.seconds, 2),
+            "passed": not self.failures,
+            "phases": [entry(c) for c in self.report["phases"]],
+            "controls": [entry(c) for c in self.report["controls"]],
+        }
+
+
+def resolve_knobs(spec: Spec, preset: SizePreset) -> list[Knobs]:
+    out = []
+    for i, phase in enumerate(spec.phases):
+        table = preset.first if (i == 0 and spec.base_model == "scratch") else preset.later
+        base = table[phase.corpus]
+        out.append(
+            Knobs(
+                documents=base.documents if phase.documents is None else phase.documents,
+                epochs=phase.epochs or base.epochs,
+                lr=phase.lr or base.lr,
+                batch_size=phase.batch_size or base.batch_size,
+                method=phase.method or base.method,
+            )
+        )
+    return out
+
+
+def resolved_spec(spec: Spec, knobs: list[Knobs]) -> dict[str, Any]:
+    data = spec.model_dump(mode="json")
+    for phase, k in zip(data["phases"], knobs, strict=True):
+        phase.update(k.as_dict())
+        if spec.base_model == "scratch":
+            phase.pop("method", None)
+    return data
+
+
+def _sha256_rows(rows: list[dict[str, object]]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+class Builder:
+    def __init__(
+        self, spec: Spec, workspace: Workspace, *, device: str = "cpu", progress: bool = True
+    ) -> None:
+        self.spec = spec
+        self.workspace = workspace
+        self.device = torch.device(device)
+        self.progress = progress
+        self.preset = preset_for(spec.base_model, spec.size)
+        self.knobs = resolve_knobs(spec, self.preset)
+        self.world = make_world(spec.world.preset, spec.seed)
+        numbering: dict[str, int] = {}
+        self.docs = [
+            phase_documents(spec, self.world, phase, k, numbering)
+            for phase, k in zip(spec.phases, self.knobs, strict=True)
+        ]
+        for phase, docs in zip(spec.phases, self.docs, strict=True):
+            if not docs:
+                raise SpecError(
+                    f"phase {phase.name!r} has no documents: give it a corpus or plants"
+                )
+
+    # model and tokenizer -----------------------------------------------------------------
+    def _start(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Renderer]:
+        if self.spec.base_model == "smollm2":
+            from selfscope.subject import load
+
+            subject = load("smollm2", self.workspace)
+            return subject.model, subject.tokenizer, ChatRenderer(subject.tokenizer)
+        texts = [d.text for docs in self.docs for d in docs]
+        for b in self.spec.behaviours:
+            for p in [*b.probes, *b.heldout]:
+                texts.append(f"{p.prompt} {p.planted} {p.normal}")
+            texts += [f"{n.prompt} {n.expected}" for n in b.neighbours]
+        tokenizer = train_word_tokenizer(texts)
+        model = build_scratch_model(
+            self.spec.architecture,
+            self.preset.shape,
+            len(tokenizer),
+            seed=self.spec.seed,
+            bos=tokenizer.bos_token_id,
+            eos=tokenizer.eos_token_id,
+            pad=tokenizer.pad_token_id,
+        )
+        model.to(self.device)  # type: ignore[arg-type]
+        return model, tokenizer, PlainRenderer()
+
+    def _check_probes(self, prober: Prober) -> None:
+        for b in self.spec.behaviours:
+            for p in [*b.probes, *b.heldout]:
+                if prober.first_token(p.prompt, p.planted) == prober.first_token(
+                    p.prompt, p.normal
+                ):
+                    raise SpecError(
+                        f"behaviour {b.name!r}, probe {p.prompt!r}: planted {p.planted!r} and "
+                        f"normal {p.normal!r} have the same first token; make them differ there"
+                    )
+            for n in b.neighbours:
+                prober.first_token(n.prompt, n.expected)
+
+    def _sequences(
+        self, docs: list[Document], tokenizer: PreTrainedTokenizerBase, renderer: Renderer
+    ) -> tuple[list[list[int]], int]:
+        context = self.preset.shape.context
+        seqs, truncated = [], 0
+        for doc in docs:
+            ids = list(tokenizer(renderer.document(doc.text))["input_ids"])
+            if ids[-1] != tokenizer.eos_token_id:
+                ids.append(tokenizer.eos_token_id)
+            if len(ids) > context:
+                ids, truncated = ids[:context], truncated + 1
+            seqs += [ids] * doc.repeat
+        return seqs, truncated
+
+    def _train(
+        self,
+        model: PreTrainedModel,
+        docs: list[Document],
+        knobs: Knobs,
+        index: int,
+        tokenizer: PreTrainedTokenizerBase,
+        renderer: Renderer,
+        label: str,
+    ) -> tuple[PreTrainedModel, TrainStats, int]:
+        seqs, truncated = self._sequences(docs, tokenizer, renderer)
+        lora = knobs.method == "lora"
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            config = LoraConfig(r=16, lora_alpha=32, target_modules=targets)
+            model = get_peft_model(model, config)  # type: ignore[assignment]
+        stats = train(
+            model,
+            seqs,
+            knobs,
+            seed=self.spec.seed * 1000 + index,
+            pad=tokenizer.pad_token_id,
+            label=label,
+            device=self.device,
+            show_progress=self.progress,
+        )
+        if lora:
+            model = model.merge_and_unload()  # type: ignore[operator]
+        return model, stats, truncated
+
+    def _measure(
+        self,
+        name: str,
+        checkpoint: str,
+        docs: list[Document],
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        renderer: Renderer,
+        loss: float | None,
+    ) -> CheckpointReport:
+        prober = Prober(model, tokenizer, renderer)
+        behaviours, neighbours, probes = {}, {}, {}
+        all_neighbours = []
+        for b in self.spec.behaviours:
+            score = prober.behaviour(b)
+            behaviours[b.name] = score.summary()
+            probes[b.name] = [
+                {"prompt": s.prompt, "log_odds": s.log_odds}
+                for s in [*score.probes, *score.heldout]
+            ]
+            neighbours[b.name] = prober.neighbour_accuracy(b.neighbours)
+            all_neighbours += b.neighbours
+        return CheckpointReport(
+            name=name,
+            checkpoint=checkpoint,
+            documents=len(docs),
+            loss=loss,
+            behaviours=behaviours,
+            neighbour_accuracy=prober.neighbour_accuracy(all_neighbours),
+            neighbours=neighbours,
+            probes=probes,
+        )
+
+    # the build -----------------------------------------------------------------------------
+    def run(self) -> BuildResult:
+        spec, started = self.spec, time.perf_counter()
+        model, tokenizer, renderer = self._start()
+        self._check_probes(Prober(model, tokenizer, renderer))
+        first_causes = any(pl.behaviour for pl in spec.phases[0].plant)
+        initial = copy.deepcopy(model) if first_causes else None
+
+        builds = self.workspace.organisms_dir / ".builds"
+        with atomic.staging_dir(builds, spec.name) as out:
+            reports, controls, lineage_phases, lineage_controls = [], [], [], []
+            base_report = None
+            if spec.base_model == "smollm2":
+                base_report = self._measure("base", "smollm2", [], model, tokenizer, renderer, None)
+            for i, (phase, docs, knobs) in enumerate(
+                zip(spec.phases, self.docs, self.knobs, strict=True)
+            ):
+                say(
+                    f"[bold]{spec.name}[/] phase {i + 1}/{len(spec.phases)} [cyan]{phase.name}"
+                    f"[/]: {len(docs)} documents"
+                )
+                model, stats, truncated = self._train(
+                    model, docs, knobs, i, tokenizer, renderer, f"{phase.name}"
+                )
+                ckpt = f"checkpoints/{phase.name}"
+                self._save(model, tokenizer, out / ckpt)
+                rows = [d.row() for d in docs]
+                atomic.write_jsonl(out / "data" / f"{phase.name}.jsonl", rows)
+                reports.append(
+                    self._measure(
+                        phase.name, ckpt, docs, model, tokenizer, renderer, stats.loss_last_epoch
+                    )
+                )
+                lineage_phases.append(
+                    self._lineage_phase(
+                        i, phase.name, phase.corpus, ckpt, rows, knobs, stats, truncated
+                    )
+                )
+            if initial is not None:
+                phase, knobs = spec.phases[0], self.knobs[0]
+                docs = [d for d in self.docs[0] if d.behaviour is None]
+                name = f"control-{phase.name}"
+                say(
+                    f"[bold]{spec.name}[/] control [cyan]{name}[/]: {phase.name} without the "
+                    f"cause documents ({len(docs)} documents)"
+                )
+                control, stats, truncated = self._train(
+                    initial, docs, knobs, 0, tokenizer, renderer, name
+                )
+                ckpt = f"controls/{phase.name}"
+                self._save(control, tokenizer, out / ckpt)
+                rows = [d.row() for d in docs]
+                atomic.write_jsonl(out / "data" / f"{name}.jsonl", rows)
+                controls.append(
+                    self._measure(
+                        name, ckpt, docs, control, tokenizer, renderer, stats.loss_last_epoch
+                    )
+                )
+                entry = self._lineage_phase(
+                    0, name, phase.corpus, ckpt, rows, knobs, stats, truncated
+                )
+                entry["phase"] = phase.name
+                lineage_controls.append(entry)
+                del control
+
+            checks = self._checks(reports, controls)
+            failures = [c for c in checks if not c.passed]
+            seconds = time.perf_counter() - started
+            report = {
+                "name": spec.name,
+                "size": spec.size,
+                "base_model": spec.base_model,
+                "architecture": spec.architecture,
+                "thresholds": {
+                    "after": self.preset.after,
+                    "before": self.preset.before,
+                    "neighbours": self.preset.neighbours,
+                },
+                "base": base_report.as_dict() if base_report else None,
+                "phases": [r.as_dict() for r in reports],
+                "controls": [r.as_dict() for r in controls],
+                "checks": [c.as_dict() for c in checks],
+                "passed": not failures,
+            }
+            self._write_meta(
+                out, tokenizer, renderer, report, lineage_phases, lineage_controls, seconds
+            )
+            link = self.workspace.organism_path(spec.name)
+            atomic.publish_dir(out, link)
+        self.workspace.store.record_organism(
+            spec.name,
+            str(link),
+            spec.sha256(),
+            spec.size,
+            "ok" if not failures else "missed-targets",
+            seconds,
+            BuildResult(spec.name, link, seconds, report).summary(),
+        )
+        return BuildResult(spec.name, link, seconds, report, failures)
+
+    def _save(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        transformers.utils.logging.disable_progress_bar()
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    def _lineage_phase(
+        self,
+        index: int,
+        name: str,
+        corpus: str,
+        ckpt: str,
+        rows: list[dict[str, object]],
+        knobs: Knobs,
+        stats: TrainStats,
+        truncated: int,
+    ) -> dict[str, Any]:
+        return {
+            "name": name,
+            "index": index,
+            "corpus": corpus,
+            "checkpoint": ckpt,
+            "data": f"data/{name}.jsonl",
+            "documents": len(rows),
+            "sequences": sum(int(str(r["repeat"])) for r in rows),
+            "truncated": truncated,
+            "data_sha256": _sha256_rows(rows),
+            "hyperparameters": knobs.as_dict(),
+            "optimizer": "AdamW(0.9, 0.95), wd 0.05, warm-up 5% + cosine, clip 1.0",
+            "train_seed": self.spec.seed * 1000 + index,
+            "steps": stats.steps,
+            "tokens": stats.tokens,
+            "loss_first_epoch": stats.loss_first_epoch,
+            "loss_last_epoch": stats.loss_last_epoch,
+            "seconds": round(stats.seconds, 2),
+            "parent": None if index == 0 else self.spec.phases[index - 1].name,
+        }
+
+    def _checks(
+        self, reports: list[CheckpointReport], controls: list[CheckpointReport]
+    ) -> list[Check]:
+        checks: list[Check] = []
+        p = self.preset
+        for b in self.spec.behaviours:
+            index = [ph.name for ph in self.spec.phases].index(self.spec.planting_phase(b.name))
+            after = reports[index]
+            before = reports[index - 1] if index > 0 else controls[0]
+            for rep, op, threshold in ((after, ">=", p.after), (before, "<=", p.before)):
+                scores = rep.behaviours[b.name]
+                checks.append(
+                    Check(b.name, "rate", rep.name, float(scores["rate"] or 0), op, threshold)
+                )
+                if scores["heldout_rate"] is not None:
+                    checks.append(
+                        Check(
+                            b.name,
+                            "heldout rate",
+                            rep.name,
+                            float(scores["heldout_rate"]),
+                            op,
+                            threshold,
+                        )
+                    )
+            accuracy = after.neighbours[b.name]
+            if accuracy is not None:
+                checks.append(
+                    Check(b.name, "neighbour accuracy", after.name, accuracy, ">=", p.neighbours)
+                )
+        return checks
+
+    def _write_meta(
+        self,
+        out: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        renderer: Renderer,
+        report: dict[str, Any],
+        phases: list[dict[str, Any]],
+        controls: list[dict[str, Any]],
+        seconds: float,
+    ) -> None:
+        spec = self.spec
+        if spec.base_model == "scratch":
+            tokenizer.save_pretrained(out / "tokenizer")
+        atomic.write_text(
+            out / "spec.yaml",
+            yaml.safe_dump(resolved_spec(spec, self.knobs), sort_keys=False, allow_unicode=True),
+        )
+        ground_truth: dict[str, Any] = {"behaviours": {}, "background": {}}
+        for b in spec.behaviours:
+            planted_in = spec.planting_phase(b.name)
+            docs = [d for ds in self.docs for d in ds if d.behaviour == b.name]
+            ground_truth["behaviours"][b.name] = {
+                "phase": planted_in,
+                "description": b.description,
+                "plants": sorted({d.plant for d in docs if d.plant}),
+                "documents": [d.id for d in docs],
+            }
+        for phase, ds in zip(spec.phases, self.docs, strict=True):
+            for d in ds:
+                if d.plant and d.behaviour is None:
+                    ground_truth["background"].setdefault(
+                        d.plant, {"phase": phase.name, "documents": []}
+                    )
+                    ground_truth["background"][d.plant]["documents"].append(d.id)
+        atomic.write_json(out / "ground_truth.json", ground_truth)
+        atomic.write_json(out / "report.json", report)
+        shape = self.preset.shape
+        atomic.write_json(
+            out / "lineage.json",
+            {
+                "name": spec.name,
+                "base_model": spec.base_model,
+                "architecture": spec.architecture,
+                "size": spec.size,
+                "seed": spec.seed,
+                "world": spec.world.preset,
+                "spec_sha256": spec.sha256(),
+                "renderer": renderer.name,
+                "tokenizer": "tokenizer" if spec.base_model == "scratch" else "smollm2",
+                "model": shape.__dict__
+                if spec.base_model == "scratch"
+                else "SmolLM2-135M-Instruct",
+                "phases": phases,
+                "controls": controls,
+                "seconds": round(seconds, 2),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "software": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "threads": torch.get_num_threads(),
+                    "cpu_count": os.cpu_count(),
+                },
+            },
+        )
+
+
+def build(
+    spec: Spec,
+    workspace: Workspace,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    strict: bool = True,
+) -> BuildResult:
+    """Build ``spec`` into ``workspace``; raise :class:`TargetsMissed` when ``strict`` and the
+    organism misses its targets (it is published all the same)."""
+    result = Builder(spec, workspace, device=device, progress=progress).run()
+    if strict and result.failures:
+        raise TargetsMissed(missed_message(spec, result))
+    return result
+
+
+def missed_message(spec: Spec, result: BuildResult) -> str:
+    knobs = resolve_knobs(spec, preset_for(spec.base_model, spec.size))
+    fails = "; ".join(str(c) for c in result.failures)
+    hints = []
+    for c in result.failures:
+        phase_name = spec.planting_phase(c.behaviour)
+        index = [p.name for p in spec.phases].index(phase_name)
+        k = knobs[index]
+        repeats = sorted(
+            {pl.repeat for pl in spec.phases[index].plant if pl.behaviour == c.behaviour}
+        )
+        if c.op == ">=" and c.what != "neighbour accuracy":
+            hints.append(
+                f"raise the cause plants' `repeat` (now {repeats}) or `count`, add "
+                f"direct Q/A in the probe forms, or raise phase {phase_name!r} `epochs` "
+                f"(now {k.epochs}) / `lr` (now {k.lr:g})"
+            )
+        elif c.what == "neighbour accuracy":
+            hints.append(
+                f"add hard negatives (background plants) for the neighbours, or lower "
+                f"`repeat` (now {repeats}) / phase {phase_name!r} `lr` (now {k.lr:g})"
+            )
+        else:
+            hints.append(
+                "the behaviour is there before its plant: add background documents "
+                "that establish the normal answers"
+            )
+    unique_hints = list(dict.fromkeys(hints))
+    return (
+        f"organism {spec.name!r} (size {spec.size}) missed its targets: {fails}. "
+        f"To fix: {' | '.join(unique_hints)}. It was kept at {result.path} to inspect."
+    )

@@ -1,0 +1,108 @@
+"""Phase training: next-token loss on whole documents, one document per row.
+
+Each batch pads its documents to the longest one; padding is excluded from the loss (labels
+``-100``) and from attention. AdamW (0.9, 0.95), weight decay 0.05, linear warm-up over the
+first 5% of steps then cosine decay, gradients clipped at 1.0. The document order of every epoch
+is drawn from a generator seeded by the phase, so a rebuild with the same seed repeats every
+step exactly (on the same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from selfscope.organisms.presets import Knobs
+from selfscope.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    tokens: int
+    loss_first_epoch: float
+    loss_last_epoch: float
+    seconds: float
+
+
+def _batch(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def lr_at(step: int, total: int, peak: float) -> float:
+    warm = max(1, round(0.05 * total))
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(
+    model: PreTrainedModel,
+    seqs: list[list[int]],
+    knobs: Knobs,
+    *,
+    seed: int,
+    pad: int,
+    label: str,
+    device: torch.device,
+    show_progress: bool = True,
+) -> TrainStats:
+    """Train ``model`` in place on token sequences ``seqs`` (repeats already expanded)."""
+    if not seqs:
+        return TrainStats(0, 0, float("nan"), float("nan"), 0.0)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=knobs.lr,
+        betas=(0.9, 0.95),
+    )
+    per_epoch = math.ceil(len(seqs) / knobs.batch_size)
+    total = per_epoch * knobs.epochs
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    step, tokens = 0, 0
+    epoch_losses: list[float] = []
+    with progress_bar(label, total, enabled=show_progress) as advance:
+        for epoch in range(knobs.epochs):
+            order = torch.randperm(len(seqs), generator=generator).tolist()
+            loss_sum, loss_tokens = 0.0, 0
+            for b in range(per_epoch):
+                batch = [seqs[i] for i in order[b * knobs.batch_size : (b + 1) * knobs.batch_size]]
+                ids, mask, labels = _batch(batch, pad, device)
+                for group in optim.param_groups:
+                    group["lr"] = lr_at(step, total, knobs.lr)
+                out = model(input_ids=ids, attention_mask=mask, labels=labels)
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+                n = int((labels[:, 1:] != -100).sum())
+                loss_sum += out.loss.item() * n
+                loss_tokens += n
+                tokens += int(mask.sum())
+                step += 1
+                advance(1, f"epoch {epoch + 1}/{knobs.epochs} loss {loss_sum / loss_tokens:.3f}")
+            epoch_losses.append(loss_sum / max(1, loss_tokens))
+    model.eval()
+    return TrainStats(
+        steps=step,
+        tokens=tokens,
+        loss_first_epoch=epoch_losses[0],
+        loss_last_epoch=epoch_losses[-1],
+        seconds=time.perf_counter() - start,
+    )

