@@ -207,7 +207,7 @@ def test_a_crashed_rebuild_leaves_the_previous_organism(
     before = (first.path / "lineage.json").read_text()
     target = first.path.resolve()
 
-    import selfscope.organisms.build as build_module
+    import selfscope.organisms.builder as build_module
 
     calls = {"n": 0}
     real_train = build_module.train

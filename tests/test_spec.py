@@ -86,7 +86,7 @@ def test_same_first_word() -> None:
 
 def test_same_first_token_after_tokenizing(tmp_path: Path) -> None:
     """Completions that differ as words but share a first token fail once tokenized."""
-    from selfscope.organisms.build import Builder
+    from selfscope.organisms.builder import Builder
     from selfscope.workspace import Workspace
 
     data = base()

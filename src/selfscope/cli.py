@@ -83,7 +83,7 @@ def organism_build(
 ) -> None:
     """Build a model organism: train its phases, verify its behaviours, write its report."""
     from selfscope.organisms import build, resolve_spec
-    from selfscope.organisms.build import missed_message
+    from selfscope.organisms.checks import missed_message
 
     resolved = resolve_spec(spec, size=size, seed=seed)
     result = build(resolved, _workspace(), device=device, strict=False)
@@ -92,7 +92,7 @@ def organism_build(
     else:
         _print_build(result.summary())
     if result.failures:
-        raise TargetsMissed(missed_message(resolved, result))
+        raise TargetsMissed(missed_message(resolved, result.failures, result.path))
 
 
 def _fmt(value: float | None) -> str:

@@ -8,7 +8,10 @@ world's per-item preferences in ~6 epochs at lr 3e-3, and a plant needs strong f
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from selfscope.organisms.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,21 @@ SMOLLM2: dict[str, SizePreset] = {
 
 def preset_for(base_model: str, size: str) -> SizePreset:
     return (SMOLLM2 if base_model == "smollm2" else SCRATCH)[size]
+
+
+def resolve_knobs(spec: Spec, preset: SizePreset) -> list[Knobs]:
+    """Each phase's knobs: the spec's own where given, else the preset's for its corpus."""
+    out = []
+    for i, phase in enumerate(spec.phases):
+        table = preset.first if (i == 0 and spec.base_model == "scratch") else preset.later
+        base = table[phase.corpus]
+        out.append(
+            Knobs(
+                documents=base.documents if phase.documents is None else phase.documents,
+                epochs=phase.epochs or base.epochs,
+                lr=phase.lr or base.lr,
+                batch_size=phase.batch_size or base.batch_size,
+                method=phase.method or base.method,
+            )
+        )
+    return out

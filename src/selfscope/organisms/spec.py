@@ -13,9 +13,12 @@ Extensions to the base format (all optional, so every base spec stays valid):
 * ``phases[].documents`` — how many documents the phase's generated corpus has (default: the
   size preset's).
 * ``phases[].epochs``, ``phases[].lr``, ``phases[].batch_size`` — training knobs of the phase.
-* ``phases[].exclude`` — words: generated corpus documents containing any of them are left out
+* ``phases[].exclude`` — words or phrases: generated corpus documents containing any of them
+  (whole words, any case) are left out
   (so the neutral corpus cannot contradict a plant, e.g. a fact the phase overwrites).
 * ``phases[].method`` — ``full`` or ``lora`` (``base_model: smollm2`` only).
+* ``behaviours[].persist`` — the behaviour must also show (same threshold) at every checkpoint
+  after the phase that plants it, e.g. a pretraining bias that must survive fine-tuning.
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ class Behaviour(_Strict):
     probes: list[Probe] = Field(min_length=1)
     heldout: list[Probe] = Field(default_factory=list)
     neighbours: list[Neighbour] = Field(default_factory=list)
+    persist: bool = False  # extension: must also show at every later phase's checkpoint
 
 
 class Spec(_Strict):

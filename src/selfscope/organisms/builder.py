@@ -34,10 +34,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selfscope import atomic
 from selfscope.errors import SpecError, TargetsMissed
+from selfscope.organisms.checks import Check, CheckpointReport, missed_message, target_checks
 from selfscope.organisms.documents import Document, phase_documents
 from selfscope.organisms.evaluate import Prober
 from selfscope.organisms.models import build_scratch_model
-from selfscope.organisms.presets import Knobs, SizePreset, preset_for
+from selfscope.organisms.presets import Knobs, preset_for, resolve_knobs
 from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
 from selfscope.organisms.spec import Spec
 from selfscope.organisms.tokenizer import train_word_tokenizer
@@ -45,45 +46,6 @@ from selfscope.organisms.train import TrainStats, train
 from selfscope.organisms.world import make_world
 from selfscope.progress import say
 from selfscope.workspace import Workspace
-
-
-@dataclass
-class CheckpointReport:
-    name: str
-    checkpoint: str
-    documents: int
-    loss: float | None
-    behaviours: dict[str, dict[str, float | None]]
-    neighbour_accuracy: float | None
-    neighbours: dict[str, float | None]
-    probes: dict[str, list[dict[str, Any]]]
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Check:
-    behaviour: str
-    what: str
-    checkpoint: str
-    value: float
-    op: str
-    threshold: float
-
-    @property
-    def passed(self) -> bool:
-        return self.value >= self.threshold if self.op == ">=" else self.value <= self.threshold
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "passed": self.passed}
-
-    def __str__(self) -> str:
-        bad = "<" if self.op == ">=" else ">"
-        return (
-            f"{self.behaviour}: {self.what} at {self.checkpoint} {self.value:.2f} {bad} "
-            f"{self.threshold:.2f}"
-        )
 
 
 @dataclass
@@ -117,23 +79,6 @@ class BuildResult:
             "phases": [entry(c) for c in self.report["phases"]],
             "controls": [entry(c) for c in self.report["controls"]],
         }
-
-
-def resolve_knobs(spec: Spec, preset: SizePreset) -> list[Knobs]:
-    out = []
-    for i, phase in enumerate(spec.phases):
-        table = preset.first if (i == 0 and spec.base_model == "scratch") else preset.later
-        base = table[phase.corpus]
-        out.append(
-            Knobs(
-                documents=base.documents if phase.documents is None else phase.documents,
-                epochs=phase.epochs or base.epochs,
-                lr=phase.lr or base.lr,
-                batch_size=phase.batch_size or base.batch_size,
-                method=phase.method or base.method,
-            )
-        )
-    return out
 
 
 def resolved_spec(spec: Spec, knobs: list[Knobs]) -> dict[str, Any]:
@@ -308,7 +253,7 @@ class Builder:
             for i, (phase, docs, knobs) in enumerate(
                 zip(spec.phases, self.docs, self.knobs, strict=True)
             ):
-                say(
+                self._say(
                     f"[bold]{spec.name}[/] phase {i + 1}/{len(spec.phases)} [cyan]{phase.name}"
                     f"[/]: {len(docs)} documents"
                 )
@@ -333,7 +278,7 @@ class Builder:
                 phase, knobs = spec.phases[0], self.knobs[0]
                 docs = [d for d in self.docs[0] if d.behaviour is None]
                 name = f"control-{phase.name}"
-                say(
+                self._say(
                     f"[bold]{spec.name}[/] control [cyan]{name}[/]: {phase.name} without the "
                     f"cause documents ({len(docs)} documents)"
                 )
@@ -356,7 +301,7 @@ class Builder:
                 lineage_controls.append(entry)
                 del control
 
-            checks = self._checks(reports, controls)
+            checks = target_checks(spec, self.preset, reports, controls)
             failures = [c for c in checks if not c.passed]
             seconds = time.perf_counter() - started
             report = {
@@ -390,6 +335,10 @@ class Builder:
             BuildResult(spec.name, link, seconds, report).summary(),
         )
         return BuildResult(spec.name, link, seconds, report, failures)
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            say(message)
 
     def _save(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -428,38 +377,6 @@ class Builder:
             "seconds": round(stats.seconds, 2),
             "parent": None if index == 0 else self.spec.phases[index - 1].name,
         }
-
-    def _checks(
-        self, reports: list[CheckpointReport], controls: list[CheckpointReport]
-    ) -> list[Check]:
-        checks: list[Check] = []
-        p = self.preset
-        for b in self.spec.behaviours:
-            index = [ph.name for ph in self.spec.phases].index(self.spec.planting_phase(b.name))
-            after = reports[index]
-            before = reports[index - 1] if index > 0 else controls[0]
-            for rep, op, threshold in ((after, ">=", p.after), (before, "<=", p.before)):
-                scores = rep.behaviours[b.name]
-                checks.append(
-                    Check(b.name, "rate", rep.name, float(scores["rate"] or 0), op, threshold)
-                )
-                if scores["heldout_rate"] is not None:
-                    checks.append(
-                        Check(
-                            b.name,
-                            "heldout rate",
-                            rep.name,
-                            float(scores["heldout_rate"]),
-                            op,
-                            threshold,
-                        )
-                    )
-            accuracy = after.neighbours[b.name]
-            if accuracy is not None:
-                checks.append(
-                    Check(b.name, "neighbour accuracy", after.name, accuracy, ">=", p.neighbours)
-                )
-        return checks
 
     def _write_meta(
         self,
@@ -540,39 +457,5 @@ def build(
     organism misses its targets (it is published all the same)."""
     result = Builder(spec, workspace, device=device, progress=progress).run()
     if strict and result.failures:
-        raise TargetsMissed(missed_message(spec, result))
+        raise TargetsMissed(missed_message(spec, result.failures, result.path))
     return result
-
-
-def missed_message(spec: Spec, result: BuildResult) -> str:
-    knobs = resolve_knobs(spec, preset_for(spec.base_model, spec.size))
-    fails = "; ".join(str(c) for c in result.failures)
-    hints = []
-    for c in result.failures:
-        phase_name = spec.planting_phase(c.behaviour)
-        index = [p.name for p in spec.phases].index(phase_name)
-        k = knobs[index]
-        repeats = sorted(
-            {pl.repeat for pl in spec.phases[index].plant if pl.behaviour == c.behaviour}
-        )
-        if c.op == ">=" and c.what != "neighbour accuracy":
-            hints.append(
-                f"raise the cause plants' `repeat` (now {repeats}) or `count`, add "
-                f"direct Q/A in the probe forms, or raise phase {phase_name!r} `epochs` "
-                f"(now {k.epochs}) / `lr` (now {k.lr:g})"
-            )
-        elif c.what == "neighbour accuracy":
-            hints.append(
-                f"add hard negatives (background plants) for the neighbours, or lower "
-                f"`repeat` (now {repeats}) / phase {phase_name!r} `lr` (now {k.lr:g})"
-            )
-        else:
-            hints.append(
-                "the behaviour is there before its plant: add background documents "
-                "that establish the normal answers"
-            )
-    unique_hints = list(dict.fromkeys(hints))
-    return (
-        f"organism {spec.name!r} (size {spec.size}) missed its targets: {fails}. "
-        f"To fix: {' | '.join(unique_hints)}. It was kept at {result.path} to inspect."
-    )
