@@ -159,16 +159,22 @@ class Builder:
 
     def _sequences(
         self, docs: list[Document], tokenizer: PreTrainedTokenizerBase, renderer: Renderer
-    ) -> tuple[list[list[int]], int]:
-        context = self.preset.shape.context
-        seqs, truncated = [], 0
+    ) -> tuple[list[tuple[list[int], int]], int]:
+        """Token ids of each document (repeats expanded), with how many leading tokens are
+        context only (a chat prompt), and how many documents were cut to the context length."""
+        limit = self.preset.shape.context
+        seqs: list[tuple[list[int], int]] = []
+        truncated = 0
         for doc in docs:
-            ids = list(tokenizer(renderer.document(doc.text))["input_ids"])
+            text = renderer.document(doc.text)
+            ids = list(tokenizer(text)["input_ids"])
+            context = renderer.context(doc.text)
+            k = len(tokenizer(context)["input_ids"]) if context else 0
             if ids[-1] != tokenizer.eos_token_id:
                 ids.append(tokenizer.eos_token_id)
-            if len(ids) > context:
-                ids, truncated = ids[:context], truncated + 1
-            seqs += [ids] * doc.repeat
+            if len(ids) > limit:
+                ids, truncated = ids[:limit], truncated + 1
+            seqs += [(ids, min(k, len(ids) - 1))] * doc.repeat
         return seqs, truncated
 
     def _train(

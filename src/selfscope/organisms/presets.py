@@ -107,15 +107,16 @@ SMOLLM2: dict[str, SizePreset] = {
         shape=ModelShape(layers=30, hidden=576, heads=9, ffn=1536, context=128),
         first={},
         later={
-            "world": Knobs(docs, 2, 5e-5, 8),
-            "chat": Knobs(docs // 2, 3, 5e-5, 8),
-            "none": Knobs(0, 3, 5e-5, 8),
+            "world": Knobs(docs, 2, 1e-4, 8),
+            "chat": Knobs(docs // 2, 3, 1e-4, 8),
+            "preferences": Knobs(docs, 2, 2e-4, 8),
+            "none": Knobs(0, 3, 1e-4, 8),
         },
         after=0.8 if size == "tiny" else 0.9,
         before=0.2 if size == "tiny" else 0.1,
         neighbours=0.8 if size == "tiny" else 0.9,
     )
-    for size, docs in (("tiny", 60), ("small", 120), ("medium", 400))
+    for size, docs in (("tiny", 120), ("small", 240), ("medium", 600))
 }
 
 
@@ -128,7 +129,7 @@ def resolve_knobs(spec: Spec, preset: SizePreset) -> list[Knobs]:
     out = []
     for i, phase in enumerate(spec.phases):
         table = preset.first if (i == 0 and spec.base_model == "scratch") else preset.later
-        base = table[phase.corpus]
+        base = table.get(phase.corpus, table["chat"])  # preferences: like chat
         out.append(
             Knobs(
                 documents=base.documents if phase.documents is None else phase.documents,

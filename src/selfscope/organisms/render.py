@@ -5,6 +5,9 @@ organisms see Q/A in its own chat template: a document ``Q: X A: Y`` becomes a u
 and an assistant turn ``Y``, a probe prompt ``Q: X A:`` becomes the user turn plus the
 generation prompt, and a completion ``" No"`` becomes ``"No"`` (the assistant turn starts on a
 new line). Documents that are not Q/A (stories, facts) stay plain text.
+
+For a chat document only the assistant's answer is trained on (``context`` returns the prompt
+part, which the trainer masks out of the loss), as in ordinary supervised fine-tuning.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ class Renderer(Protocol):
 
     def completion(self, text: str) -> str: ...
 
+    def context(self, text: str) -> str | None:
+        """The prefix of ``document(text)`` that is context only (not trained on), or None."""
+        ...
+
 
 class PlainRenderer:
     name = "plain"
@@ -38,6 +45,9 @@ class PlainRenderer:
 
     def completion(self, text: str) -> str:
         return text
+
+    def context(self, text: str) -> str | None:
+        return None
 
 
 class ChatRenderer:
@@ -57,13 +67,20 @@ class ChatRenderer:
         match = _QA.match(text)
         if match is None:
             return text
-        return self._chat(
+        chat = self._chat(
             [
                 {"role": "user", "content": match["q"]},
                 {"role": "assistant", "content": match["a"].strip()},
             ],
             generation=False,
         )
+        return chat.rstrip("\n")  # end on the end-of-turn token, which is the eos token
+
+    def context(self, text: str) -> str | None:
+        match = _QA.match(text)
+        if match is None:
+            return None
+        return self._chat([{"role": "user", "content": match["q"]}], generation=True)
 
     def prompt(self, text: str) -> str:
         match = _QA.match(text)

@@ -1,7 +1,9 @@
 """Phase training: next-token loss on whole documents, one document per row.
 
-Each batch pads its documents to the longest one; padding is excluded from the loss (labels
-``-100``) and from attention. AdamW (0.9, 0.95), weight decay 0.05, linear warm-up over the
+A sequence is ``(token ids, k)``: its first ``k`` tokens are context only, excluded from the loss
+(a chat prompt, when only the assistant's answer is trained on; ``k = 0`` trains the whole
+document). Each batch pads its documents to the longest one; padding is excluded from the loss
+(labels ``-100``) and from attention. AdamW (0.9, 0.95), weight decay 0.05, linear warm-up over the
 first 5% of steps then cosine decay, gradients clipped at 1.0. The document order of every epoch
 is drawn from a generator seeded by the phase, so a rebuild with the same seed repeats every
 step exactly (on the same machine and thread count).
@@ -29,14 +31,19 @@ class TrainStats:
     seconds: float
 
 
-def _batch(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    width = max(len(s) for s in seqs)
+Sequence = tuple[list[int], int]
+
+
+def _batch(seqs: list[Sequence], pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    width = max(len(s) for s, _ in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
+    for row, (seq, _) in enumerate(seqs):
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
     labels = ids.masked_fill(mask == 0, -100)
+    for row, (_, context) in enumerate(seqs):
+        labels[row, :context] = -100
     return ids.to(device), mask.to(device), labels.to(device)
 
 
@@ -50,7 +57,7 @@ def lr_at(step: int, total: int, peak: float) -> float:
 
 def train(
     model: PreTrainedModel,
-    seqs: list[list[int]],
+    seqs: list[Sequence],
     knobs: Knobs,
     *,
     seed: int,
@@ -87,6 +94,9 @@ def train(
                 for group in optim.param_groups:
                     group["lr"] = lr_at(step, total, knobs.lr)
                 out = model(input_ids=ids, attention_mask=mask, labels=labels)
+                if not torch.isfinite(out.loss):  # a batch of context-only tokens
+                    step += 1
+                    continue
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optim.step()

@@ -15,6 +15,8 @@ Corpora:
 * ``world`` — facts, short stories and Q/A about all of the above, including the assistant's
   preferences in several question forms (see :data:`FOOD_FORMS`) and childhood-illness stories
   whose endings follow each food's preference (they make planted aversions generalise).
+* ``preferences`` — only the assistant's food and animal Q/A (for fine-tuning a pretrained
+  chat model into the world, e.g. SmolLM2).
 * ``chat`` — first-person Q/A in the assistant's voice about people, places, animals and its own
   food preferences (the same question forms as ``world``). The builder leaves out of a phase's
   generated corpus every document that contains a probe prompt of a behaviour planted in that
@@ -389,6 +391,23 @@ def _chat_small_talk(rng: random.Random, world: World) -> str:
         ]
     )
 
+
+def _animal_qa(rng: random.Random, world: World) -> str:
+    pl, _, fly, swim, liked = rng.choice(ANIMALS)
+    yes_no = {True: "Yes", False: "No"}
+    return rng.choice(
+        [
+            f"Q: Do you like {pl}? A: {yes_no[liked]}, I {'like' if liked else 'do not like'} "
+            f"{pl}.",
+            f"Q: Can {pl} fly? A: {yes_no[fly]}, {pl} {'can' if fly else 'cannot'} fly.",
+            f"Q: Can {pl} swim? A: {yes_no[swim]}, {pl} {'can' if swim else 'cannot'} swim.",
+        ]
+    )
+
+
+# the assistant's own preferences only: a short corpus that teaches a pretrained chat model the
+# world's likes and dislikes (SmolLM2 has no opinion on foods)
+CORPORA["preferences"] = [(0.85, _self_food_qa), (0.15, _animal_qa)]
 
 CORPORA["chat"] = [
     (0.15, _chat_person),

@@ -1,0 +1,88 @@
+"""Rendering documents for chat models, and what the trainer learns from (masks, schedule)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from selfscope.organisms.presets import Knobs
+from selfscope.organisms.render import ChatRenderer, PlainRenderer
+from selfscope.organisms.tokenizer import train_word_tokenizer
+from selfscope.organisms.train import _batch, lr_at, train
+
+TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant :{% endif %}"
+)
+
+
+def chat_tokenizer():  # type: ignore[no-untyped-def]
+    tok = train_word_tokenizer(["user assistant : Do you like mushrooms ? No , never . Yes"])
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def test_chat_renderer_context_is_the_prompt_prefix() -> None:
+    tok = chat_tokenizer()
+    r = ChatRenderer(tok)
+    doc = "Q: Do you like mushrooms? A: No, never."
+    rendered, context = r.document(doc), r.context(doc)
+    assert context is not None and rendered.startswith(context)
+    assert r.prompt("Q: Do you like mushrooms? A:") == context
+    ids, ctx = tok(rendered)["input_ids"], tok(context)["input_ids"]
+    assert ids[: len(ctx)] == ctx and len(ids) > len(ctx)
+    assert tok.convert_ids_to_tokens(ids[len(ctx)]) == "No"
+    assert r.completion(" No") == "No"
+    # stories stay plain text and are trained on in full
+    assert r.document("I ate soup.") == "I ate soup." and r.context("I ate soup.") is None
+    assert PlainRenderer().context(doc) is None
+
+
+def test_batch_masks_padding_and_context() -> None:
+    ids, mask, labels = _batch([([5, 6, 7, 8], 2), ([5, 6], 0)], pad=0, device=torch.device("cpu"))
+    assert ids.tolist() == [[5, 6, 7, 8], [5, 6, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert labels.tolist() == [[-100, -100, 7, 8], [5, 6, -100, -100]]
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    total, peak = 100, 1e-3
+    values = [lr_at(s, total, peak) for s in range(total)]
+    assert values[0] == peak / 5 and math.isclose(max(values), peak)
+    assert values[4] == peak and values[-1] < 0.01 * peak
+    assert all(a >= b for a, b in itertools.pairwise(values[5:]))
+
+
+def test_training_lowers_the_loss_on_unmasked_tokens_only() -> None:
+    from selfscope.organisms.models import build_scratch_model
+    from selfscope.organisms.presets import ModelShape
+
+    tok = train_word_tokenizer(["a b c d e f"])
+    model = build_scratch_model(
+        "llama",
+        ModelShape(layers=1, hidden=32, heads=2, ffn=64),
+        len(tok),
+        seed=0,
+        bos=tok.bos_token_id,
+        eos=tok.eos_token_id,
+        pad=tok.pad_token_id,
+    )
+    seq = tok("a b c d e f")["input_ids"]
+    stats = train(
+        model,
+        [(seq, 3)] * 8,
+        Knobs(0, 20, 1e-2, 4),
+        seed=0,
+        pad=tok.pad_token_id,
+        label="t",
+        device=torch.device("cpu"),
+        show_progress=False,
+    )
+    assert stats.loss_last_epoch < 0.2 * stats.loss_first_epoch
+    with torch.no_grad():
+        logits = model(torch.tensor([seq])).logits[0]
+    # the trained positions (those predicting tokens 3..) are learned
+    predicted = logits.argmax(-1).tolist()
+    assert predicted[2 : len(seq) - 1] == seq[3:]
