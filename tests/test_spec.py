@@ -117,6 +117,12 @@ def test_template_field_with_empty_fill() -> None:
     assert "template field {age} has no values" in error_of(data)
 
 
+def test_nested_template_fields_are_refused() -> None:
+    data = base()
+    data["phases"][1]["plant"][0]["fill"]["dish"] = ["{age} soup"]
+    assert "has braces; fields are filled once, not nested" in error_of(data)
+
+
 def test_count_larger_than_combinations() -> None:
     data = base()
     data["phases"][1]["plant"][0]["count"] = 1000

@@ -108,6 +108,7 @@ class Builder:
         self.preset = preset_for(spec.base_model, spec.size)
         self.knobs = resolve_knobs(spec, self.preset)
         self.world = make_world(spec.world.preset, spec.seed)
+        self.unseen: list[str] = []  # probe words no training document contains
         numbering: dict[str, int] = {}
         self.docs = [
             phase_documents(spec, self.world, phase, k, numbering)
@@ -124,14 +125,17 @@ class Builder:
         if self.spec.base_model == "smollm2":
             from selfscope.subject import load
 
-            subject = load("smollm2", self.workspace)
+            subject = load("smollm2", self.workspace, device=str(self.device))
             return subject.model, subject.tokenizer, ChatRenderer(subject.tokenizer)
         texts = [d.text for docs in self.docs for d in docs]
+        probe_texts = []
         for b in self.spec.behaviours:
             for p in [*b.probes, *b.heldout]:
-                texts.append(f"{p.prompt} {p.planted} {p.normal}")
-            texts += [f"{n.prompt} {n.expected}" for n in b.neighbours]
-        tokenizer = train_word_tokenizer(texts)
+                probe_texts.append(f"{p.prompt} {p.planted} {p.normal}")
+            probe_texts += [f"{n.prompt} {n.expected}" for n in b.neighbours]
+        tokenizer = train_word_tokenizer([*texts, *probe_texts])
+        seen = {t for text in texts for t in tokenizer.tokenize(text)}
+        self.unseen = sorted({t for text in probe_texts for t in tokenizer.tokenize(text)} - seen)
         model = build_scratch_model(
             self.spec.architecture,
             self.preset.shape,
@@ -247,6 +251,11 @@ class Builder:
         spec, started = self.spec, time.perf_counter()
         model, tokenizer, renderer = self._start()
         self._check_probes(Prober(model, tokenizer, renderer))
+        if self.unseen:
+            self._say(
+                f"[yellow]warning:[/] probe words that no training document contains (their "
+                f"embeddings stay untrained): {', '.join(self.unseen)}"
+            )
         first_causes = any(pl.behaviour for pl in spec.phases[0].plant)
         initial = copy.deepcopy(model) if first_causes else None
 
@@ -325,6 +334,7 @@ class Builder:
                 "controls": [r.as_dict() for r in controls],
                 "checks": [c.as_dict() for c in checks],
                 "passed": not failures,
+                "unseen_probe_words": self.unseen,
             }
             self._write_meta(
                 out, tokenizer, renderer, report, lineage_phases, lineage_controls, seconds

@@ -97,6 +97,13 @@ class Plant(_Strict):
                     f"plant {self.id!r}: template field {{{name}}} has no values; "
                     f"add `fill: {{{name}: [...]}}`"
                 )
+        for name, values in self.fill.items():
+            nested = [v for v in values if "{" in v or "}" in v]
+            if nested:
+                raise ValueError(
+                    f"plant {self.id!r}: fill value {nested[0]!r} of {{{name}}} has braces; "
+                    "fields are filled once, not nested: write the words out"
+                )
         extra = sorted(set(self.fill) - set(fields))
         if extra:
             raise ValueError(
