@@ -57,6 +57,24 @@ def plain_tokens_per_second(architecture: str, size: str, vocab: int, steps: int
     return steps * ids.numel() / (time.perf_counter() - start)
 
 
+def plain_smollm2_tokens_per_second(ws: Workspace, length: int, steps: int = 4) -> float:
+    """A plain HF training loop on SmolLM2 (batch 8 x the build's mean sequence length)."""
+    from selfscope.subject import load
+
+    model = load("smollm2", ws).model
+    model.train()
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    ids = torch.randint(100, 40000, (8, length))
+    model(input_ids=ids, labels=ids).loss.backward()  # warm-up
+    optim.zero_grad()
+    start = time.perf_counter()
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optim.step()
+        optim.zero_grad()
+    return steps * ids.numel() / (time.perf_counter() - start)
+
+
 def bench_organism(name: str, size: str, ws: Workspace) -> dict[str, object]:
     spec = resolve_spec(name, size=size)
     result = build(spec, ws, progress=False, strict=False)
@@ -64,7 +82,7 @@ def bench_organism(name: str, size: str, ws: Workspace) -> dict[str, object]:
     runs = [*lineage["phases"], *lineage["controls"]]
     tokens = sum(int(p["tokens"]) for p in runs)
     row: dict[str, object] = {
-        "name": name,
+        "name": spec.name,
         "size": size,
         "seconds": result.seconds,
         "tokens": tokens,
@@ -76,6 +94,10 @@ def bench_organism(name: str, size: str, ws: Workspace) -> dict[str, object]:
         )["vocab_size"]
         plain = plain_tokens_per_second(spec.architecture, size, vocab)
         row["plain_seconds"] = tokens / plain
+    else:
+        steps = sum(int(p["steps"]) for p in runs)
+        length = max(8, round(tokens / max(1, steps * 8)))
+        row["plain_seconds"] = tokens / plain_smollm2_tokens_per_second(ws, length)
     checks = result.report["checks"]
 
     def value(what: str, op: str) -> float | None:
@@ -135,7 +157,12 @@ def write_section(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small")
-    parser.add_argument("--specs", default=",".join(catalog_names()))
+    examples = sorted(str(p) for p in (DOC.parents[1] / "examples").glob("*.yaml"))
+    parser.add_argument(
+        "--specs",
+        default=",".join([*catalog_names(), *examples]),
+        help="catalog names or spec paths, comma-separated",
+    )
     parser.add_argument("--no-smollm2-load", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -151,7 +178,8 @@ def main() -> None:
         "",
         f"`python benchmarks/organisms.py --size {args.size}` on {platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
-        "`plain` = the seconds a plain HF training loop (same model shape, full 32x24 batches) "
+        "`plain` = the seconds a plain HF training loop (same model shape; full 32x24 batches, "
+        "or 8 x the mean sequence length for SmolLM2) "
         "needs for the build's training tokens, measured in the same run; `x plain` = build "
         "seconds / plain seconds (the builder's overhead: corpora, evaluation, saving, padding). "
         "Rates: after the planting phase (min over probes / held-out), `before` = max rate "
