@@ -307,7 +307,7 @@ def test_gguf_conversion_crash_leaves_no_folder(
     def crash(root: Path) -> None:  # the last step before the folder is published
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gguf_module, "_fsync_tree", crash)
+    monkeypatch.setattr(gguf_module, "fsync_tree", crash)
     with pytest.raises(KeyboardInterrupt):
         load(str(path), workspace)
     assert list(workspace.models_dir.iterdir()) == []

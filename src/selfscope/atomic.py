@@ -18,12 +18,24 @@ from pathlib import Path
 from typing import Any
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush one file or folder entry to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_fsync_dir = fsync_path
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` (and ``root``) before publishing it."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_file() or path.is_dir():
+            fsync_path(path)
+    fsync_path(root)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -71,9 +83,10 @@ def staging_dir(parent: Path, name: str) -> Iterator[Path]:
 def publish_dir(built: Path, link: Path) -> None:
     """Make ``link`` point at the finished folder ``built``, atomically.
 
-    ``link`` is a symlink (relative, so the workspace can move). A previous target is removed
-    only after the new link is in place.
+    ``link`` is a symlink (relative, so the workspace can move). ``built`` is flushed to disk
+    first; a previous target is removed only after the new link is in place.
     """
+    fsync_tree(built)
     link.parent.mkdir(parents=True, exist_ok=True)
     old: Path | None = None
     if link.is_symlink():

@@ -272,23 +272,20 @@ class Builder:
                     f"[bold]{spec.name}[/] phase {i + 1}/{len(spec.phases)} [cyan]{phase.name}"
                     f"[/]: {len(docs)} documents"
                 )
-                model, stats, truncated = self._train(
-                    model, docs, knobs, i, tokenizer, renderer, f"{phase.name}"
+                model, measured, entry = self._phase(
+                    out,
+                    phase.name,
+                    f"checkpoints/{phase.name}",
+                    i,
+                    phase.corpus,
+                    docs,
+                    knobs,
+                    model,
+                    tokenizer,
+                    renderer,
                 )
-                ckpt = f"checkpoints/{phase.name}"
-                self._save(model, tokenizer, out / ckpt)
-                rows = [d.row() for d in docs]
-                atomic.write_jsonl(out / "data" / f"{phase.name}.jsonl", rows)
-                reports.append(
-                    self._measure(
-                        phase.name, ckpt, docs, model, tokenizer, renderer, stats.loss_last_epoch
-                    )
-                )
-                lineage_phases.append(
-                    self._lineage_phase(
-                        i, phase.name, phase.corpus, ckpt, rows, knobs, stats, truncated
-                    )
-                )
+                reports.append(measured)
+                lineage_phases.append(entry)
             if initial is not None:
                 phase, knobs = spec.phases[0], self.knobs[0]
                 docs = [d for d in self.docs[0] if d.behaviour is None]
@@ -297,21 +294,19 @@ class Builder:
                     f"[bold]{spec.name}[/] control [cyan]{name}[/]: {phase.name} without the "
                     f"cause documents ({len(docs)} documents)"
                 )
-                control, stats, truncated = self._train(
-                    initial, docs, knobs, 0, tokenizer, renderer, name
+                control, measured, entry = self._phase(
+                    out,
+                    name,
+                    f"controls/{phase.name}",
+                    0,
+                    phase.corpus,
+                    docs,
+                    knobs,
+                    initial,
+                    tokenizer,
+                    renderer,
                 )
-                ckpt = f"controls/{phase.name}"
-                self._save(control, tokenizer, out / ckpt)
-                rows = [d.row() for d in docs]
-                atomic.write_jsonl(out / "data" / f"{name}.jsonl", rows)
-                controls.append(
-                    self._measure(
-                        name, ckpt, docs, control, tokenizer, renderer, stats.loss_last_epoch
-                    )
-                )
-                entry = self._lineage_phase(
-                    0, name, phase.corpus, ckpt, rows, knobs, stats, truncated
-                )
+                controls.append(measured)
                 entry["phase"] = phase.name
                 lineage_controls.append(entry)
                 del control
@@ -351,6 +346,28 @@ class Builder:
             BuildResult(spec.name, link, seconds, report).summary(),
         )
         return BuildResult(spec.name, link, seconds, report, failures)
+
+    def _phase(
+        self,
+        out: Path,
+        name: str,
+        ckpt: str,
+        index: int,
+        corpus: str,
+        docs: list[Document],
+        knobs: Knobs,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        renderer: Renderer,
+    ) -> tuple[PreTrainedModel, CheckpointReport, dict[str, Any]]:
+        """Train one phase (or control), save its checkpoint and data, measure it."""
+        model, stats, truncated = self._train(model, docs, knobs, index, tokenizer, renderer, name)
+        self._save(model, tokenizer, out / ckpt)
+        rows = [d.row() for d in docs]
+        atomic.write_jsonl(out / "data" / f"{name}.jsonl", rows)
+        report = self._measure(name, ckpt, docs, model, tokenizer, renderer, stats.loss_last_epoch)
+        entry = self._lineage_phase(index, name, corpus, ckpt, rows, knobs, stats, truncated)
+        return model, report, entry
 
     def _say(self, message: str) -> None:
         if self.progress:

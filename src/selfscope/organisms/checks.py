@@ -55,6 +55,15 @@ class Check:
         )
 
 
+def _rate_checks(behaviour: str, rep: CheckpointReport, op: str, threshold: float) -> list[Check]:
+    scores = rep.behaviours[behaviour]
+    out = [Check(behaviour, "rate", rep.name, float(scores["rate"] or 0), op, threshold)]
+    if scores["heldout_rate"] is not None:
+        held = float(scores["heldout_rate"])
+        out.append(Check(behaviour, "heldout rate", rep.name, held, op, threshold))
+    return out
+
+
 def target_checks(
     spec: Spec, p: SizePreset, reports: list[CheckpointReport], controls: list[CheckpointReport]
 ) -> list[Check]:
@@ -64,39 +73,11 @@ def target_checks(
         index = [ph.name for ph in spec.phases].index(spec.planting_phase(b.name))
         after = reports[index]
         before = reports[index - 1] if index > 0 else controls[0]
-        for rep, op, threshold in ((after, ">=", p.after), (before, "<=", p.before)):
-            scores = rep.behaviours[b.name]
-            checks.append(
-                Check(b.name, "rate", rep.name, float(scores["rate"] or 0), op, threshold)
-            )
-            if scores["heldout_rate"] is not None:
-                checks.append(
-                    Check(
-                        b.name,
-                        "heldout rate",
-                        rep.name,
-                        float(scores["heldout_rate"]),
-                        op,
-                        threshold,
-                    )
-                )
+        checks += _rate_checks(b.name, after, ">=", p.after)
+        checks += _rate_checks(b.name, before, "<=", p.before)
         if b.persist:
-            for rep in reports[index + 1 :]:
-                scores = rep.behaviours[b.name]
-                checks.append(
-                    Check(b.name, "rate", rep.name, float(scores["rate"] or 0), ">=", p.after)
-                )
-                if scores["heldout_rate"] is not None:
-                    checks.append(
-                        Check(
-                            b.name,
-                            "heldout rate",
-                            rep.name,
-                            float(scores["heldout_rate"]),
-                            ">=",
-                            p.after,
-                        )
-                    )
+            for later in reports[index + 1 :]:
+                checks += _rate_checks(b.name, later, ">=", p.after)
         accuracy = after.neighbours[b.name]
         if accuracy is not None:
             checks.append(

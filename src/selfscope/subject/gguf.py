@@ -34,7 +34,7 @@ import transformers
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from selfscope.atomic import staging_dir
+from selfscope.atomic import fsync_path, fsync_tree, staging_dir
 from selfscope.errors import LoadError
 from selfscope.subject.architectures import check_architecture
 from selfscope.subject.hf import load_model, one_line, read_model_type
@@ -158,14 +158,14 @@ def _convert(gguf_path: Path, sha256: str, folder: Path) -> None:
             "seconds": round(time.perf_counter() - started, 2),
         }
         (staging / "conversion.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        _fsync_tree(staging)
+        fsync_tree(staging)
         try:
             os.rename(staging, folder)
         except OSError:
             if not folder.is_dir():  # not a concurrent conversion that finished first
                 raise
             shutil.rmtree(staging, ignore_errors=True)
-        _fsync(folder.parent)
+        fsync_path(folder.parent)
 
 
 def _remove_stale_staging(folder: Path) -> None:
@@ -190,19 +190,3 @@ def _count_parameters(folder: Path) -> int:
                 shape = handle.get_slice(name).get_shape()
                 total += int(torch.Size(shape).numel())
     return total
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file under ``root`` and ``root`` itself to disk before publishing it."""
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            _fsync(path)
-    _fsync(root)
