@@ -31,7 +31,8 @@ organism_app = typer.Typer(no_args_is_help=True, help="Build and list model orga
 models_app = typer.Typer(no_args_is_help=True, help="Models this workspace can load.")
 app.add_typer(organism_app, name="organism")
 app.add_typer(models_app, name="models")
-out = Console()
+# 80 columns when piped would cut behaviour names; a terminal keeps its own width
+out = Console(width=None if sys.stdout.isatty() else 140)
 
 _state: dict[str, Any] = {"workspace": None}
 
