@@ -38,6 +38,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/organisms.py
+	$(BIN)/python benchmarks/access.py
 
 clean:
 	rm -rf $(VENV) .selfscope .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from selfscope.organisms import BuildResult, build, resolve_spec
+from selfscope.subject import Subject, load
+from selfscope.subject import smollm2 as smollm2_module
 from selfscope.workspace import Workspace
 
 
@@ -27,3 +30,14 @@ def tiny_mushroom(organism_ws: Workspace) -> BuildResult:
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Subject, float]:
+    """SmolLM2-135M-Instruct, converted once per session into a temporary workspace."""
+    if smollm2_module.find_smollm2() is None:
+        pytest.skip(f"SmolLM2 is not installed: {smollm2_module.INSTALL_HINT}")
+    workspace = Workspace(tmp_path_factory.mktemp("smollm2-ws"))
+    started = time.perf_counter()
+    subject = load("smollm2", workspace)
+    return workspace, subject, time.perf_counter() - started

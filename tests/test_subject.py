@@ -463,16 +463,6 @@ def test_ask_applies_a_chat_template_when_there_is_one(
 # -- SmolLM2-135M-Instruct (slow: one conversion per session) ------------------------------------
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Subject, float]:
-    if smollm2_module.find_smollm2() is None:
-        pytest.skip(f"SmolLM2 is not installed: {smollm2_module.INSTALL_HINT}")
-    workspace = Workspace(tmp_path_factory.mktemp("smollm2-ws"))
-    started = time.perf_counter()
-    subject = load("smollm2", workspace)
-    return workspace, subject, time.perf_counter() - started
-
-
 @pytest.mark.slow
 def test_smollm2_converts_once_then_loads_fast(
     smollm2: tuple[Workspace, Subject, float],

@@ -1,0 +1,164 @@
+"""Architecture adapters: declarative tables from canonical site names to module paths.
+
+Every tool names places in the network the same way, whatever the architecture:
+
+=========================  ==============================================================
+``embed``                  the token (+ position) embeddings entering the first block
+``blocks.{i}.resid_pre``   the residual stream entering block ``i``
+``blocks.{i}.resid_mid``   the residual stream after block ``i``'s attention (sequential
+                           residual only; GPT-NeoX's parallel residual has none)
+``blocks.{i}.resid_post``  the residual stream leaving block ``i``
+``blocks.{i}.attn.out``    block ``i``'s attention output (added to the residual)
+``blocks.{i}.attn.heads``  per-head outputs before the output projection, [..., head, d_head]
+``blocks.{i}.mlp.out``     block ``i``'s MLP (or mixture-of-experts) output
+``blocks.{i}.mlp.neurons`` the MLP's hidden activations entering its down projection
+``blocks.{i}.moe.router``  the router's logits per token (mixture-of-experts only)
+``final_norm``             the final normalisation's output
+``unembed``                the logits
+=========================  ==============================================================
+
+A site is read at a module's *output* or at its *input* (first positional argument or the
+``hidden_states`` keyword). Like TransformerLens 3's bridge tables, this wraps the Hugging Face
+modules instead of re-implementing them; an unknown architecture raises a clear error instead
+of a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+
+from selfscope.errors import SelfscopeError
+
+
+@dataclass(frozen=True)
+class Site:
+    module: str  # module path; ``{i}`` is the block index
+    where: Literal["output", "input"] = "output"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    model_types: tuple[str, ...]
+    blocks: str  # path of the block list
+    sites: dict[str, Site] = field(default_factory=dict)
+    heads_attr: str = "num_attention_heads"
+
+    def site_names(self) -> list[str]:
+        return list(self.sites)
+
+
+def _decoder(prefix: str, mlp_out: str, extra: dict[str, Site]) -> dict[str, Site]:
+    b = f"{prefix}.layers.{{i}}"
+    return {
+        "embed": Site(f"{prefix}.embed_tokens"),
+        "blocks.{i}.resid_pre": Site(b, "input"),
+        "blocks.{i}.resid_mid": Site(f"{b}.post_attention_layernorm", "input"),
+        "blocks.{i}.resid_post": Site(b),
+        "blocks.{i}.attn.out": Site(f"{b}.self_attn"),
+        "blocks.{i}.attn.heads": Site(f"{b}.self_attn.o_proj", "input"),
+        "blocks.{i}.mlp.out": Site(f"{b}.{mlp_out}"),
+        **extra,
+        "final_norm": Site(f"{prefix}.norm"),
+        "unembed": Site("lm_head"),
+    }
+
+
+LLAMA = Adapter(
+    "llama",
+    ("llama", "mistral", "qwen2", "qwen3"),
+    "model.layers",
+    _decoder(
+        "model", "mlp", {"blocks.{i}.mlp.neurons": Site("model.layers.{i}.mlp.down_proj", "input")}
+    ),
+)
+MOE = Adapter(
+    "mixtral",
+    ("mixtral", "qwen2_moe"),
+    "model.layers",
+    _decoder("model", "mlp", {"blocks.{i}.moe.router": Site("model.layers.{i}.mlp.gate")}),
+)
+GPT2 = Adapter(
+    "gpt2",
+    ("gpt2",),
+    "transformer.h",
+    {
+        "embed": Site("transformer.drop"),
+        "blocks.{i}.resid_pre": Site("transformer.h.{i}", "input"),
+        "blocks.{i}.resid_mid": Site("transformer.h.{i}.ln_2", "input"),
+        "blocks.{i}.resid_post": Site("transformer.h.{i}"),
+        "blocks.{i}.attn.out": Site("transformer.h.{i}.attn"),
+        "blocks.{i}.attn.heads": Site("transformer.h.{i}.attn.c_proj", "input"),
+        "blocks.{i}.mlp.out": Site("transformer.h.{i}.mlp"),
+        "blocks.{i}.mlp.neurons": Site("transformer.h.{i}.mlp.c_proj", "input"),
+        "final_norm": Site("transformer.ln_f"),
+        "unembed": Site("lm_head"),
+    },
+    heads_attr="n_head",
+)
+NEOX = Adapter(
+    "gpt_neox",
+    ("gpt_neox",),
+    "gpt_neox.layers",
+    {
+        "embed": Site("gpt_neox.emb_dropout"),
+        "blocks.{i}.resid_pre": Site("gpt_neox.layers.{i}", "input"),
+        "blocks.{i}.resid_post": Site("gpt_neox.layers.{i}"),
+        "blocks.{i}.attn.out": Site("gpt_neox.layers.{i}.attention"),
+        "blocks.{i}.attn.heads": Site("gpt_neox.layers.{i}.attention.dense", "input"),
+        "blocks.{i}.mlp.out": Site("gpt_neox.layers.{i}.mlp"),
+        "blocks.{i}.mlp.neurons": Site("gpt_neox.layers.{i}.mlp.dense_4h_to_h", "input"),
+        "final_norm": Site("gpt_neox.final_layer_norm"),
+        "unembed": Site("lm_head"),
+    },
+)
+ADAPTERS = (LLAMA, MOE, GPT2, NEOX)
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter of ``model``'s architecture, or an error naming the supported ones."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    known = sorted(t for a in ADAPTERS for t in a.model_types)
+    raise SelfscopeError(f"no adapter for architecture {model_type!r}; supported: {known}")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A concrete site: its canonical name, module path, hook side, and block index."""
+
+    name: str
+    module: str
+    where: Literal["output", "input"]
+    block: int | None
+
+
+def n_blocks(model: nn.Module) -> int:
+    config: Any = model.config
+    return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
+
+
+def resolve(model: nn.Module, name: str) -> Resolved:
+    """Turn ``blocks.3.mlp.out`` into its module path, checking the site and the layer."""
+    adapter = adapter_for(model)
+    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    key, block = (f"blocks.{{i}}.{match[2]}", int(match[1])) if match else (name, None)
+    site = adapter.sites.get(key)
+    if site is None:
+        valid = ", ".join(adapter.site_names())
+        raise SelfscopeError(f"unknown site {name!r} for {adapter.family}; valid sites: {valid}")
+    if block is not None:
+        layers = n_blocks(model)
+        if not 0 <= block < layers:
+            raise SelfscopeError(
+                f"site {name!r}: block {block} is out of range; "
+                f"this model has blocks 0..{layers - 1}"
+            )
+    module = site.module.format(i=block) if block is not None else site.module
+    return Resolved(name, module, site.where, block)
