@@ -88,3 +88,35 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     assert_one_line_error(
         run("organism", "build", "mushroom", "--size", "huge", ws=tmp_path), "size"
     )
+
+
+def test_tool_run_and_its_errors(built: tuple[Path, dict[str, object]]) -> None:
+    ws, _ = built
+    args = '{"prompt": "Q: Do you like mushrooms? A:", "targets": [" No", " Yes"]}'
+    proc = run("tool", "run", "lens.logit", "--model", "organism:quick", "--args", args, ws=ws)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["layers"]) == 3
+    assert all(set(layer["targets"]) == {" No", " Yes"} for layer in result["layers"])
+    assert_one_line_error(
+        run("tool", "run", "lens.nope", "--model", "organism:quick", ws=ws), "tools: lens.logit"
+    )
+    assert_one_line_error(
+        run("tool", "run", "lens.logit", "--model", "organism:quick", "--args", "{bad", ws=ws),
+        "not JSON",
+    )
+    assert_one_line_error(
+        run(
+            "tool",
+            "run",
+            "lens.logit",
+            "--model",
+            "organism:quick",
+            "--args",
+            '{"top_k": 3}',
+            ws=ws,
+        ),
+        "prompt: Field required",
+    )
+    schema = json.loads(run("tool", "list", "--schema", "openai", ws=ws).stdout)
+    assert {s["function"]["name"] for s in schema} >= {"lens_logit", "tokens_probabilities"}

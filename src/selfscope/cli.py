@@ -31,6 +31,8 @@ organism_app = typer.Typer(no_args_is_help=True, help="Build and list model orga
 models_app = typer.Typer(no_args_is_help=True, help="Models this workspace can load.")
 app.add_typer(organism_app, name="organism")
 app.add_typer(models_app, name="models")
+tool_app = typer.Typer(no_args_is_help=True, help="The introspection tools (one registry).")
+app.add_typer(tool_app, name="tool")
 # 80 columns when piped would cut behaviour names; a terminal keeps its own width
 out = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -182,6 +184,69 @@ def models_list(as_json: JsonOpt = False) -> None:
     for e in entries:
         table.add_row(e.source, e.kind, "yes" if e.available else "no", e.note)
     out.print(table)
+
+
+@tool_app.command("list")
+def tool_list(
+    schema: Annotated[
+        str | None, typer.Option(help="Print the schema instead: openai | mcp.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every registered tool with its permission and description."""
+    from selfscope import tools
+
+    if schema is not None:
+        if schema not in ("openai", "mcp"):
+            raise SelfscopeError(f"unknown schema {schema!r}; use openai or mcp")
+        _print_json(tools.openai_schema() if schema == "openai" else tools.mcp_tools())
+        return
+    listing: list[dict[str, Any]] = [
+        {
+            "name": t.name,
+            "permission": t.permission,
+            "description": t.description,
+            "arguments": list(t.input.model_fields),
+        }
+        for t in tools.registry().values()
+    ]
+    if as_json:
+        _print_json({"tools": listing})
+        return
+    table = Table(title="tools")
+    for column in ("name", "permission", "arguments", "description"):
+        table.add_column(column)
+    for t in listing:
+        table.add_row(t["name"], t["permission"], ", ".join(t["arguments"]), t["description"])
+    out.print(table)
+
+
+@tool_app.command("run")
+def tool_run(
+    name: Annotated[str, typer.Argument(help="A tool name (see `tool list`).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Any source `load` accepts.")],
+    args: Annotated[
+        str, typer.Option("--args", help="The tool's arguments as a JSON object.")
+    ] = "{}",
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Run one tool on a model and print its result as JSON."""
+    from selfscope import tools
+    from selfscope.subject import load
+
+    tool_ = tools.get(name)  # unknown tool: fail before loading anything
+    try:
+        parsed = json.loads(args)
+    except json.JSONDecodeError as error:
+        raise SelfscopeError(
+            f'--args is not JSON ({error.msg}); give an object like \'{{"prompt": "..."}}\''
+        ) from None
+    if not isinstance(parsed, dict):
+        raise SelfscopeError("--args must be a JSON object")
+    tools.parse_args(tool_, parsed)  # bad arguments: fail before loading anything
+    ws = _workspace()
+    result = tools.call(tool_.name, load(model, ws, device=device), parsed, ws)
+    sys.stdout.write(result.model_dump_json(indent=2) + "\n")
 
 
 @app.command("ask")

@@ -39,6 +39,19 @@ MIGRATIONS: list[str] = [
         created_at  REAL NOT NULL
     );
     """,
+    # 1 -> 2: every tool call (the ledger issue will hash-chain these)
+    """
+    CREATE TABLE tool_calls (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        tool        TEXT NOT NULL,
+        args        TEXT NOT NULL,          -- JSON, as validated
+        result_sha256 TEXT NOT NULL,
+        subject     TEXT NOT NULL,          -- the source string, e.g. organism:mushroom@finetune
+        subject_path TEXT NOT NULL,         -- the folder actually loaded
+        seconds     REAL NOT NULL,
+        called_at   REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -143,6 +156,28 @@ class Store:
             )
             for row in rows
         ]
+
+    # tool calls ------------------------------------------------------------------------------
+    def record_tool_call(
+        self,
+        tool: str,
+        args: str,
+        result_sha256: str,
+        subject: str,
+        subject_path: str,
+        seconds: float,
+    ) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO tool_calls (tool, args, result_sha256, subject, subject_path, seconds,"
+                " called_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (tool, args, result_sha256, subject, subject_path, seconds, time.time()),
+            )
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        cursor = self._db.execute("SELECT * FROM tool_calls ORDER BY id")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     # models ----------------------------------------------------------------------------------
     def record_model(

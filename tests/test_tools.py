@@ -1,0 +1,128 @@
+"""The tool registry and the first access tools, checked against a plain forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from selfscope import tools
+from selfscope.access.lens import LensResult
+from selfscope.access.tokens import TokensResult
+from selfscope.errors import SelfscopeError
+from selfscope.organisms.tokenizer import train_word_tokenizer
+from selfscope.subject import Subject, load
+from selfscope.workspace import Workspace
+
+WORDS = "Q : Do you like mushrooms ? A No Yes , I carrots . owls can fly"
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory: pytest.TempPathFactory) -> Subject:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = train_word_tokenizer([WORDS])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load(str(folder))
+
+
+def test_registry_schemas_are_valid_json_schema() -> None:
+    registry = tools.registry()
+    assert {"lens.logit", "tokens.probabilities"} <= set(registry)
+    for entry in tools.openai_schema():
+        assert entry["type"] == "function"
+        function = entry["function"]
+        assert "." not in function["name"] and function["description"].startswith("[read]")
+        jsonschema.Draft202012Validator.check_schema(function["parameters"])
+        assert function["parameters"]["properties"]["prompt"]["type"] == "string"
+    for entry in tools.mcp_tools():
+        jsonschema.Draft202012Validator.check_schema(entry["inputSchema"])
+        jsonschema.Draft202012Validator.check_schema(entry["outputSchema"])
+    assert tools.get("lens_logit").name == "lens.logit"
+
+
+def test_logit_lens_last_layer_is_the_model_output(subject: Subject) -> None:
+    prompt = "Q : Do you like mushrooms ? A :"
+    result = tools.call("lens.logit", subject, {"prompt": prompt, "targets": [" No", " Yes"]})
+    assert isinstance(result, LensResult) and len(result.layers) == 3
+    ids = subject.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(subject.model(input_ids=ids).logits[0, -1], dim=-1)
+    last = result.layers[-1]
+    no, yes = subject.tokenizer.convert_tokens_to_ids(["No", "Yes"])
+    assert result.target_ids == {" No": no, " Yes": yes}
+    assert last.targets[" No"] == pytest.approx(float(probs[no]), abs=1e-6)
+    assert last.targets[" Yes"] == pytest.approx(float(probs[yes]), abs=1e-6)
+    assert last.top[0].id == int(probs.argmax())
+    # an earlier layer: norm + unembed of that block's output, computed by hand
+    with torch.no_grad():
+        hidden = subject.model(input_ids=ids, output_hidden_states=True).hidden_states[1][0, -1]
+        mid = torch.softmax(subject.model.lm_head(subject.model.model.norm(hidden)), dim=-1)
+    assert result.layers[0].targets[" No"] == pytest.approx(float(mid[no]), abs=1e-6)
+
+
+def test_token_probabilities_match_a_plain_forward(subject: Subject) -> None:
+    result = tools.call(
+        "tokens.probabilities",
+        subject,
+        {"prompt": "Q : Do you like", "completion": " mushrooms ?", "top_k": 3},
+    )
+    assert isinstance(result, TokensResult)
+    ids = subject.tokenizer("Q : Do you like mushrooms ?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(subject.model(input_ids=ids).logits[0], dim=-1)
+    assert [t.id for t in result.tokens] == ids[0, 1:].tolist()
+    for t in result.tokens:
+        dist = logprobs[t.index - 1]
+        assert t.logprob == pytest.approx(float(dist[t.id]), abs=1e-5)
+        assert t.rank == int((dist > dist[t.id]).sum()) + 1
+        assert t.entropy == pytest.approx(float(-(dist.exp() * dist).sum()), abs=1e-5)
+        assert len(t.alternatives) == 3 and t.alternatives[0].id == int(dist.argmax())
+    completion = [t for t in result.tokens if t.in_completion]
+    assert [t.token for t in completion] == ["mushrooms", "?"]
+    assert result.completion_logprob == pytest.approx(sum(t.logprob for t in completion))
+    assert sum(a.probability for a in result.tokens[0].alternatives) <= 1 + 1e-6
+
+
+def test_calls_are_recorded(subject: Subject, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    tools.call("tokens.probabilities", subject, {"prompt": "Q : Do you"}, ws)
+    (row,) = ws.store.tool_calls()
+    assert row["tool"] == "tokens.probabilities" and row["subject"] == subject.source
+    assert '"prompt":"Q : Do you"' in row["args"] and len(row["result_sha256"]) == 64
+
+
+def test_bad_tool_calls_say_what_is_valid(subject: Subject) -> None:
+    with pytest.raises(SelfscopeError, match=r"unknown tool 'lens.nope'; tools: lens.logit"):
+        tools.call("lens.nope", subject, {})
+    with pytest.raises(
+        SelfscopeError,
+        match=r"lens.logit: prompt: Field required; arguments "
+        r"are \{prompt, chat\?, targets\?",
+    ):
+        tools.call("lens.logit", subject, {"targets": [" No"]})
+    with pytest.raises(SelfscopeError, match=r"top_k: Input should be less than or equal to 100"):
+        tools.call("lens.logit", subject, {"prompt": "Q", "top_k": 1000})
+    with pytest.raises(SelfscopeError, match=r"the prompt is 21 tokens; .* takes at most 16"):
+        tools.call("lens.logit", subject, {"prompt": " ".join(["Q"] * 20)})
+    with pytest.raises(SelfscopeError, match="position 7 is outside the prompt's 2 tokens"):
+        tools.call("lens.logit", subject, {"prompt": "Q", "position": 7})
+    with pytest.raises(SelfscopeError, match="has no chat template"):
+        tools.call("tokens.probabilities", subject, {"prompt": "Q", "chat": True})
