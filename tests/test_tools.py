@@ -45,13 +45,15 @@ def subject(tmp_path_factory: pytest.TempPathFactory) -> Subject:
 
 def test_registry_schemas_are_valid_json_schema() -> None:
     registry = tools.registry()
-    assert {"lens.logit", "tokens.probabilities"} <= set(registry)
+    assert {"lens.logit", "tokens.probabilities", "weights.stats", "weights.diff"} <= set(registry)
+    assert all(t.permission == "read" for t in registry.values())
     for entry in tools.openai_schema():
         assert entry["type"] == "function"
         function = entry["function"]
         assert "." not in function["name"] and function["description"].startswith("[read]")
         jsonschema.Draft202012Validator.check_schema(function["parameters"])
-        assert function["parameters"]["properties"]["prompt"]["type"] == "string"
+        if function["name"].startswith(("lens", "tokens")):
+            assert function["parameters"]["properties"]["prompt"]["type"] == "string"
     for entry in tools.mcp_tools():
         jsonschema.Draft202012Validator.check_schema(entry["inputSchema"])
         jsonschema.Draft202012Validator.check_schema(entry["outputSchema"])
@@ -126,3 +128,43 @@ def test_bad_tool_calls_say_what_is_valid(subject: Subject) -> None:
         tools.call("lens.logit", subject, {"prompt": "Q", "position": 7})
     with pytest.raises(SelfscopeError, match="has no chat template"):
         tools.call("tokens.probabilities", subject, {"prompt": "Q", "chat": True})
+
+
+def test_weight_stats_match_torch(subject: Subject) -> None:
+    from selfscope.access.weights import StatsResult
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    result = tools.call("weights.stats", subject, {"modules": [name], "singular_values": 2})
+    assert isinstance(result, StatsResult)
+    (stats,) = result.parameters
+    w = dict(subject.model.named_parameters())[name].detach()
+    assert stats.shape == [32, 64]
+    assert stats.frobenius == pytest.approx(float(torch.linalg.norm(w)), rel=1e-6)
+    assert stats.spectral == pytest.approx(float(torch.linalg.matrix_norm(w, ord=2)), rel=1e-5)
+    assert len(stats.top_singular_values) == 2
+    assert result.total_parameters == sum(p.numel() for p in subject.model.parameters())
+    with pytest.raises(SelfscopeError, match="unknown parameter 'nope'"):
+        tools.call("weights.stats", subject, {"modules": ["nope"]})
+
+
+def test_weight_diff_finds_a_planted_rank_one_change(subject: Subject, tmp_path: Path) -> None:
+    from selfscope.access.weights import DiffResult
+
+    name = "model.layers.1.self_attn.v_proj.weight"
+    edited = load(str(subject.path))
+    w = dict(edited.model.named_parameters())[name]
+    u, v = torch.randn(w.shape[0], 1), torch.randn(1, w.shape[1])
+    with torch.no_grad():
+        w += 0.5 * u @ v
+    edited.model.save_pretrained(tmp_path)
+    edited.tokenizer.save_pretrained(tmp_path)
+    result = tools.call("weights.diff", load(str(tmp_path)), {"against": str(subject.path)})
+    assert isinstance(result, DiffResult)
+    top = result.modules[0]
+    base = dict(subject.model.named_parameters())[name].detach()
+    assert result.top[0] == name and top.rank_for_energy == 1
+    expected = float(torch.linalg.norm(0.5 * u @ v) / torch.linalg.norm(base))
+    assert top.relative_change == pytest.approx(expected, rel=1e-4)
+    assert result.unchanged == len(result.modules) - 1
+    with pytest.raises(SelfscopeError, match="has no parent checkpoint; give `against`"):
+        tools.call("weights.diff", subject, {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,6 +71,8 @@ def _print_json(obj: Any) -> None:
 @app.callback()
 def _main(workspace: WorkspaceOpt = None) -> None:
     _state["workspace"] = workspace
+    if workspace is not None:  # so that nested loads (e.g. weights.diff's `against`) agree
+        os.environ["SELFSCOPE_HOME"] = str(workspace)
 
 
 @organism_app.command("build")
