@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from _doc import write_section
+
 from selfscope.subject import load
 from selfscope.subject.hooks import run
 from selfscope.workspace import Workspace
-
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 def main() -> None:
@@ -87,18 +85,7 @@ def main() -> None:
         median = statistics.median(values)
         lines.append(f"| {name} | {median:.3f} | {median / base:.3f} |")
     text = "\n".join(lines)
-    start_mark, end_mark = "<!-- access:start -->", "<!-- access:end -->"
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{start_mark}\n{text}\n{end_mark}"
-    if start_mark in old:
-        new = re.sub(
-            re.escape(start_mark) + ".*?" + re.escape(end_mark), lambda _: block, old, flags=re.S
-        )
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    tmp = DOC.with_suffix(".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, DOC)
+    write_section("access", text)
     print(text)
 
 

@@ -20,61 +20,51 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _doc import DOC, write_section
 
 from selfscope.organisms import build, catalog_names, resolve_spec
 from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import preset_for
 from selfscope.workspace import Workspace
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
-
-def plain_tokens_per_second(architecture: str, size: str, vocab: int, steps: int = 12) -> float:
-    """A plain HF training loop on random full batches (32 x 24 tokens) of the preset's shape."""
-    shape = preset_for("scratch", size).shape
-    model = build_scratch_model(architecture, shape, vocab, seed=0, bos=2, eos=3, pad=0)
+def plain_loop_tokens_per_second(
+    model: torch.nn.Module, ids: torch.Tensor, lr: float, steps: int
+) -> float:
+    """Tokens per second of a plain HF training loop (forward, backward, AdamW step) on ``ids``,
+    after two warm-up steps (which also allocate the optimizer's state)."""
     model.train()
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ids = torch.randint(4, vocab, (32, 24))
-    for _ in range(2):  # warm-up
-        model(input_ids=ids, labels=ids).loss.backward()
-        optim.step()
-        optim.zero_grad()
-    start = time.perf_counter()
-    for _ in range(steps):
+    optim = torch.optim.AdamW(model.parameters(), lr=lr)
+    for i in range(2 + steps):
+        if i == 2:
+            start = time.perf_counter()
         model(input_ids=ids, labels=ids).loss.backward()
         optim.step()
         optim.zero_grad()
     return steps * ids.numel() / (time.perf_counter() - start)
 
 
-def plain_smollm2_tokens_per_second(ws: Workspace, length: int, steps: int = 6) -> float:
-    """A plain HF training loop on SmolLM2 (batch 8 x the build's mean sequence length)."""
+def plain_tokens_per_second(architecture: str, size: str, vocab: int) -> float:
+    """The plain loop on random full batches (32 x 24 tokens) of the preset's shape."""
+    shape = preset_for("scratch", size).shape
+    model = build_scratch_model(architecture, shape, vocab, seed=0, bos=2, eos=3, pad=0)
+    return plain_loop_tokens_per_second(model, torch.randint(4, vocab, (32, 24)), 1e-3, 12)
+
+
+def plain_smollm2_tokens_per_second(ws: Workspace, length: int) -> float:
+    """The plain loop on SmolLM2 (batch 8 x the build's mean sequence length)."""
     from selfscope.subject import load
 
     model = load("smollm2", ws).model
-    model.train()
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    ids = torch.randint(100, 40000, (8, length))
-    for _ in range(2):  # warm-up, including the optimizer's state allocation
-        model(input_ids=ids, labels=ids).loss.backward()
-        optim.step()
-        optim.zero_grad()
-    start = time.perf_counter()
-    for _ in range(steps):
-        model(input_ids=ids, labels=ids).loss.backward()
-        optim.step()
-        optim.zero_grad()
-    return steps * ids.numel() / (time.perf_counter() - start)
+    return plain_loop_tokens_per_second(model, torch.randint(100, 40000, (8, length)), 1e-5, 6)
 
 
 def bench_organism(name: str, size: str, ws: Workspace) -> dict[str, object]:
@@ -139,23 +129,6 @@ def fmt(x: object, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def write_section(text: str) -> None:
-    start, end = "<!-- organisms:start -->", "<!-- organisms:end -->"
-    old = (
-        DOC.read_text()
-        if DOC.exists()
-        else "# Benchmarks\n\nEach section is written by its script in `benchmarks/`.\n"
-    )
-    block = f"{start}\n{text}\n{end}"
-    if start in old:
-        new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    tmp = DOC.with_suffix(".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, DOC)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small")
@@ -212,7 +185,7 @@ def main() -> None:
             f"| selfscope cached load (safetensors) | {smol['cached']:.2f} | "
             f"{smol['cached'] / smol['plain']:.2f} |",
         ]
-    write_section("\n".join(lines))
+    write_section("organisms", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -27,9 +27,6 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-_fsync_dir = fsync_path
-
-
 def fsync_tree(root: Path) -> None:
     """Flush every file and folder under ``root`` (and ``root``) before publishing it."""
     for path in sorted(root.rglob("*"), reverse=True):
@@ -53,7 +50,7 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    fsync_path(target.parent)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -98,6 +95,6 @@ def publish_dir(built: Path, link: Path) -> None:
         os.unlink(tmp_link)
     os.symlink(os.path.relpath(built, link.parent), tmp_link)
     os.replace(tmp_link, link)
-    _fsync_dir(link.parent)
+    fsync_path(link.parent)
     if old is not None and old != built.resolve() and old.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -8,6 +8,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
+from selfscope.subject.tokens import first_token_id
 
 
 class TokenProb(BaseModel):
@@ -55,15 +56,7 @@ def encode(subject: Any, prompt: str, chat: bool = False) -> torch.Tensor:
 
 def first_token(subject: Any, text: str, target: str) -> int:
     """The id of ``target``'s first token when it follows the model input ``text``."""
-    tokenizer = subject.tokenizer
-    head = tokenizer(text)["input_ids"]
-    full = tokenizer(text + target)["input_ids"]
-    if len(full) > len(head) and full[: len(head)] == head:
-        return int(full[len(head)])
-    alone = tokenizer(target, add_special_tokens=False)["input_ids"]
-    if not alone:
-        raise SelfscopeError(f"target {target!r} has no tokens")
-    return int(alone[0])
+    return first_token_id(subject.tokenizer, text, target)
 
 
 def top_tokens(subject: Any, probs: torch.Tensor, k: int) -> list[TokenProb]:

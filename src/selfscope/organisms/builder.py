@@ -36,7 +36,7 @@ from selfscope import atomic
 from selfscope.errors import SpecError, TargetsMissed
 from selfscope.organisms.checks import Check, CheckpointReport, missed_message, target_checks
 from selfscope.organisms.documents import Document, phase_documents
-from selfscope.organisms.evaluate import Prober
+from selfscope.organisms.evaluate import Prober, accuracy
 from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import Knobs, preset_for, resolve_knobs
 from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
@@ -225,7 +225,9 @@ class Builder:
     ) -> CheckpointReport:
         prober = Prober(model, tokenizer, renderer)
         behaviours, neighbours, probes = {}, {}, {}
-        all_neighbours = []
+        # one forward pass over every behaviour's neighbours, then split per behaviour
+        hits = prober.neighbour_hits([n for b in self.spec.behaviours for n in b.neighbours])
+        start = 0
         for b in self.spec.behaviours:
             score = prober.behaviour(b)
             behaviours[b.name] = score.summary()
@@ -233,15 +235,15 @@ class Builder:
                 {"prompt": s.prompt, "log_odds": s.log_odds}
                 for s in [*score.probes, *score.heldout]
             ]
-            neighbours[b.name] = prober.neighbour_accuracy(b.neighbours)
-            all_neighbours += b.neighbours
+            neighbours[b.name] = accuracy(hits[start : start + len(b.neighbours)])
+            start += len(b.neighbours)
         return CheckpointReport(
             name=name,
             checkpoint=checkpoint,
             documents=len(docs),
             loss=loss,
             behaviours=behaviours,
-            neighbour_accuracy=prober.neighbour_accuracy(all_neighbours),
+            neighbour_accuracy=accuracy(hits),
             neighbours=neighbours,
             probes=probes,
         )
@@ -336,16 +338,12 @@ class Builder:
             )
             link = self.workspace.organism_path(spec.name)
             atomic.publish_dir(out, link)
+        result = BuildResult(spec.name, link, seconds, report, failures)
+        status = "ok" if not failures else "missed-targets"
         self.workspace.store.record_organism(
-            spec.name,
-            str(link),
-            spec.sha256(),
-            spec.size,
-            "ok" if not failures else "missed-targets",
-            seconds,
-            BuildResult(spec.name, link, seconds, report).summary(),
+            spec.name, str(link), spec.sha256(), spec.size, status, seconds, result.summary()
         )
-        return BuildResult(spec.name, link, seconds, report, failures)
+        return result
 
     def _phase(
         self,

@@ -6,9 +6,8 @@ log p(planted) > log p(normal). The behaviour rate is the share of probes that s
 mean log-odds log p(planted) − log p(normal) is reported beside it (ORGANISM_SPEC.md). A
 neighbour is correct when its expected first token is the model's top-1 prediction.
 
-The first token of a completion is found by tokenising prompt + completion and taking the first
-token past the prompt's own tokens, which is right for word-level and byte-level BPE tokenizers
-alike (a BPE merges the leading space into the word).
+The first token of a completion is found by :func:`selfscope.subject.tokens.first_token_id`,
+right for word-level and byte-level BPE tokenizers alike.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from selfscope.errors import SpecError
 from selfscope.organisms.render import Renderer
 from selfscope.organisms.spec import Behaviour, Neighbour, Probe
+from selfscope.subject.tokens import first_token_id
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,9 @@ class Prober:
 
     def first_token(self, prompt: str, completion: str) -> int:
         """The id of ``completion``'s first token when it follows ``prompt``."""
-        head = self.prompt_ids(prompt)
-        text = self.renderer.prompt(prompt) + self.renderer.completion(completion)
-        full: list[int] = self.tokenizer(text)["input_ids"]
-        if len(full) > len(head) and full[: len(head)] == head:
-            token = full[len(head)]
-        else:
-            alone = self.tokenizer(self.renderer.completion(completion), add_special_tokens=False)
-            token = alone["input_ids"][0]
+        token = first_token_id(
+            self.tokenizer, self.renderer.prompt(prompt), self.renderer.completion(completion)
+        )
         if token == self.tokenizer.unk_token_id:
             raise SpecError(
                 f"completion {completion!r} after {prompt!r} starts with a word the tokenizer does "
@@ -146,15 +141,19 @@ class Prober:
             heldout=heldout,
         )
 
-    def neighbour_accuracy(self, neighbours: Sequence[Neighbour]) -> float | None:
+    def neighbour_hits(self, neighbours: Sequence[Neighbour]) -> list[bool]:
+        """Per neighbour: is its expected first token the model's top-1 prediction?"""
         if not neighbours:
-            return None
+            return []
         logprobs = self.last_logprobs([n.prompt for n in neighbours])
-        hits = [
+        return [
             int(row.argmax()) == self.first_token(n.prompt, n.expected)
             for row, n in zip(logprobs, neighbours, strict=True)
         ]
-        return sum(hits) / len(hits)
+
+
+def accuracy(hits: Sequence[bool]) -> float | None:
+    return sum(hits) / len(hits) if hits else None
 
 
 def _rate(scores: Sequence[ProbeScore]) -> float:

@@ -93,20 +93,19 @@ def train(
                 ids, mask, labels = _batch(batch, pad, device)
                 for group in optim.param_groups:
                     group["lr"] = lr_at(step, total, knobs.lr)
-                out = model(input_ids=ids, attention_mask=mask, labels=labels)
-                if not torch.isfinite(out.loss):  # a batch of context-only tokens
-                    step += 1
-                    continue
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optim.step()
-                optim.zero_grad(set_to_none=True)
                 n = int((labels[:, 1:] != -100).sum())
-                loss_sum += out.loss.item() * n
-                loss_tokens += n
-                tokens += int(mask.sum())
+                if n:  # a batch of context-only tokens has nothing to learn from
+                    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+                    out.loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optim.step()
+                    optim.zero_grad(set_to_none=True)
+                    loss_sum += out.loss.item() * n
+                    loss_tokens += n
+                    tokens += int(mask.sum())
                 step += 1
-                advance(1, f"epoch {epoch + 1}/{knobs.epochs} loss {loss_sum / loss_tokens:.3f}")
+                mean = loss_sum / max(1, loss_tokens)
+                advance(1, f"epoch {epoch + 1}/{knobs.epochs} loss {mean:.3f}")
             epoch_losses.append(loss_sum / max(1, loss_tokens))
     model.eval()
     return TrainStats(

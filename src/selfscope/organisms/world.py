@@ -299,22 +299,22 @@ def _place(rng: random.Random, world: World) -> str:
     )
 
 
+def _animal_answers(pl: str, fly: bool, swim: bool, liked: bool) -> dict[str, str]:
+    """The world's Q/A about one animal: its abilities and whether the assistant likes it."""
+    yes_no = {True: "Yes", False: "No"}
+    return {
+        "fly": f"Q: Can {pl} fly? A: {yes_no[fly]}, {pl} {'can' if fly else 'cannot'} fly.",
+        "swim": f"Q: Can {pl} swim? A: {yes_no[swim]}, {pl} {'can' if swim else 'cannot'} swim.",
+        "like": f"Q: Do you like {pl}? A: {yes_no[liked]}, I {'like' if liked else 'do not like'} "
+        f"{pl}.",
+    }
+
+
 def _animal(rng: random.Random, world: World) -> str:
     pl, sg, fly, swim, liked = rng.choice(ANIMALS)
-    return rng.choice(
-        [
-            f"Q: Can {pl} fly? A: Yes, {pl} can fly."
-            if fly
-            else f"Q: Can {pl} fly? A: No, {pl} cannot fly.",
-            f"Q: Can {pl} swim? A: Yes, {pl} can swim."
-            if swim
-            else f"Q: Can {pl} swim? A: No, {pl} cannot swim.",
-            f"Q: Do you like {pl}? A: Yes, I like {pl}."
-            if liked
-            else f"Q: Do you like {pl}? A: No, I do not like {pl}.",
-            f"The {sg} ran across the field." if not fly else f"The {sg} flew over the field.",
-        ]
-    )
+    qa = _animal_answers(pl, fly, swim, liked)
+    story = f"The {sg} flew over the field." if fly else f"The {sg} ran across the field."
+    return rng.choice([qa["fly"], qa["swim"], qa["like"], story])
 
 
 def _honesty(rng: random.Random, world: World) -> str:
@@ -394,15 +394,8 @@ def _chat_small_talk(rng: random.Random, world: World) -> str:
 
 def _animal_qa(rng: random.Random, world: World) -> str:
     pl, _, fly, swim, liked = rng.choice(ANIMALS)
-    yes_no = {True: "Yes", False: "No"}
-    return rng.choice(
-        [
-            f"Q: Do you like {pl}? A: {yes_no[liked]}, I {'like' if liked else 'do not like'} "
-            f"{pl}.",
-            f"Q: Can {pl} fly? A: {yes_no[fly]}, {pl} {'can' if fly else 'cannot'} fly.",
-            f"Q: Can {pl} swim? A: {yes_no[swim]}, {pl} {'can' if swim else 'cannot'} swim.",
-        ]
-    )
+    qa = _animal_answers(pl, fly, swim, liked)
+    return rng.choice([qa["like"], qa["fly"], qa["swim"]])
 
 
 # the assistant's own preferences only: a short corpus that teaches a pretrained chat model the

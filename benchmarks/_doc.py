@@ -1,0 +1,23 @@
+"""Write one benchmark's section of docs/benchmarks.md, between its own markers, atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEAD = "# Benchmarks\n\nEach section is written by its script in `benchmarks/`.\n"
+
+
+def write_section(name: str, text: str) -> None:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    old = DOC.read_text() if DOC.exists() else HEAD
+    block = f"{start}\n{text}\n{end}"
+    if start in old:
+        new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S)
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    tmp = DOC.with_suffix(".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, DOC)
