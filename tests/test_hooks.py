@@ -21,7 +21,13 @@ from transformers import (
 
 from selfscope.errors import SelfscopeError
 from selfscope.subject import Subject
-from selfscope.subject.hooks import hooked, mean_ablation, run, zero_ablation
+from selfscope.subject.hooks import (
+    hooked,
+    mean_ablation,
+    resample_ablation,
+    run,
+    zero_ablation,
+)
 
 V, L = 64, 3
 
@@ -263,6 +269,107 @@ def test_moe_router_logits_match_the_gate() -> None:
         expected = normed @ layer.mlp.gate.weight.T
     assert v["blocks.0.moe.router"].shape == (2 * 7, 4)
     assert (v["blocks.0.moe.router"] - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("factory", MODELS)
+def test_attention_patterns_equal_the_eager_forward(factory: Callable[[], PreTrainedModel]) -> None:
+    model, ids = make(factory)
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        fast = model(input_ids=ids).logits
+    sites = [f"blocks.{i}.attn.pattern" for i in range(L)]
+    result = run(model, ids, capture=sites)
+    assert model.config._attn_implementation == "sdpa"  # restored on exit
+    torch.manual_seed(0)
+    eager = factory().eval()
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        reference = eager(input_ids=ids, output_attentions=True)
+    assert result.logits is not None and (result.logits - fast).abs().max() <= 1e-5
+    for i in range(L):
+        pattern = result.values[f"blocks.{i}.attn.pattern"]
+        assert pattern.shape == (2, 4, 7, 7)
+        assert (pattern - reference.attentions[i]).abs().max() <= 1e-6
+        assert torch.allclose(pattern.sum(-1), torch.ones(2, 4, 7), atol=1e-6)
+        assert torch.count_nonzero(pattern.triu(diagonal=1)) == 0  # causal
+
+
+def test_gpt2_attention_pattern_by_hand() -> None:
+    model, ids = make(gpt2)
+    v = run(model, ids, capture=["blocks.1.attn.pattern", "blocks.1.resid_pre"]).values
+    block = model.transformer.h[1]
+    with torch.no_grad():
+        q, k, _ = block.attn.c_attn(block.ln_1(v["blocks.1.resid_pre"])).split(32, dim=-1)
+        q, k = (x.view(2, 7, 4, 8).transpose(1, 2) for x in (q, k))
+        scores = q @ k.transpose(-1, -2) / 8**0.5
+        scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+    assert (v["blocks.1.attn.pattern"] - scores.softmax(-1)).abs().max() <= 1e-6
+
+
+def test_patterns_cannot_be_patched() -> None:
+    model, ids = make(llama)
+    with pytest.raises(SelfscopeError, match=r"captured, not patched; patch blocks.0.attn.heads"):
+        run(model, ids, patch={"blocks.0.attn.pattern": zero_ablation()})
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_experts_add_up_to_the_moe_output_and_route_like_the_router() -> None:
+    model, ids = make(mixtral)
+    sites = [f"blocks.1.moe.experts.{j}" for j in range(4)]
+    v = run(model, ids, capture=[*sites, "blocks.1.mlp.out", "blocks.1.moe.router"]).values
+    total = sum(v[s] for s in sites)
+    assert isinstance(total, torch.Tensor)
+    assert (total - v["blocks.1.mlp.out"]).abs().max() <= 1e-5
+    chosen = v["blocks.1.moe.router"].topk(2, dim=-1).indices.view(2, 7, 2)
+    for j, site in enumerate(sites):
+        routed = (chosen == j).any(-1)
+        assert torch.count_nonzero(v[site][~routed]) == 0
+        assert bool((v[site][routed].abs().sum(-1) > 0).all())
+
+
+def test_zero_ablating_an_expert_equals_deleting_its_weights() -> None:
+    model, ids = make(mixtral)
+    ablated = run(model, ids, patch={"blocks.1.moe.experts.2": zero_ablation()}).logits
+    clean = run(model, ids).logits
+    torch.manual_seed(0)
+    surgery = mixtral().eval()
+    with torch.no_grad():
+        surgery.model.layers[1].mlp.experts.down_proj[2].zero_()
+        expected = surgery(input_ids=ids).logits
+    assert ablated is not None and clean is not None
+    assert (ablated - expected).abs().max() <= 1e-5
+    assert (clean - expected).abs().max() > 1e-3  # the expert mattered
+    with pytest.raises(SelfscopeError, match=r"expert 4 is out of range; block 1 has experts 0..3"):
+        run(model, ids, capture=["blocks.1.moe.experts.4"])
+
+
+def test_resample_ablation_draws_rows_of_the_reference() -> None:
+    model, ids = make(llama)
+    other = torch.randint(0, V, (5, 7))
+    reference = run(model, other, capture=["blocks.1.mlp.out"]).values["blocks.1.mlp.out"]
+    patched = run(
+        model,
+        ids,
+        capture=["blocks.1.mlp.out"],
+        patch={"blocks.1.mlp.out": resample_ablation(reference, torch.Generator().manual_seed(1))},
+    ).values["blocks.1.mlp.out"]
+    for row in patched:
+        assert any(torch.equal(row, ref) for ref in reference)
+    with pytest.raises(SelfscopeError, match=r"resample ablation: reference rows have shape"):
+        run(model, ids[:, :5], patch={"blocks.1.mlp.out": resample_ablation(reference)})
+
+
+def test_kept_gradients_equal_autograd() -> None:
+    model, ids = make(llama)
+    out = model(input_ids=ids, output_hidden_states=True)  # plain forward, no hooks
+    loss = out.logits.log_softmax(-1)[:, -1, 5].sum()
+    (expected,) = torch.autograd.grad(loss, out.hidden_states[2])
+    with hooked(model, capture=["blocks.1.resid_post", "blocks.1.attn.heads"], keep_grad=True) as v:
+        model(input_ids=ids).logits.log_softmax(-1)[:, -1, 5].sum().backward()
+    grad = v["blocks.1.resid_post"].grad
+    assert grad is not None and (grad - expected).abs().max() <= 1e-6
+    heads = v["blocks.1.attn.heads"].grad
+    assert heads is not None and heads.shape == (2, 7, 4, 8)
 
 
 @pytest.mark.slow

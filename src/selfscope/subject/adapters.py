@@ -10,16 +10,25 @@ Every tool names places in the network the same way, whatever the architecture:
 ``blocks.{i}.resid_post``  the residual stream leaving block ``i``
 ``blocks.{i}.attn.out``    block ``i``'s attention output (added to the residual)
 ``blocks.{i}.attn.heads``  per-head outputs before the output projection, [..., head, d_head]
+``blocks.{i}.attn.pattern`` attention weights [batch, head, query, key] (capture only; the
+                           model runs eager attention while such a site is hooked)
 ``blocks.{i}.mlp.out``     block ``i``'s MLP (or mixture-of-experts) output
 ``blocks.{i}.mlp.neurons`` the MLP's hidden activations entering its down projection
 ``blocks.{i}.moe.router``  the router's logits per token (mixture-of-experts only)
+``blocks.{i}.moe.experts.{j}`` expert ``j``'s routing-weighted contribution to the MoE output,
+                           [batch, pos, d_model], zero where the token is not routed to ``j``
 ``final_norm``             the final normalisation's output
 ``unembed``                the logits
 =========================  ==============================================================
 
-A site is read at a module's *output* or at its *input* (first positional argument or the
-``hidden_states`` keyword). Like TransformerLens 3's bridge tables, this wraps the Hugging Face
-modules instead of re-implementing them; an unknown architecture raises a clear error instead
+A site is read at a module's *output* (element ``index`` when the module returns a tuple) or at
+its *input* (first positional argument or the ``hidden_states`` keyword). Two kinds are
+derived rather than read: ``pattern`` (the attention module's second output, which only eager
+attention returns) and ``expert`` (recomputed from the fused experts' weights and the routing
+the experts module received; see :mod:`selfscope.subject.hooks`).
+
+Like TransformerLens 3's bridge tables, this wraps the Hugging Face modules instead of
+re-implementing them; an unknown architecture raises a clear error instead
 of a guess.
 """
 
@@ -33,11 +42,15 @@ from torch import nn
 
 from selfscope.errors import SelfscopeError
 
+SiteKind = Literal["value", "pattern", "expert"]
+
 
 @dataclass(frozen=True)
 class Site:
     module: str  # module path; ``{i}`` is the block index
     where: Literal["output", "input"] = "output"
+    index: int = 0  # which element of a tuple output
+    kind: SiteKind = "value"
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,7 @@ def _decoder(prefix: str, mlp_out: str, extra: dict[str, Site]) -> dict[str, Sit
         "blocks.{i}.resid_post": Site(b),
         "blocks.{i}.attn.out": Site(f"{b}.self_attn"),
         "blocks.{i}.attn.heads": Site(f"{b}.self_attn.o_proj", "input"),
+        "blocks.{i}.attn.pattern": Site(f"{b}.self_attn", index=1, kind="pattern"),
         "blocks.{i}.mlp.out": Site(f"{b}.{mlp_out}"),
         **extra,
         "final_norm": Site(f"{prefix}.norm"),
@@ -80,7 +94,14 @@ MOE = Adapter(
     "mixtral",
     ("mixtral", "qwen2_moe"),
     "model.layers",
-    _decoder("model", "mlp", {"blocks.{i}.moe.router": Site("model.layers.{i}.mlp.gate")}),
+    _decoder(
+        "model",
+        "mlp",
+        {
+            "blocks.{i}.moe.router": Site("model.layers.{i}.mlp.gate"),
+            "blocks.{i}.moe.experts.{j}": Site("model.layers.{i}.mlp", kind="expert"),
+        },
+    ),
 )
 GPT2 = Adapter(
     "gpt2",
@@ -93,6 +114,7 @@ GPT2 = Adapter(
         "blocks.{i}.resid_post": Site("transformer.h.{i}"),
         "blocks.{i}.attn.out": Site("transformer.h.{i}.attn"),
         "blocks.{i}.attn.heads": Site("transformer.h.{i}.attn.c_proj", "input"),
+        "blocks.{i}.attn.pattern": Site("transformer.h.{i}.attn", index=1, kind="pattern"),
         "blocks.{i}.mlp.out": Site("transformer.h.{i}.mlp"),
         "blocks.{i}.mlp.neurons": Site("transformer.h.{i}.mlp.c_proj", "input"),
         "final_norm": Site("transformer.ln_f"),
@@ -110,6 +132,7 @@ NEOX = Adapter(
         "blocks.{i}.resid_post": Site("gpt_neox.layers.{i}"),
         "blocks.{i}.attn.out": Site("gpt_neox.layers.{i}.attention"),
         "blocks.{i}.attn.heads": Site("gpt_neox.layers.{i}.attention.dense", "input"),
+        "blocks.{i}.attn.pattern": Site("gpt_neox.layers.{i}.attention", index=1, kind="pattern"),
         "blocks.{i}.mlp.out": Site("gpt_neox.layers.{i}.mlp"),
         "blocks.{i}.mlp.neurons": Site("gpt_neox.layers.{i}.mlp.dense_4h_to_h", "input"),
         "final_norm": Site("gpt_neox.final_layer_norm"),
@@ -131,12 +154,15 @@ def adapter_for(model: nn.Module) -> Adapter:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A concrete site: its canonical name, module path, hook side, and block index."""
+    """A concrete site: canonical name, module path, hook side, block (and expert) index."""
 
     name: str
     module: str
     where: Literal["output", "input"]
     block: int | None
+    index: int = 0
+    kind: SiteKind = "value"
+    expert: int | None = None
 
 
 def n_blocks(model: nn.Module) -> int:
@@ -144,11 +170,21 @@ def n_blocks(model: nn.Module) -> int:
     return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
 
 
+def n_experts(model: nn.Module, block: int) -> int:
+    """How many routed experts block ``block`` of a mixture-of-experts model has."""
+    moe: Any = model.get_submodule(resolve(model, f"blocks.{block}.mlp.out").module)
+    return int(moe.experts.num_experts)
+
+
 def resolve(model: nn.Module, name: str) -> Resolved:
     """Turn ``blocks.3.mlp.out`` into its module path, checking the site and the layer."""
     adapter = adapter_for(model)
-    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-    key, block = (f"blocks.{{i}}.{match[2]}", int(match[1])) if match else (name, None)
+    match = re.fullmatch(r"blocks\.(\d+)\.(.+?)(?:\.(\d+))?", name)
+    key, block, expert = name, None, None
+    if match:
+        block = int(match[1])
+        key = f"blocks.{{i}}.{match[2]}" + (".{j}" if match[3] is not None else "")
+        expert = int(match[3]) if match[3] is not None else None
     site = adapter.sites.get(key)
     if site is None:
         valid = ", ".join(adapter.site_names())
@@ -161,4 +197,11 @@ def resolve(model: nn.Module, name: str) -> Resolved:
                 f"this model has blocks 0..{layers - 1}"
             )
     module = site.module.format(i=block) if block is not None else site.module
-    return Resolved(name, module, site.where, block)
+    if expert is not None and block is not None:
+        count = n_experts(model, block)
+        if not 0 <= expert < count:
+            raise SelfscopeError(
+                f"site {name!r}: expert {expert} is out of range; "
+                f"block {block} has experts 0..{count - 1}"
+            )
+    return Resolved(name, module, site.where, block, site.index, site.kind, expert)
