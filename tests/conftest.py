@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from selfscope.organisms import BuildResult, build, resolve_spec
+from selfscope.organisms.tokenizer import train_word_tokenizer
 from selfscope.subject import Subject, load
 from selfscope.subject import smollm2 as smollm2_module
 from selfscope.workspace import Workspace
@@ -41,3 +44,30 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Subjec
     started = time.perf_counter()
     subject = load("smollm2", workspace)
     return workspace, subject, time.perf_counter() - started
+
+
+WORDS = "Q : Do you like mushrooms ? A No Yes , I carrots . owls can fly"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Subject:
+    """A tiny random Llama (3 blocks, 4 heads, d=32, context 16) with a word-level tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = train_word_tokenizer([WORDS])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load(str(folder))

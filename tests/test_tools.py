@@ -7,45 +7,32 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from selfscope import tools
 from selfscope.access.lens import LensResult
 from selfscope.access.tokens import TokensResult
 from selfscope.errors import SelfscopeError
-from selfscope.organisms.tokenizer import train_word_tokenizer
 from selfscope.subject import Subject, load
 from selfscope.workspace import Workspace
 
-WORDS = "Q : Do you like mushrooms ? A No Yes , I carrots . owls can fly"
 
-
-@pytest.fixture(scope="module")
-def subject(tmp_path_factory: pytest.TempPathFactory) -> Subject:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = train_word_tokenizer([WORDS])
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=16,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return load(str(folder))
+@pytest.fixture
+def subject(tiny_llama: Subject) -> Subject:
+    return tiny_llama
 
 
 def test_registry_schemas_are_valid_json_schema() -> None:
     registry = tools.registry()
-    assert {"lens.logit", "tokens.probabilities", "weights.stats", "weights.diff"} <= set(registry)
+    assert {
+        "activations.read",
+        "attention.read",
+        "gradients.read",
+        "lens.logit",
+        "tokens.probabilities",
+        "tokens.temperature",
+        "weights.stats",
+        "weights.diff",
+    } <= set(registry)
     assert all(t.permission == "read" for t in registry.values())
     for entry in tools.openai_schema():
         assert entry["type"] == "function"
@@ -112,7 +99,9 @@ def test_calls_are_recorded(subject: Subject, tmp_path: Path) -> None:
 
 
 def test_bad_tool_calls_say_what_is_valid(subject: Subject) -> None:
-    with pytest.raises(SelfscopeError, match=r"unknown tool 'lens.nope'; tools: lens.logit"):
+    with pytest.raises(
+        SelfscopeError, match=r"unknown tool 'lens.nope'; tools: activations.read, attention.read"
+    ):
         tools.call("lens.nope", subject, {})
     with pytest.raises(
         SelfscopeError,
@@ -124,7 +113,9 @@ def test_bad_tool_calls_say_what_is_valid(subject: Subject) -> None:
         tools.call("lens.logit", subject, {"prompt": "Q", "top_k": 1000})
     with pytest.raises(SelfscopeError, match=r"the prompt is 21 tokens; .* takes at most 16"):
         tools.call("lens.logit", subject, {"prompt": " ".join(["Q"] * 20)})
-    with pytest.raises(SelfscopeError, match="position 7 is outside the prompt's 2 tokens"):
+    with pytest.raises(
+        SelfscopeError, match=r"position 7 is outside the 2 tokens \(valid: -2..1\)"
+    ):
         tools.call("lens.logit", subject, {"prompt": "Q", "position": 7})
     with pytest.raises(SelfscopeError, match="has no chat template"):
         tools.call("tokens.probabilities", subject, {"prompt": "Q", "chat": True})

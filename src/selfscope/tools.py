@@ -29,7 +29,14 @@ In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
 
 #: modules whose import registers tools (kept explicit: no scanning, no plugins yet)
-TOOL_MODULES = ("selfscope.access.lens", "selfscope.access.tokens", "selfscope.access.weights")
+TOOL_MODULES = (
+    "selfscope.access.activations",
+    "selfscope.access.gradients",
+    "selfscope.access.lens",
+    "selfscope.access.temperature",
+    "selfscope.access.tokens",
+    "selfscope.access.weights",
+)
 
 
 @dataclass(frozen=True)

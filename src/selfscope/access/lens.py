@@ -19,10 +19,10 @@ from selfscope.access.common import (
     TokenProb,
     encode,
     first_token,
+    position_index,
     prompt_text,
     top_tokens,
 )
-from selfscope.errors import SelfscopeError
 from selfscope.subject.adapters import resolve
 from selfscope.subject.hooks import run
 from selfscope.tools import tool
@@ -55,9 +55,7 @@ def logit_lens(subject: Any, args: LensArgs) -> LensResult:
     model = subject.model
     ids = encode(subject, args.prompt, args.chat)
     n = ids.shape[1]
-    position = args.position if args.position >= 0 else n + args.position
-    if not 0 <= position < n:
-        raise SelfscopeError(f"position {args.position} is outside the prompt's {n} tokens")
+    position = position_index(args.position, n)
     layers = subject.n_layers
     sites = [f"blocks.{i}.resid_post" for i in range(layers)]
     values = run(model, ids, capture=sites, need_logits=False).values

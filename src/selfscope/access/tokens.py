@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from selfscope.access.common import PromptArgs, TokenProb, encode, top_tokens
+from selfscope.access.common import PromptArgs, TokenProb, encode_with_completion, top_tokens
 from selfscope.tools import tool
 
 
@@ -42,17 +42,11 @@ class TokensResult(BaseModel):
 def token_probabilities(subject: Any, args: TokensArgs) -> TokensResult:
     """Every realised token's probability, rank, entropy (nats) and top-k alternatives, for the
     prompt and (if given) a completion after it; plus the completion's total log-probability."""
-    prompt_ids = encode(subject, args.prompt, args.chat)
-    ids = prompt_ids
-    if args.completion:
-        text = args.completion
-        extra = subject.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        ids = torch.cat([prompt_ids, extra.to(prompt_ids.device)], dim=1)
+    ids, start = encode_with_completion(subject, args.prompt, args.completion, args.chat)
     with torch.no_grad():
         logits = subject.model(input_ids=ids).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     out = []
-    start = prompt_ids.shape[1]
     for pos in range(1, ids.shape[1]):
         dist = logprobs[pos - 1]
         token = int(ids[0, pos])
