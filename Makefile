@@ -37,6 +37,9 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: $(STAMP)
+	# The peers benchmarks/access.py compares against (nnsight, TransformerLens).
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
+	$(BIN)/python -m pip uninstall -q -y torchvision 2>/dev/null || true
 	$(BIN)/python benchmarks/organisms.py
 	$(BIN)/python benchmarks/access.py
 
