@@ -71,3 +71,32 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Subject:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return load(str(folder))
+
+
+@pytest.fixture(scope="session")
+def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Subject:
+    """A tiny random Mixtral (3 blocks, 4 experts, top-2, d=32, context 16), same tokenizer."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-mixtral")
+    tokenizer = train_word_tokenizer([WORDS])
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(
+        MixtralConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=48,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load(str(folder))

@@ -216,6 +216,12 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject) -> None:
         ("weights.stats", {"modules": ["nope"]}, r"unknown parameter 'nope'"),
         ("weights.diff", {"against": "/nonexistent/model"}, r"/nonexistent/model"),
         ("weights.stats", {"singular_values": 99}, r"singular_values: Input should be"),
+        (
+            "localize.experts",
+            {"prompts": ["Q"], "planted": " No", "normal": " Yes"},
+            r"needs a mixture-of-experts model",
+        ),
+        ("localize.experts", {"prompts": [], "planted": " No"}, r"prompts: List should have"),
     ]
     for name, args, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:
