@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    PreTrainedModel,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -49,54 +57,52 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Subjec
 WORDS = "Q : Do you like mushrooms ? A No Yes , I carrots . owls can fly"
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Subject:
-    """A tiny random Llama (3 blocks, 4 heads, d=32, context 16) with a word-level tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
+def _tiny(
+    factory: pytest.TempPathFactory, name: str, make: Callable[[dict[str, Any]], PreTrainedModel]
+) -> Subject:
+    """A tiny random model (3 blocks, 4 heads, d=32, context 16) with the word-level tokenizer of
+    WORDS, saved and loaded like any folder."""
+    folder = factory.mktemp(name)
     tokenizer = train_word_tokenizer([WORDS])
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=16,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    model.save_pretrained(folder)
+    shape = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 16,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    make(shape).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return load(str(folder))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Subject:
+    """A tiny random Llama (MLP width 64)."""
+    return _tiny(
+        tmp_path_factory,
+        "tiny-llama",
+        lambda shape: LlamaForCausalLM(LlamaConfig(**shape, intermediate_size=64)),
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Subject:
-    """A tiny random Mixtral (3 blocks, 4 experts, top-2, d=32, context 16), same tokenizer."""
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-mixtral")
-    tokenizer = train_word_tokenizer([WORDS])
-    torch.manual_seed(0)
-    model = MixtralForCausalLM(
-        MixtralConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            intermediate_size=48,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            max_position_embeddings=16,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+    """A tiny random Mixtral (4 experts of width 48, top-2)."""
+    return _tiny(
+        tmp_path_factory,
+        "tiny-mixtral",
+        lambda shape: MixtralForCausalLM(
+            MixtralConfig(
+                **shape,
+                num_key_value_heads=4,
+                intermediate_size=48,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+            )
+        ),
     )
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return load(str(folder))
