@@ -126,7 +126,7 @@ def _autograd(
         for name, g in zip(params, found[:-1], strict=True):
             grads[name] += g
         site.append(found[-1][0])
-        total += float(objective)
+        total += float(objective.detach())
     return total, grads, site
 
 
