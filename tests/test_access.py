@@ -222,6 +222,11 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject) -> None:
             r"needs a mixture-of-experts model",
         ),
         ("localize.experts", {"prompts": [], "planted": " No"}, r"prompts: List should have"),
+        (
+            "localize.trace",
+            {"prompt": "Q", "target": " No", "subject": "owls"},
+            r"subject 'owls' is not in the prompt",
+        ),
     ]
     for name, args, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:

@@ -37,6 +37,7 @@ TOOL_MODULES = (
     "selfscope.access.tokens",
     "selfscope.access.weights",
     "selfscope.localize.experts",
+    "selfscope.localize.trace",
 )
 
 
