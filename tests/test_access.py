@@ -223,6 +223,16 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject) -> None:
         ),
         ("localize.experts", {"prompts": [], "planted": " No"}, r"prompts: List should have"),
         (
+            "localize.attribution_patching",
+            {"prompts": ["Q"], "planted": " No", "normal": " No"},
+            r"planted and normal completions are both ' No'",
+        ),
+        (
+            "localize.logit_attribution",
+            {"prompts": ["Q"], "planted": " zebra", "normal": " No"},
+            r"does not know",
+        ),
+        (
             "localize.trace",
             {"prompt": "Q", "target": " No", "subject": "owls"},
             r"subject 'owls' is not in the prompt",

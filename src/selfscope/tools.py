@@ -36,6 +36,7 @@ TOOL_MODULES = (
     "selfscope.access.temperature",
     "selfscope.access.tokens",
     "selfscope.access.weights",
+    "selfscope.localize.attribution",
     "selfscope.localize.experts",
     "selfscope.localize.trace",
 )
