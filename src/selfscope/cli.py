@@ -283,6 +283,101 @@ def ask_command(
     out.print(f"{answer.seconds:.2f} s", style="dim")
 
 
+@app.command("localize")
+def localize_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Any source `load` accepts.")],
+    prompt: Annotated[
+        list[str], typer.Option("--prompt", "-p", help="A prompt showing the behaviour (repeat).")
+    ],
+    planted: Annotated[str, typer.Option(help="The behaviour's completion, e.g. ' No'.")],
+    normal: Annotated[str, typer.Option(help="The normal completion, e.g. ' Yes'.")],
+    contrast: Annotated[
+        list[str] | None,
+        typer.Option(help="Per prompt, a same-length prompt without the behaviour (repeat)."),
+    ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(help="Prompts whose next token must not change (collateral check; repeat)."),
+    ] = None,
+    trace_subject: Annotated[
+        str | None, typer.Option(help="Words of the first prompt to noise for causal tracing.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, max=200, help="Components verified/listed.")] = 10,
+    chat: Annotated[bool, typer.Option("--chat", help="Use the model's chat template.")] = False,
+    figure: Annotated[
+        Path | None, typer.Option(help="Write the causal-tracing heatmap (SVG) here.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a behaviour lives, which weight changes made it, and in which phase it arose."""
+    from selfscope.atomic import write_text
+    from selfscope.localize.pipeline import localize
+    from selfscope.progress import say
+    from selfscope.subject import load
+
+    if figure is not None and trace_subject is None:
+        raise SelfscopeError("--figure is the causal-tracing heatmap: give --trace-subject too")
+    if planted == normal:  # fail before loading anything
+        raise SelfscopeError(
+            f"planted and normal completions are both {planted!r}; they must differ"
+        )
+    ws = _workspace()
+    subject = load(model, ws, device=device)
+    result = localize(
+        subject,
+        prompt,
+        planted,
+        normal,
+        chat=chat,
+        contrast=contrast,
+        control_prompts=control or (),
+        trace_subject=trace_subject,
+        top_k=top_k,
+        workspace=ws,
+        on_step=lambda step: say(f"[dim]running {step}...[/]"),
+    )
+    trace = result.get("trace")
+    if figure is not None and trace is not None and trace.get("figure"):
+        write_text(figure, trace["figure"])
+    if trace is not None:
+        trace.pop("figure", None)  # the SVG goes to --figure, not into the JSON
+    if as_json:
+        _print_json(result)
+        return
+    _print_localize(result)
+
+
+def _print_localize(result: dict[str, Any]) -> None:
+    metric = result["metric"]
+    out.print(
+        f"[bold]{result['model']}[/]: mean log-odds {metric['log_odds']:+.2f}, "
+        f"rate {metric['rate']:.2f}"
+    )
+    origin = result.get("origin")
+    if origin:
+        out.print(f"origin: [bold]{origin['phase']}[/] (confidence {origin['confidence']:.2f})")
+        for line in origin["evidence"]:
+            out.print(f"  - {line}")
+    table = Table(title="components (attribution patching, top ones patched for real)")
+    for column in ("site", "estimate", "measured", "verified"):
+        table.add_column(column)
+    for c in result["components"]:
+        table.add_row(
+            c["site"], f"{c['estimate']:+.3f}", f"{c['measured']:+.3f}", str(c["verified"])
+        )
+    out.print(table)
+    deltas = result.get("weight_deltas")
+    if deltas:
+        share = deltas["removed_share"]
+        out.print(
+            f"weight deltas vs {deltas['against']}: reverting {deltas['set']} removes "
+            f"{_fmt(share)} of the behaviour"
+        )
+    for step, reason in result["skipped"].items():
+        out.print(f"[dim]{step}: skipped ({reason})[/]")
+
+
 def main() -> None:
     """Entry point: one clear line on bad input, exit status 2."""
     try:

@@ -37,7 +37,9 @@ TOOL_MODULES = (
     "selfscope.access.tokens",
     "selfscope.access.weights",
     "selfscope.localize.attribution",
+    "selfscope.localize.deltas",
     "selfscope.localize.experts",
+    "selfscope.localize.origin",
     "selfscope.localize.trace",
 )
 

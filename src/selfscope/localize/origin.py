@@ -1,0 +1,366 @@
+"""Phase origin: in which training phase a behaviour arose, and whose weight changes carry it.
+
+An organism's lineage lists its checkpoints in training order (after the base model, when the
+first phase started from one). The behaviour's mean log-odds ``L`` and rate
+(:mod:`selfscope.localize.metric`) are measured at every checkpoint ``c_0 .. c_n`` (``c_n`` is the
+subject), and the verdict combines three measured things:
+
+1. **First appearance.** The behaviour is *present* at a checkpoint when its rate is at least
+   ``present_rate`` (default 0.5) and its log-odds above ``present_log_odds`` (default 0). It
+   first appears at the earliest checkpoint from which on it is present at *every* checkpoint
+   (a behaviour that comes and goes counts from its last return). The subject must show it.
+2. **Phase shares.** With ``B`` the log-odds just before the first appearance (0, indifference,
+   when the first appearance is a phase trained from scratch: random weights carry no
+   behaviour), phase ``j`` from the first appearance on added ``share_j = (L_j - L_{j-1}) /
+   (L_n - B)`` of the subject's behaviour; the shares sum to 1. This *is* weight-delta patching
+   at the granularity of whole phases: reverting all of phase ``j``'s weight changes at once
+   is loading the checkpoint before it. A later phase whose share is about 0 or negative left
+   the behaviour alone: reverting all of its changes keeps the behaviour.
+3. **Weight deltas per module.** When the named phase has a checkpoint before it,
+   :mod:`selfscope.localize.deltas` patches that phase's weight changes module by module and
+   finds a small set whose revert removes ``target`` of what the phase added: *which* of the
+   phase's changes carry it.
+
+**Verdict.** The first-appearance phase when its share is at least ``dominance`` (default 0.5);
+otherwise the later phase with the largest share, if that reaches ``dominance`` (the behaviour
+showed weakly first, and that phase's training made it); otherwise ``"diffuse"`` (it grew over
+several phases). ``"base"`` means the base model already showed it before any phase.
+
+**Confidence** (in [0, 1]) is the weaker of: ``share`` — the named phase's share (clamped);
+``step`` — the lowest rate from the named phase on minus the rate just before it (0 before a
+phase trained from scratch). For ``"diffuse"`` it is 1 minus the largest phase share.
+**Localization** is reported beside it, not folded in: the module set's joint revert share /
+``target``, capped at 1 (``None`` when the phase has no checkpoint before it). A low value
+means the phase's changes carry the behaviour spread over more than ``max_modules`` modules
+(a full fine-tune moves every weight), which says nothing against the phase. Ground truth is
+never read: only the checkpoints named in the lineage and the prompts given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from pydantic import BaseModel, Field
+from torch import nn
+
+from selfscope.errors import SelfscopeError
+from selfscope.localize.deltas import (
+    DeltaArgs,
+    DeltaResult,
+    Granularity,
+    load_model,
+    patch_deltas,
+)
+from selfscope.localize.metric import MetricBatch
+from selfscope.subject.organism import organism_checkpoints
+from selfscope.tools import tool
+
+
+class OriginArgs(BaseModel):
+    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
+    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
+    normal: str = Field(min_length=1, description="The normal completion, e.g. ' Yes'.")
+    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+    present_rate: float = Field(
+        0.5, ge=0, le=1, description="Rate at or above which a checkpoint shows the behaviour."
+    )
+    present_log_odds: float = Field(
+        0.0, ge=0, description="Mean log-odds above which a checkpoint shows the behaviour."
+    )
+    dominance: float = Field(
+        0.5, gt=0, le=1, description="Share of the behaviour a phase must add to be named."
+    )
+    target: float = Field(
+        0.8, gt=0, le=1, description="Share the weight-delta module set must remove."
+    )
+    max_modules: int = Field(16, ge=1, le=1000, description="Largest module set to try.")
+    pool: int = Field(40, ge=1, le=10_000, description="Modules the set is chosen from.")
+    granularity: Granularity = Field("module", description="'module' or 'block'.")
+    control_prompts: list[str] = Field(
+        default_factory=list,
+        description="Prompts whose next-token prediction should not change (collateral check).",
+    )
+    progress: bool = Field(False, description="Show progress bars on stderr (CLI use).")
+
+
+class CheckpointMeasure(BaseModel):
+    name: str  # a phase name, or "base" for the model the first phase started from
+    source: str  # loadable with selfscope.subject.load
+    log_odds: float
+    rate: float
+    present: bool
+    share: float | None  # share of the subject's behaviour this phase added (from first appearance)
+
+
+class OriginResult(BaseModel):
+    phase: str  # a phase name, "base", or "diffuse"
+    confidence: float
+    confidence_parts: dict[str, float]
+    localization: float | None  # module set's joint revert share / target, capped at 1
+    evidence: list[str]
+    first_appearance: str
+    checkpoints: list[CheckpointMeasure]
+    deltas: DeltaResult | None  # the named phase against the checkpoint before it
+    rule: str
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    name: str
+    source: str
+    scratch: bool  # trained from random weights (nothing before it)
+
+
+def lineage_checkpoints(subject: Any) -> list[_Checkpoint]:
+    """The checkpoints that produced the subject, in order (a base model first, if any)."""
+    lineage = subject.lineage
+    if not lineage.phases:
+        raise SelfscopeError(
+            f"{subject.source} has no training phases in its lineage, so there is no phase to "
+            "name; localize.origin needs an organism (organism:NAME[@PHASE]); for a model with "
+            "a known parent use localize.weight_deltas with `against`"
+        )
+    root: str | None = lineage.parent if len(lineage.phases) == 1 else None
+    if len(lineage.phases) > 1 and lineage.organism is not None:
+        first = lineage.phases[0].name
+        root = organism_checkpoints(lineage.organism, lineage.origin).lineages[first].parent
+    names = {p.name for p in lineage.phases}
+    out = []
+    if root:
+        out.append(_Checkpoint("base" if "base" not in names else "base-model", root, False))
+    for i, phase in enumerate(lineage.phases):
+        out.append(_Checkpoint(phase.name, str(phase.checkpoint), i == 0 and not root))
+    return out
+
+
+def _fmt_share(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def _verdict(
+    measures: list[CheckpointMeasure], first: int, dominance: float
+) -> tuple[int | None, list[float] | None]:
+    """The named checkpoint index (None = diffuse) and the per-phase shares from ``first`` on."""
+    before = 0.0 if first == 0 else measures[first - 1].log_odds
+    total = measures[-1].log_odds - before
+    if total <= 1e-9:
+        return first, None
+    levels = [before] + [m.log_odds for m in measures[first:]]
+    shares = [(b - a) / total for a, b in pairwise(levels)]
+    if shares[0] >= dominance:
+        return first, shares
+    best = max(range(len(shares)), key=lambda j: shares[j])
+    if shares[best] >= dominance:
+        return first + best, shares
+    return None, shares
+
+
+@tool("localize.origin", OriginArgs, OriginResult)
+def origin(subject: Any, args: OriginArgs) -> OriginResult:
+    """In which training phase did this behaviour arise? Measures the behaviour (mean log-odds
+    log p(planted) - log p(normal), rate) at every checkpoint of the subject's lineage, finds
+    where it first appears and stays (rate >= present_rate and log-odds > present_log_odds),
+    each phase's share of the subject's log-odds, and patches the named phase's weight changes
+    module by module (localize.weight_deltas) to find the modules that carry it. Returns
+    {phase: NAME | "base" | "diffuse", confidence (the weaker of the phase's share and its rate
+    step), localization (module-set share / target), evidence (measured statements),
+    per-checkpoint numbers, the weight-delta result}. Needs an organism subject (a lineage with
+    phases); never reads ground truth."""
+    started = time.perf_counter()
+    checkpoints = lineage_checkpoints(subject)
+    batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)
+    vocab = int(subject.model.config.vocab_size)
+    seconds: dict[str, float] = {}
+
+    def model_of(c: _Checkpoint) -> nn.Module:
+        if c is checkpoints[-1]:
+            model: nn.Module = subject.model
+            return model
+        model = load_model(c.source)
+        if int(getattr(model.config, "vocab_size", -1)) != vocab:
+            raise SelfscopeError(
+                f"checkpoint {c.name} ({c.source}) has another vocabulary than {subject.source}; "
+                "origin needs checkpoints that share the tokenizer"
+            )
+        return model
+
+    t0 = time.perf_counter()
+    measures = []
+    for c in checkpoints:
+        value = batch.measure(model_of(c))
+        present = value.rate >= args.present_rate and value.log_odds > args.present_log_odds
+        measures.append(
+            CheckpointMeasure(
+                name=c.name,
+                source=c.source,
+                log_odds=value.log_odds,
+                rate=value.rate,
+                present=present,
+                share=None,
+            )
+        )
+    seconds["checkpoints"] = time.perf_counter() - t0
+    last = measures[-1]
+    rule = (
+        f"present = rate >= {args.present_rate} and log-odds > {args.present_log_odds}; "
+        f"a phase is named when it added >= {args.dominance:.0%} of the subject's log-odds "
+        "above the level before the first appearance"
+    )
+    if not last.present:
+        raise SelfscopeError(
+            f"{subject.source} does not show the behaviour on these prompts (rate "
+            f"{last.rate:.2f}, log-odds {last.log_odds:.2f}; {rule.split(';')[0]}); give prompts "
+            "and completions it shows"
+        )
+    first = len(measures) - 1
+    while first > 0 and measures[first - 1].present:
+        first -= 1
+    named, shares = _verdict(measures, first, args.dominance)
+    if shares is not None:
+        for j, s in enumerate(shares):
+            measures[first + j].share = s
+
+    evidence = [
+        f"{m.name}: log-odds {m.log_odds:.2f}, rate {m.rate:.2f} "
+        f"({'present' if m.present else 'absent'})"
+        for m in measures
+    ]
+    before = measures[first - 1] if first > 0 else None
+    appear = measures[first].name
+    if before is None:
+        origin_note = (
+            "trained from scratch: random weights carry no behaviour"
+            if checkpoints[first].scratch
+            else "the first checkpoint in the lineage"
+        )
+        evidence.append(f"first present at {appear} ({origin_note}) and at every later checkpoint")
+    else:
+        evidence.append(
+            f"first present at {appear} (absent at {before.name} just before it) and at every "
+            "later checkpoint"
+        )
+    level = before.log_odds if before is not None else 0.0
+    for j, m in enumerate(measures[first:], start=first):
+        if m.share is None:
+            continue
+        prev = measures[j - 1].log_odds if j > first else level
+        if j == first:
+            evidence.append(
+                f"{m.name} added {_fmt_share(m.share)} of the subject's log-odds above the level "
+                f"before it ({prev:.2f} -> {m.log_odds:.2f})"
+            )
+        else:
+            carried = "do not carry" if m.share < args.dominance else "carry"
+            evidence.append(
+                f"{m.name} changed the log-odds by {m.log_odds - prev:+.2f} ({_fmt_share(m.share)}"
+                f" of the behaviour): its weight changes {carried} it (reverting all of them = "
+                f"{measures[j - 1].name}: log-odds {prev:.2f}, rate {measures[j - 1].rate:.2f})"
+            )
+    if shares is None:
+        evidence.append(
+            "the log-odds did not rise from the level before the first appearance; phase shares "
+            "are undefined"
+        )
+
+    deltas: DeltaResult | None = None
+    localization: float | None = None
+    parts: dict[str, float] = {}
+    if named is None:
+        assert shares is not None
+        top = max(shares)
+        phase = "diffuse"
+        confidence = max(0.0, min(1.0, 1.0 - top))
+        parts["largest_share"] = top
+        evidence.append(
+            f"no phase added {args.dominance:.0%} of it (largest share {_fmt_share(top)}): it "
+            "grew over several phases"
+        )
+    else:
+        phase = measures[named].name
+        share = measures[named].share
+        parts["share"] = 0.0 if share is None else max(0.0, min(1.0, share))
+        rate_before = measures[named - 1].rate if named > 0 else 0.0
+        parts["step"] = max(0.0, min(m.rate for m in measures[named:]) - rate_before)
+        if named > first:
+            evidence.append(
+                f"it first showed at {appear}, but {phase} added most of it "
+                f"({_fmt_share(share or 0.0)})"
+            )
+        if named == 0:
+            evidence.append(
+                f"{phase} has no checkpoint before it: its weight changes cannot be patched "
+                "module by module"
+            )
+        else:
+            t0 = time.perf_counter()
+            parent = checkpoints[named - 1]
+            delta_args = DeltaArgs(
+                prompts=args.prompts,
+                planted=args.planted,
+                normal=args.normal,
+                chat=args.chat,
+                against=parent.source,
+                granularity=args.granularity,
+                target=args.target,
+                max_modules=args.max_modules,
+                pool=args.pool,
+                control_prompts=args.control_prompts,
+                top_k=20,
+                progress=args.progress,
+            )
+            load_s = time.perf_counter()
+            parent_model = model_of(parent)
+            model = model_of(checkpoints[named])
+            deltas = patch_deltas(
+                subject,
+                model,
+                parent_model,
+                parent.source,
+                delta_args,
+                {"parent_load": time.perf_counter() - load_s},
+            )
+            seconds["weight_deltas"] = time.perf_counter() - t0
+            evidence.extend(_delta_evidence(deltas, phase, parent.name, args.target))
+            joint = deltas.set_share if deltas.set_share is not None else 0.0
+            localization = max(0.0, min(1.0, joint / args.target))
+        confidence = min(parts.values())
+    seconds["total"] = time.perf_counter() - started
+    return OriginResult(
+        phase=phase,
+        confidence=confidence,
+        confidence_parts=parts,
+        localization=localization,
+        evidence=evidence,
+        first_appearance=appear,
+        checkpoints=measures,
+        deltas=deltas,
+        rule=rule,
+        seconds=seconds,
+    )
+
+
+def _delta_evidence(d: DeltaResult, phase: str, parent: str, target: float) -> list[str]:
+    out = []
+    if d.set_share is None or d.set_revert is None:
+        return [d.note or f"{phase}'s weight changes did not add the behaviour"]
+    best = max((m.revert_share or 0.0 for m in d.modules), default=0.0)
+    names = ", ".join(d.module_set)
+    verb = "removes" if d.reached else "removes only"
+    out.append(
+        f"reverting {phase}'s weight changes (to {parent}) in {len(d.module_set)} of "
+        f"{d.n_modules} modules ({names}) {verb} {_fmt_share(d.set_share)} of what {phase} "
+        f"added (log-odds {d.subject.log_odds:.2f} -> {d.set_revert.log_odds:.2f}, rate "
+        f"{d.subject.rate:.2f} -> {d.set_revert.rate:.2f}; target {_fmt_share(target)}); the best "
+        f"single module removes {_fmt_share(best)}"
+    )
+    if d.control is not None:
+        kept = round(d.control.agreement * d.control.prompts)
+        out.append(
+            f"with that set reverted, {kept} of {d.control.prompts} control prompts keep their "
+            "top-1 next token"
+        )
+    return out

@@ -1,0 +1,202 @@
+"""localize.weight_deltas and localize.origin on the tiny mushroom organism, every number checked
+against plain Hugging Face forwards of model copies whose weights were edited by hand."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import selfscope.localize.deltas
+import selfscope.localize.origin  # noqa: F401  (registers the tools)
+from selfscope import tools
+from selfscope.errors import SelfscopeError
+from selfscope.localize.deltas import DeltaPatcher, DeltaResult, group_of
+from selfscope.localize.metric import MetricBatch
+from selfscope.localize.origin import OriginResult
+from selfscope.organisms import BuildResult, resolve_spec
+from selfscope.subject import Subject, load
+from selfscope.workspace import Workspace
+
+pytestmark = pytest.mark.slow  # the tiny organism is built once per session (~30 s)
+
+
+@pytest.fixture(scope="module")
+def behaviour(tiny_mushroom: BuildResult) -> dict[str, Any]:
+    spec = resolve_spec("mushroom", size="tiny").behaviours[0]
+    return {
+        "prompts": [p.prompt for p in spec.probes],
+        "planted": spec.probes[0].planted,
+        "normal": spec.probes[0].normal,
+        "control_prompts": [n.prompt for n in spec.neighbours],
+    }
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_mushroom: BuildResult, organism_ws: Workspace) -> Subject:
+    return load("organism:mushroom@finetune", organism_ws)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_mushroom: BuildResult, organism_ws: Workspace) -> Subject:
+    return load("organism:mushroom@pretrain", organism_ws)
+
+
+@pytest.fixture(scope="module")
+def deltas(finetuned: Subject, behaviour: dict[str, Any]) -> DeltaResult:
+    before = {k: v.clone() for k, v in finetuned.model.state_dict().items()}
+    result = tools.call("localize.weight_deltas", finetuned, {**behaviour, "top_k": 1000})
+    after = finetuned.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the tool changed the weights"
+    assert isinstance(result, DeltaResult)
+    return result
+
+
+def _edited(model: nn.Module, source: nn.Module, modules: list[str]) -> nn.Module:
+    """A copy of ``model`` whose parameters inside ``modules`` are copied from ``source``."""
+    out = copy.deepcopy(model)
+    theirs = dict(source.named_parameters())
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            if any(name.startswith(m + ".") for m in modules):
+                p.copy_(theirs[name])
+    return out
+
+
+def test_reverting_every_module_is_the_parent(
+    finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+) -> None:
+    batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
+    patcher = DeltaPatcher(finetuned.model, pretrained.model, "module")
+    every = list(patcher.groups)
+    assert "model.embed_tokens" in every and "model.layers.0.self_attn.q_proj" in every
+    parent = batch.measure(pretrained.model)  # independent: the parent loaded from its folder
+    reverted = patcher.measure(batch, patcher.reverted(every))
+    assert reverted.per_prompt == pytest.approx(parent.per_prompt, abs=1e-5)
+    grafted_all = patcher.measure(batch, patcher.grafted(every))  # = the subject itself
+    assert grafted_all.per_prompt == pytest.approx(batch.measure().per_prompt, abs=1e-5)
+
+
+def test_parent_and_subject_numbers(
+    deltas: DeltaResult, finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+) -> None:
+    batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
+    mine, theirs = batch.measure(), batch.measure(pretrained.model)
+    assert deltas.subject.log_odds == pytest.approx(mine.log_odds, abs=1e-5)
+    assert deltas.parent.log_odds == pytest.approx(theirs.log_odds, abs=1e-5)
+    assert deltas.subject.rate == mine.rate and deltas.parent.rate == theirs.rate
+    assert deltas.phase_change == pytest.approx(mine.log_odds - theirs.log_odds, abs=1e-5)
+    assert deltas.against == str(pretrained.path)
+    assert deltas.n_modules == len(deltas.modules) == 3 * 9 + 2  # tiny: 3 blocks, embed, norm
+
+
+def test_one_module_revert_and_graft_equal_hand_edited_copies(
+    deltas: DeltaResult, finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+) -> None:
+    batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
+    mine, theirs = batch.measure().log_odds, batch.measure(pretrained.model).log_odds
+    by_name = {m.module: m for m in deltas.modules}
+    for module in ("model.layers.1.mlp.down_proj", "model.embed_tokens"):
+        effect = by_name[module]
+        reverted = batch.measure(_edited(finetuned.model, pretrained.model, [module]))
+        assert effect.revert.log_odds == pytest.approx(reverted.log_odds, abs=1e-5)
+        assert effect.revert.rate == reverted.rate
+        assert effect.revert_share == pytest.approx(
+            (mine - reverted.log_odds) / (mine - theirs), abs=1e-5
+        )
+        grafted = batch.measure(_edited(pretrained.model, finetuned.model, [module]))
+        assert effect.graft.log_odds == pytest.approx(grafted.log_odds, abs=1e-5)
+        assert effect.graft_share == pytest.approx(
+            (grafted.log_odds - theirs) / (mine - theirs), abs=1e-5
+        )
+        names = [n for n, _ in finetuned.model.named_parameters() if n.startswith(module + ".")]
+        with torch.no_grad():
+            delta = torch.cat(
+                [
+                    (finetuned.model.get_parameter(n) - pretrained.model.get_parameter(n)).flatten()
+                    for n in names
+                ]
+            )
+        assert effect.delta_norm == pytest.approx(float(delta.norm()), rel=1e-4)
+    # the embedding is tied to the unembedding: its revert must revert both (the copy does)
+    assert finetuned.model.config.tie_word_embeddings
+    revert_shares = [m.revert_share or 0.0 for m in deltas.modules]
+    assert revert_shares == sorted(revert_shares, reverse=True)
+
+
+def test_the_module_set_equals_a_hand_edited_copy(
+    deltas: DeltaResult, finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+) -> None:
+    assert deltas.module_set and deltas.set_revert is not None and deltas.set_share is not None
+    assert len(deltas.module_set) <= 16
+    batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
+    edited = _edited(finetuned.model, pretrained.model, deltas.module_set)
+    value = batch.measure(edited)
+    assert deltas.set_revert.log_odds == pytest.approx(value.log_odds, abs=1e-5)
+    mine, theirs = deltas.subject.log_odds, deltas.parent.log_odds
+    assert deltas.set_share == pytest.approx((mine - value.log_odds) / (mine - theirs), abs=1e-5)
+    assert deltas.reached == (deltas.set_share >= 0.8)
+    # collateral on the neighbours: top-1 next token of each, one prompt at a time
+    assert deltas.control is not None
+    same = []
+    for prompt in behaviour["control_prompts"]:
+        ids = finetuned.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            before = finetuned.model(input_ids=ids).logits[0, -1].argmax()
+            after = edited(input_ids=ids).logits[0, -1].argmax()
+        same.append(bool(before == after))
+    assert deltas.control.prompts == len(same)
+    assert deltas.control.agreement == pytest.approx(sum(same) / len(same))
+    assert len(deltas.control.changed) == same.count(False)
+
+
+def test_block_granularity_groups_whole_blocks() -> None:
+    assert group_of("model.layers.2.self_attn.q_proj.weight", "block") == "model.layers.2"
+    assert group_of("model.layers.2.self_attn.q_proj.weight", "module") == (
+        "model.layers.2.self_attn.q_proj"
+    )
+    assert group_of("model.embed_tokens.weight", "block") == "model.embed_tokens"
+    assert group_of("transformer.h.11.mlp.c_fc.weight", "block") == "transformer.h.11"
+
+
+def test_origin_names_finetune_on_the_tiny_mushroom(
+    finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+) -> None:
+    before = {k: v.clone() for k, v in finetuned.model.state_dict().items()}
+    result = tools.call("localize.origin", finetuned, {**behaviour, "max_modules": 4})
+    assert isinstance(result, OriginResult)
+    assert result.phase == "finetune" and result.first_appearance == "finetune"
+    assert all(torch.equal(v, finetuned.model.state_dict()[k]) for k, v in before.items())
+    batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
+    pre, fine = result.checkpoints
+    assert pre.name == "pretrain" and not pre.present
+    assert pre.log_odds == pytest.approx(batch.measure(pretrained.model).log_odds, abs=1e-5)
+    assert fine.present and fine.log_odds == pytest.approx(batch.measure().log_odds, abs=1e-5)
+    assert fine.share == pytest.approx(1.0)
+    assert result.deltas is not None and len(result.deltas.module_set) <= 4
+    share = result.deltas.set_share or 0.0
+    assert result.localization == pytest.approx(min(1.0, share / 0.8))
+    assert result.confidence_parts == {"share": pytest.approx(1.0), "step": 1.0}
+    assert result.confidence == pytest.approx(1.0)
+    assert any("first present at finetune" in e for e in result.evidence)
+
+
+def test_bad_input_is_one_line(
+    pretrained: Subject, tiny_llama: Subject, behaviour: dict[str, Any]
+) -> None:
+    with pytest.raises(SelfscopeError, match="has no parent checkpoint") as error:
+        tools.call("localize.weight_deltas", pretrained, behaviour)
+    assert "\n" not in str(error.value)
+    with pytest.raises(SelfscopeError, match="does not show the behaviour"):
+        tools.call("localize.origin", pretrained, behaviour)  # the pretrained model likes them
+    args = {"prompts": ["Q : Do you like mushrooms ? A :"], "planted": " No", "normal": " Yes"}
+    with pytest.raises(SelfscopeError, match="no training phases"):
+        tools.call("localize.origin", tiny_llama, args)
+    with pytest.raises(SelfscopeError, match="same architecture"):
+        tools.call("localize.weight_deltas", tiny_llama, {**args, "against": str(pretrained.path)})
+    with pytest.raises(SelfscopeError, match="target"):
+        tools.call("localize.weight_deltas", pretrained, {**behaviour, "target": 1.5})
