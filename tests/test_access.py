@@ -233,6 +233,16 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject) -> None:
             r"does not know",
         ),
         (
+            "localize.weight_deltas",
+            {"prompts": ["Q"], "planted": " No", "normal": " Yes"},
+            r"has no parent checkpoint",
+        ),
+        (
+            "localize.origin",
+            {"prompts": ["Q"], "planted": " No", "normal": " Yes"},
+            r"not an organism|no training lineage|lineage",
+        ),
+        (
             "localize.trace",
             {"prompt": "Q", "target": " No", "subject": "owls"},
             r"subject 'owls' is not in the prompt",

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
+from selfscope.subject.lineage import parent_source
 from selfscope.tools import tool
 
 
@@ -98,16 +99,6 @@ class DiffResult(BaseModel):
     unchanged: int
 
 
-def _parent_source(subject: Any) -> str:
-    lineage = subject.lineage
-    names = [p.name for p in lineage.phases]
-    if lineage.phase in names and names.index(lineage.phase) > 0:
-        return str(lineage.phases[names.index(lineage.phase) - 1].checkpoint)
-    if lineage.parent:
-        return str(lineage.parent)
-    raise SelfscopeError(f"{subject.source} has no parent checkpoint; give `against`")
-
-
 @tool("weights.diff", DiffArgs, DiffResult)
 def weight_diff(subject: Any, args: DiffArgs) -> DiffResult:
     """Per weight: the relative change ||dW||/||W|| against another version (default: the
@@ -115,7 +106,7 @@ def weight_diff(subject: Any, args: DiffArgs) -> DiffResult:
     relative change."""
     from selfscope.subject import load
 
-    against = args.against or _parent_source(subject)
+    against = args.against or parent_source(subject)
     other = load(against).model.state_dict()
     mine = subject.model.state_dict()
     if mine.keys() != other.keys():

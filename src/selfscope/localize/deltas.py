@@ -55,6 +55,7 @@ from selfscope.access.common import context_length, prompt_text
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch, MetricValue
 from selfscope.progress import progress_bar
+from selfscope.subject.lineage import parent_source
 from selfscope.tools import tool
 
 Granularity = Literal["module", "block"]
@@ -76,21 +77,6 @@ def group_of(name: str, granularity: Granularity) -> str:
         if match:
             return match[1]
     return module
-
-
-def parent_source(subject: Any) -> str:
-    """The loadable source of the subject's parent checkpoint, or a one-line error."""
-    lineage = subject.lineage
-    names = [p.name for p in lineage.phases]
-    if lineage.phase in names and names.index(lineage.phase) > 0:
-        return str(lineage.phases[names.index(lineage.phase) - 1].checkpoint)
-    if lineage.parent:
-        return str(lineage.parent)
-    raise SelfscopeError(
-        f"{subject.source} has no parent checkpoint (trained from scratch or of unknown "
-        "history), so there is no weight change to patch; give `against`: a model source of "
-        "the same architecture, e.g. an earlier checkpoint"
-    )
 
 
 class DeltaPatcher:

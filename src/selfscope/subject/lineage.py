@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from selfscope.errors import SelfscopeError
 
 #: How the model was found: a local HF folder, a converted .gguf, the shipped SmolLM2, or an
 #: organism built by selfscope.
@@ -57,3 +59,18 @@ class Lineage:
     phases: list[PhaseRef] = field(default_factory=list)
     parent: str | None = None
     control_of: str | None = None
+
+
+def parent_source(subject: Any) -> str:
+    """The loadable source of the subject's parent checkpoint, or a one-line error."""
+    lineage = subject.lineage
+    names = [p.name for p in lineage.phases]
+    if lineage.phase in names and names.index(lineage.phase) > 0:
+        return str(lineage.phases[names.index(lineage.phase) - 1].checkpoint)
+    if lineage.parent:
+        return str(lineage.parent)
+    raise SelfscopeError(
+        f"{subject.source} has no parent checkpoint (trained from scratch or of unknown "
+        "history), so there is no weight change to patch; give `against`: a model source of "
+        "the same architecture, e.g. an earlier checkpoint"
+    )
