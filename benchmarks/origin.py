@@ -81,6 +81,7 @@ def tool_args(behaviour: Behaviour, chat: bool) -> dict[str, Any]:
         "normal": completion(behaviour.probes[0].normal),
         "chat": chat,
         "control_prompts": [prompt(n.prompt) for n in behaviour.neighbours],
+        "progress": True,  # bars on stderr: SmolLM2's 272 modules take minutes
     }
 
 
