@@ -38,7 +38,7 @@ import torch
 from _doc import DOC, write_section
 from torch import nn
 
-from selfscope import tools
+from selfscope import atomic, tools
 from selfscope.organisms import build, catalog_names, resolve_spec
 from selfscope.organisms.evaluate import Prober, accuracy
 from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
@@ -170,6 +170,11 @@ def main() -> None:
     parser.add_argument("--workspace", help="build into (or reuse organisms from) this folder")
     parser.add_argument("--specs", default=",".join(catalog_names()), help="catalog names")
     parser.add_argument("--no-unseen", action="store_true", help="skip examples/storm-fear.yaml")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --workspace: reuse rows an interrupted run already measured there",
+    )
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory() if args.workspace is None else None
     root = Path(args.workspace or (tmp.name if tmp else "."))
@@ -180,8 +185,14 @@ def main() -> None:
     rows = []
     for spec, ws, unseen in runs:
         os.environ["SELFSCOPE_HOME"] = str(ws.root)  # nested loads (a base model) agree
+        saved = ws.root / "origin-bench" / f"{spec.name}.json"
+        if args.resume and saved.exists():
+            rows.append(json.loads(saved.read_text()))
+            print(f"{spec.name}: measured earlier ({saved})", file=sys.stderr, flush=True)
+            continue
         print(f"{spec.name} ({args.size}) ...", file=sys.stderr, flush=True)
         rows.append(bench(spec, ws, unseen))
+        atomic.write_text(saved, json.dumps(rows[-1], default=str))
         print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
     if tmp is not None:
         tmp.cleanup()
