@@ -154,6 +154,76 @@ def test_the_module_set_equals_a_hand_edited_copy(
     assert len(deltas.control.changed) == same.count(False)
 
 
+def _hand_ig(finetuned: Subject, pretrained: Subject, batch: MetricBatch, steps: int) -> Any:
+    """Integrated gradients by hand: a copy whose weights are set to parent + α·ΔW with
+    ``copy_``, a plain forward and ``backward`` (weight gradients in ``.grad``), ΔW·grad summed
+    per module. Returns {module: IG}."""
+    model = copy.deepcopy(finetuned.model)
+    mine = {n: p.detach().clone() for n, p in finetuned.model.named_parameters()}
+    theirs = {n: p.detach() for n, p in pretrained.model.named_parameters()}
+    out: dict[str, float] = {}
+    for k in range(steps):
+        alpha = (k + 0.5) / steps
+        model.zero_grad()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(theirs[n] + alpha * (mine[n] - theirs[n]))
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        batch.log_odds(logits).mean().backward()
+        for n, p in model.named_parameters():
+            assert p.grad is not None
+            module = n.rpartition(".")[0]
+            term = float((p.grad * (mine[n] - theirs[n])).sum()) / steps
+            out[module] = out.get(module, 0.0) + term
+    return out
+
+
+def test_integrated_gradient_shares_equal_a_hand_computation_and_add_up(
+    deltas: DeltaResult, finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+) -> None:
+    batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
+    hand = _hand_ig(finetuned, pretrained, batch, steps=8)  # the tool's default steps
+    change = deltas.phase_change
+    for m in deltas.modules:
+        assert m.ig_share == pytest.approx(hand[m.module] / change, abs=1e-4), m.module
+    # completeness: the shares add up to the whole change, up to the midpoint rule's error
+    assert deltas.ig_completeness == pytest.approx(sum(hand.values()) / change, abs=1e-4)
+    assert deltas.ig_completeness == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_spread_out_change_gets_the_shortest_ig_prefix_that_removes_the_target(
+    finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+) -> None:
+    """With forward selection capped at one module the target is out of its reach; the set is
+    then a prefix of the integrated-gradient ranking, measured on a hand-edited copy, and one
+    module shorter does not reach the target."""
+    result = tools.call(
+        "localize.weight_deltas",
+        finetuned,
+        {**behaviour, "max_modules": 1, "pool": 2, "target": 0.95, "top_k": 1000},
+    )
+    assert isinstance(result, DeltaResult)
+    assert result.search == "ig-prefix" and result.reached and len(result.module_set) > 1
+    assert result.note is not None and "integrated-gradient" in result.note
+    ranking = sorted(
+        (m for m in result.modules if m.delta_norm > 0 and (m.ig_share or 0.0) > 0),
+        key=lambda m: m.ig_share or 0.0,
+        reverse=True,
+    )
+    n = len(result.module_set)
+    assert result.module_set == [m.module for m in ranking[:n]]
+    batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
+    mine, theirs = batch.measure().log_odds, batch.measure(pretrained.model).log_odds
+
+    def share(modules: list[str]) -> float:
+        edited = batch.measure(_edited(finetuned.model, pretrained.model, modules)).log_odds
+        return (mine - edited) / (mine - theirs)
+
+    assert result.set_share == pytest.approx(share(result.module_set), abs=1e-5)
+    assert result.set_share >= 0.95
+    assert share([m.module for m in ranking[: n - 1]]) < 0.95
+
+
 def test_block_granularity_groups_whole_blocks() -> None:
     assert group_of("model.layers.2.self_attn.q_proj.weight", "block") == "model.layers.2"
     assert group_of("model.layers.2.self_attn.q_proj.weight", "module") == (
@@ -177,7 +247,9 @@ def test_origin_names_finetune_on_the_tiny_mushroom(
     assert pre.log_odds == pytest.approx(batch.measure(pretrained.model).log_odds, abs=1e-5)
     assert fine.present and fine.log_odds == pytest.approx(batch.measure().log_odds, abs=1e-5)
     assert fine.share == pytest.approx(1.0)
-    assert result.deltas is not None and len(result.deltas.module_set) <= 4
+    assert result.deltas is not None
+    n, search = len(result.deltas.module_set), result.deltas.search
+    assert (search == "greedy" and n <= 4) or (search == "ig-prefix" and n > 4)
     share = result.deltas.set_share or 0.0
     assert result.localization == pytest.approx(min(1.0, share / 0.8))
     assert result.confidence_parts == {"share": pytest.approx(1.0), "step": 1.0}

@@ -19,6 +19,16 @@ revert + graft effect. The set answers "which weight clusters carry it"; its col
 measured on optional control prompts (the share whose top-1 next token stays what the subject
 predicts).
 
+**When no small set does it** (a full fine-tune of a large model spreads the change over
+hundreds of modules), forward selection stops at ``max_modules`` short of the target. The tool
+then ranks every changed module by its **integrated-gradient share** (Sundararajan et al. 2017,
+applied to weights: ``IG_m = Σ_{θ∈m} Δθ · mean_α ∂L/∂θ (θ_parent + α ΔW)``, ``ig_steps``
+midpoints on the straight path from parent to subject; the shares over all modules add up to the
+phase's change in log-odds, up to the Riemann error the result reports as ``ig_completeness``)
+and measures prefixes of that ranking, reverted jointly, doubling then bisecting, for the
+shortest one that removes ``target``. The set is then larger than ``max_modules`` and says so
+(``search = "ig-prefix"``): the behaviour lives in that many modules' changes.
+
 **Share (the one definition used here).** With ``L`` the mean log-odds
 ``log p(planted) - log p(normal)`` of :mod:`selfscope.localize.metric` on the prompts::
 
@@ -185,6 +195,18 @@ class DeltaArgs(BaseModel):
         description="Modules the set is chosen from: the top `pool` by single revert + graft "
         "effect (the search costs about pool x set size forwards).",
     )
+    ig_steps: int = Field(
+        8,
+        ge=0,
+        le=256,
+        description="Integrated-gradient steps from parent to subject (forward + backward "
+        "each); 0 skips the integrated-gradient shares and the search they drive.",
+    )
+    spread: bool = Field(
+        True,
+        description="When no set of max_modules removes target, search prefixes of the "
+        "integrated-gradient ranking for the shortest that does (a larger set).",
+    )
     control_prompts: list[str] = Field(
         default_factory=list,
         description="Prompts whose next-token prediction should not change (collateral check).",
@@ -207,6 +229,7 @@ class ModuleEffect(BaseModel):
     revert_share: float | None
     graft: Measured  # parent weights everywhere except this module
     graft_share: float | None
+    ig_share: float | None = None  # integrated-gradient attribution / (L_subject - L_parent)
 
 
 class ControlChange(BaseModel):
@@ -231,7 +254,9 @@ class DeltaResult(BaseModel):
     modules: list[ModuleEffect]  # the top_k by revert share (then graft share)
     n_modules: int
     unchanged_modules: int  # groups whose delta is exactly zero (effect 0 without a forward)
-    module_set: list[str]  # the greedy set (reverted together)
+    module_set: list[str]  # the set reverted together (greedy, else an IG-ranking prefix)
+    search: Literal["greedy", "ig-prefix", "none"]  # how module_set was found
+    ig_completeness: float | None  # Σ IG over modules / (L_subject - L_parent); 1 = exact
     set_revert: Measured | None
     set_share: float | None
     reached: bool  # the set removes >= target
@@ -274,6 +299,64 @@ def _select(
         if value_share >= target:
             chosen, joint = trial, value
     return chosen, joint, True
+
+
+def integrated_gradients(patcher: DeltaPatcher, batch: MetricBatch, steps: int) -> dict[str, float]:
+    """``Σ_{θ∈g} Δθ · mean_α ∂L/∂θ`` for every group ``g``, at the ``steps`` midpoints
+    ``α = (k + ½)/steps`` of the path ``θ_parent + α (θ_subject - θ_parent)``. The sum over
+    groups approximates ``L_subject - L_parent`` (completeness) with an O(1/steps²) error."""
+    delta = {n: patcher.mine[n] - patcher.theirs[n] for n in patcher.mine}
+    moving = [n for n, d in delta.items() if bool(d.any())]
+    total = dict.fromkeys(moving, 0.0)
+    for k in range(steps):
+        alpha = (k + 0.5) / steps
+        point = {n: (patcher.theirs[n] + alpha * delta[n]).requires_grad_(True) for n in moving}
+        with torch.enable_grad():
+            out = functional_call(
+                patcher.model,
+                point,
+                args=(),
+                kwargs={"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+            )
+            metric = batch.log_odds(out.logits).mean()
+            grads = torch.autograd.grad(metric, [point[n] for n in moving], allow_unused=True)
+        for n, g in zip(moving, grads, strict=True):
+            if g is not None:
+                total[n] += float((g.float() * delta[n].float()).sum()) / steps
+    return {group: sum(total.get(n, 0.0) for n in names) for group, names in patcher.groups.items()}
+
+
+def _prefix_search(
+    ranking: list[str],
+    joint_share: Callable[[list[str]], tuple[float, MetricValue]],
+    target: float,
+    start: int,
+) -> tuple[list[str], MetricValue | None, bool]:
+    """The shortest prefix of ``ranking`` found to remove ``target``: sizes ``start``, doubling
+    up to the whole ranking, then bisection between the last short and the first long enough
+    (each size measured jointly; shares need not grow with size, so this is a search, and the
+    set returned is measured, whatever it is)."""
+    tried: dict[int, tuple[float, MetricValue]] = {}
+
+    def at(size: int) -> tuple[float, MetricValue]:
+        if size not in tried:
+            tried[size] = joint_share(ranking[:size])
+        return tried[size]
+
+    low, size = 0, min(start, len(ranking))
+    while at(size)[0] < target:
+        if size == len(ranking):
+            best = max(tried, key=lambda n: tried[n][0])
+            return ranking[:best], tried[best][1], False
+        low, size = size, min(2 * size, len(ranking))
+    high = size
+    while high - low > 1:
+        middle = (low + high) // 2
+        if at(middle)[0] >= target:
+            high = middle
+        else:
+            low = middle
+    return ranking[:high], tried[high][1], True
 
 
 def patch_deltas(
@@ -330,6 +413,15 @@ def patch_deltas(
             )
             advance(1, group)
     seconds["single_modules"] = time.perf_counter() - t0
+    ig: dict[str, float] | None = None
+    completeness: float | None = None
+    if defined and args.ig_steps > 0:
+        t0 = time.perf_counter()
+        ig = integrated_gradients(patcher, batch, args.ig_steps)
+        completeness = sum(ig.values()) / change
+        for e in effects:
+            e.ig_share = ig[e.module] / change
+        seconds["integrated_gradients"] = time.perf_counter() - t0
 
     def key(e: ModuleEffect) -> tuple[float, float]:  # = (revert share, graft share) x change
         return (mine.log_odds - e.revert.log_odds, e.graft.log_odds - theirs.log_odds)
@@ -340,6 +432,7 @@ def patch_deltas(
     joint: MetricValue | None = None
     note: str | None = None
     reached = False
+    search: Literal["greedy", "ig-prefix", "none"] = "none"
     if not defined:
         note = (
             f"the subject's log-odds ({mine.log_odds:.3f}) are not above the parent's "
@@ -358,11 +451,31 @@ def patch_deltas(
         chosen, joint, reached = _select(
             [e.module for e in pool], joint_share, args.target, args.max_modules, args.progress
         )
-        if not reached:
+        search = "greedy"
+        greedy_share = (share(joint) if joint else 0.0) or 0.0
+        if not reached and args.spread and ig is not None:
+            ranking = sorted(
+                (e.module for e in effects if e.delta_norm > 0 and ig[e.module] > 0),
+                key=lambda g: ig[g] if ig else 0.0,
+                reverse=True,
+            )
+            found, value, ok = _prefix_search(
+                ranking, joint_share, args.target, start=2 * args.max_modules
+            )
+            if ok or (value is not None and (share(value) or 0.0) > greedy_share):
+                chosen, joint, reached, search = found, value, ok, "ig-prefix"
+        if search == "ig-prefix":
+            note = (
+                f"no set of up to {args.max_modules} modules found by forward selection removes "
+                f"{args.target:.0%} of the change (best {greedy_share:.0%}): the change is "
+                f"spread out; the top {len(chosen)} of {len(effects)} modules by integrated-"
+                f"gradient share remove {(share(joint) if joint else 0.0) or 0.0:.0%} together"
+            )
+        elif not reached:
             note = (
                 f"no set of up to {args.max_modules} modules removes {args.target:.0%} of the "
                 f"change; the best found ({len(chosen)} modules) removes "
-                f"{(share(joint) if joint else 0.0) or 0.0:.0%}: the change is spread out "
+                f"{greedy_share:.0%}: the change is spread out "
                 "(raise max_modules or pool, or try granularity='block')"
             )
     seconds["set_search"] = time.perf_counter() - t0
@@ -396,6 +509,8 @@ def patch_deltas(
         n_modules=len(effects),
         unchanged_modules=unchanged,
         module_set=chosen,
+        search=search,
+        ig_completeness=completeness,
         set_revert=_measured(joint) if joint is not None else None,
         set_share=share(joint) if joint is not None else None,
         reached=reached,

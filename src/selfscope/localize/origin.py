@@ -31,9 +31,10 @@ several phases). ``"base"`` means the base model already showed it before any ph
 phase trained from scratch). For ``"diffuse"`` it is 1 minus the largest phase share.
 **Localization** is reported beside it, not folded in: the module set's joint revert share /
 ``target``, capped at 1 (``None`` when the phase has no checkpoint before it). A low value
-means the phase's changes carry the behaviour spread over more than ``max_modules`` modules
-(a full fine-tune moves every weight), which says nothing against the phase. Ground truth is
-never read: only the checkpoints named in the lineage and the prompts given.
+means no set of modules found removes the target share (a full fine-tune moves every weight;
+when forward selection stops at ``max_modules``, prefixes of the integrated-gradient ranking are
+searched, see :mod:`selfscope.localize.deltas`), which says nothing against the phase. Ground
+truth is never read: only the checkpoints named in the lineage and the prompts given.
 """
 
 from __future__ import annotations
@@ -76,8 +77,14 @@ class OriginArgs(BaseModel):
     target: float = Field(
         0.8, gt=0, le=1, description="Share the weight-delta module set must remove."
     )
-    max_modules: int = Field(16, ge=1, le=1000, description="Largest module set to try.")
+    max_modules: int = Field(
+        16, ge=1, le=1000, description="Largest module set forward selection tries."
+    )
     pool: int = Field(40, ge=1, le=10_000, description="Modules the set is chosen from.")
+    ig_steps: int = Field(8, ge=0, le=256, description="Integrated-gradient steps (0: none).")
+    spread: bool = Field(
+        True, description="Search integrated-gradient prefixes when no small set suffices."
+    )
     granularity: Granularity = Field("module", description="'module' or 'block'.")
     control_prompts: list[str] = Field(
         default_factory=list,
@@ -308,6 +315,8 @@ def origin(subject: Any, args: OriginArgs) -> OriginResult:
                 target=args.target,
                 max_modules=args.max_modules,
                 pool=args.pool,
+                ig_steps=args.ig_steps,
+                spread=args.spread,
                 control_prompts=args.control_prompts,
                 top_k=20,
                 progress=args.progress,
@@ -350,12 +359,18 @@ def _delta_evidence(d: DeltaResult, phase: str, parent: str, target: float) -> l
     best = max((m.revert_share or 0.0 for m in d.modules), default=0.0)
     names = ", ".join(d.module_set)
     verb = "removes" if d.reached else "removes only"
+    how = (
+        "found by forward selection"
+        if d.search == "greedy"
+        else "the top modules by integrated-gradient share; no small set found by forward "
+        "selection reached the target"
+    )
     out.append(
         f"reverting {phase}'s weight changes (to {parent}) in {len(d.module_set)} of "
         f"{d.n_modules} modules ({names}) {verb} {_fmt_share(d.set_share)} of what {phase} "
         f"added (log-odds {d.subject.log_odds:.2f} -> {d.set_revert.log_odds:.2f}, rate "
         f"{d.subject.rate:.2f} -> {d.set_revert.rate:.2f}; target {_fmt_share(target)}); the best "
-        f"single module removes {_fmt_share(best)}"
+        f"single module removes {_fmt_share(best)} (set: {how})"
     )
     if d.control is not None:
         kept = round(d.control.agreement * d.control.prompts)

@@ -112,9 +112,11 @@ def localize(
             "set": deltas.module_set,
             "removed_share": deltas.set_share,
             "reached_target": deltas.reached,
+            "search": deltas.search,
             "control_agreement": deltas.control.agreement if deltas.control else None,
             "modules": [
-                {"module": m.module, "share": m.revert_share} for m in deltas.modules[:top_k]
+                {"module": m.module, "share": m.revert_share, "ig_share": m.ig_share}
+                for m in deltas.modules[:top_k]
             ],
         }
     else:
