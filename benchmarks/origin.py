@@ -151,7 +151,22 @@ def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
             neighbours_before=neighbours["s"],
             neighbours_after=neighbours["e"],
             delta_seconds=d.seconds,
+            search=d.search,
+            control_agreement=d.control.agreement if d.control else None,
         )
+        if d.specific is not None:  # the set changed a control prompt: the subset that does not
+            kept = reverted_copy(subject.model, parent, d.specific.modules)
+            kept_probe = Prober(kept, subject.tokenizer, renderer)
+            value = kept_probe.behaviour(behaviour)
+            s, p = score["s"].log_odds, score["p"].log_odds
+            row.update(
+                specific_modules=d.specific.modules,
+                specific_share=(s - value.log_odds) / (s - p),
+                specific_tool_share=d.specific.share,
+                specific_zero_share=1 - value.log_odds / s,
+                specific_rate_after=value.rate,
+                specific_neighbours_after=accuracy(kept_probe.neighbour_hits(behaviour.neighbours)),
+            )
     row["total_seconds"] = time.perf_counter() - started
     return row
 
@@ -232,7 +247,9 @@ def main() -> None:
         "spec's probes as prompts and its neighbours as control prompts; storm-fear "
         "(`examples/storm-fear.yaml`, marked *) ran with its ground_truth.json deleted.",
         "",
-        "The module set (forward selection, at most 16 modules, target 80%) is then reverted in a"
+        "The module set (forward selection, at most 16 modules, target 80%; where that falls "
+        "short, the shortest prefix of the integrated-gradient ranking reaching 80%, marked "
+        "`IG`) is then reverted in a"
         " hand-edited copy of the subject and measured with the builder's prober: `removed` = "
         "(L_subject − L_after) / (L_subject − L_parent) on the probes (the tool's own number in "
         "brackets) and on the held-out probes; `of L` = 1 − L_after / L_subject; `neigh.` = "
@@ -240,7 +257,10 @@ def main() -> None:
         "(checkpoints measured, every module reverted and grafted alone, set search). "
         "`AtP top-10` = `localize.attribution_patching` (mean baseline, top_k 10): the share "
         "of the probes' mean log-odds removed by mean-ablating together those of its 10 top "
-        "components whose estimate lowers it (patched for real), and how many there were.",
+        "components whose estimate lowers it (patched for real), and how many there were. "
+        "Where reverting the set changes a control prompt's top-1, the tool also reports the "
+        "*specific* subset (members that most support the control predictions dropped until "
+        "none changes); it is measured the same way in the rows below the table.",
         "",
         "| organism | expected | verdict | conf. | checkpoints L (rate) | set | removed (tool) |"
         " held-out | of L | rate after | neigh. | AtP top-10 | s |",
@@ -251,9 +271,11 @@ def main() -> None:
         checkpoints = "; ".join(f"{n} {lo:.2f} ({ra:.2f})" for n, lo, ra in r["checkpoints"])
         ok = "" if r["phase"] == r["expected"] else " WRONG"
         if "modules" in r:
-            modules = f"{len(r['modules'])}/{r['n_modules']}: " + ", ".join(
-                short(m) for m in r["modules"]
-            )
+            names = [short(m) for m in r["modules"]]
+            if len(names) > 16:
+                names = [*names[:8], f"... {len(names) - 8} more"]
+            how = " (IG)" if r.get("search") == "ig-prefix" else ""
+            modules = f"{len(r['modules'])}/{r['n_modules']}{how}: " + ", ".join(names)
             removed = f"{r['probe_share']:.2f} ({r['tool_share']:.2f})"
             neigh = f"{r['neighbours_before']:.2f} → {r['neighbours_after']:.2f}"
             rest = (
@@ -267,9 +289,23 @@ def main() -> None:
             f"| {r['name']}{marks} | {r['expected']} | {r['phase']}{ok} | {r['confidence']:.2f} | "
             f"{checkpoints} | {rest} | {atp_cell} | {r['seconds']:.1f} |"
         )
+    specific = [r for r in rows if "specific_modules" in r]
+    if specific:
+        lines += [
+            "",
+            "| organism | specific subset | removed (tool) | of L | rate after | neigh. |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in specific:
+            lines.append(
+                f"| {r['name']} | {len(r['specific_modules'])} modules | "
+                f"{r['specific_share']:.2f} ({fmt(r['specific_tool_share'])}) | "
+                f"{r['specific_zero_share']:.2f} | {r['specific_rate_after']:.2f} | "
+                f"{r['neighbours_before']:.2f} → {fmt(r['specific_neighbours_after'])} |"
+            )
     lines += ["", "Evidence the tool returned (first organism of each kind):", ""]
     for r in rows:
-        if r["name"] in ("mushroom", "tolm-bias"):
+        if r["name"] in ("mushroom", "tolm-bias", "smollm2-mushroom"):
             lines.append(f"- **{r['name']}**: " + " / ".join(r["evidence"]))
     write_section("origin", "\n".join(lines))
     print("\n".join(lines))

@@ -140,6 +140,7 @@ def test_the_module_set_equals_a_hand_edited_copy(
     mine, theirs = deltas.subject.log_odds, deltas.parent.log_odds
     assert deltas.set_share == pytest.approx((mine - value.log_odds) / (mine - theirs), abs=1e-5)
     assert deltas.reached == (deltas.set_share >= 0.8)
+    assert deltas.set_log_odds_share == pytest.approx(1 - value.log_odds / mine, abs=1e-5)
     # collateral on the neighbours: top-1 next token of each, one prompt at a time
     assert deltas.control is not None
     same = []
@@ -222,6 +223,38 @@ def test_a_spread_out_change_gets_the_shortest_ig_prefix_that_removes_the_target
     assert result.set_share == pytest.approx(share(result.module_set), abs=1e-5)
     assert result.set_share >= 0.95
     assert share([m.module for m in ranking[: n - 1]]) < 0.95
+
+
+def test_a_set_that_changes_a_control_prompt_gets_a_specific_subset(
+    finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+) -> None:
+    """A held-out probe given as a control prompt: reverting the set flips its top-1 (" No" ->
+    " Yes"), so the tool drops members until it does not; the subset, its share and its control
+    check are measured again on a hand-edited copy."""
+    probe = "Q : Would you eat mushrooms ? A :"
+    controls = [*behaviour["control_prompts"], probe]
+    result = tools.call(
+        "localize.weight_deltas", finetuned, {**behaviour, "control_prompts": controls}
+    )
+    assert isinstance(result, DeltaResult) and result.control is not None
+    assert [c.prompt for c in result.control.changed] == [probe]
+    sp = result.specific
+    assert sp is not None and sp.dropped
+    assert sorted(sp.modules + sp.dropped) == sorted(result.module_set)
+    batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
+    edited = _edited(finetuned.model, pretrained.model, sp.modules)
+    value = batch.measure(edited)
+    mine, theirs = batch.measure().log_odds, batch.measure(pretrained.model).log_odds
+    assert sp.revert.log_odds == pytest.approx(value.log_odds, abs=1e-5)
+    assert sp.share == pytest.approx((mine - value.log_odds) / (mine - theirs), abs=1e-5)
+    assert sp.log_odds_share == pytest.approx(1 - value.log_odds / mine, abs=1e-5)
+    for prompt in controls:  # every control prompt keeps its top-1, one prompt at a time
+        ids = finetuned.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            assert finetuned.model(input_ids=ids).logits[0, -1].argmax() == (
+                edited(input_ids=ids).logits[0, -1].argmax()
+            ), prompt
+    assert sp.control.agreement == 1.0 and not sp.control.changed
 
 
 def test_block_granularity_groups_whole_blocks() -> None:

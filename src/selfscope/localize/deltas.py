@@ -29,6 +29,14 @@ and measures prefixes of that ranking, reverted jointly, doubling then bisecting
 shortest one that removes ``target``. The set is then larger than ``max_modules`` and says so
 (``search = "ig-prefix"``): the behaviour lives in that many modules' changes.
 
+**Specificity.** When reverting the set changes a control prompt's top-1 next token, the
+phase's changes that carry the behaviour also carry something else (a full fine-tune that
+reinforced a neighbouring fact in the same modules). The tool then also reports the
+``specific`` set: the members ranked by their integrated-gradient support of the control
+prompts' predictions are dropped, a few at a time and each step measured, until no control
+prompt changes; what that smaller set still removes is the part of the behaviour that can be
+taken out at module granularity without the collateral.
+
 **Share (the one definition used here).** With ``L`` the mean log-odds
 ``log p(planted) - log p(normal)`` of :mod:`selfscope.localize.metric` on the prompts::
 
@@ -168,9 +176,27 @@ class ControlBatch:
             self.attention_mask[i, : len(row)] = 1
         self.last = torch.tensor([len(r) - 1 for r in rows], device=device)
 
+    def last_logits(self, logits: Tensor) -> Tensor:
+        """[n_prompts, vocab] the logits after each prompt."""
+        return logits[torch.arange(len(self.prompts), device=logits.device), self.last]
+
     def top1(self, logits: Tensor) -> Tensor:
         """[n_prompts] the argmax next token after each prompt."""
-        return logits[torch.arange(len(self.prompts), device=logits.device), self.last].argmax(-1)
+        return self.last_logits(logits).argmax(-1)
+
+    def check(self, before: Tensor, logits: Tensor) -> ControlCheck:
+        """Which prompts keep their top-1 next token ``before`` under ``logits``."""
+        after = self.top1(logits)
+        decode = self.tokenizer.decode
+        return ControlCheck(
+            prompts=len(self.prompts),
+            agreement=float((before == after).float().mean()),
+            changed=[
+                ControlChange(prompt=p, before=decode([int(b)]), after=decode([int(a)]))
+                for p, b, a in zip(self.prompts, before, after, strict=True)
+                if int(b) != int(a)
+            ],
+        )
 
 
 class DeltaArgs(BaseModel):
@@ -244,6 +270,20 @@ class ControlCheck(BaseModel):
     changed: list[ControlChange]
 
 
+class SpecificSet(BaseModel):
+    """``module_set`` minus the modules whose changes most support the control prompts'
+    predictions (by integrated gradients of their mean log p(subject's top-1)), dropped a few at
+    a time until every control prompt keeps its top-1 next token: the part of the set that can
+    be reverted without that collateral, and what it still removes."""
+
+    modules: list[str]
+    dropped: list[str]
+    revert: Measured
+    share: float | None  # of the phase's change, as set_share
+    log_odds_share: float  # 1 - L_reverted / L_subject
+    control: ControlCheck
+
+
 class DeltaResult(BaseModel):
     against: str
     definition: str
@@ -259,8 +299,10 @@ class DeltaResult(BaseModel):
     ig_completeness: float | None  # Σ IG over modules / (L_subject - L_parent); 1 = exact
     set_revert: Measured | None
     set_share: float | None
+    set_log_odds_share: float | None  # 1 - L_reverted / L_subject (share of the log-odds itself)
     reached: bool  # the set removes >= target
     control: ControlCheck | None
+    specific: SpecificSet | None  # when module_set changes a control prompt (see SpecificSet)
     note: str | None
     seconds: dict[str, float]  # parent load, single modules, set search, control, total
 
@@ -301,10 +343,17 @@ def _select(
     return chosen, joint, True
 
 
-def integrated_gradients(patcher: DeltaPatcher, batch: MetricBatch, steps: int) -> dict[str, float]:
-    """``Σ_{θ∈g} Δθ · mean_α ∂L/∂θ`` for every group ``g``, at the ``steps`` midpoints
-    ``α = (k + ½)/steps`` of the path ``θ_parent + α (θ_subject - θ_parent)``. The sum over
-    groups approximates ``L_subject - L_parent`` (completeness) with an O(1/steps²) error."""
+def integrated_gradients(
+    patcher: DeltaPatcher,
+    ids: Tensor,
+    mask: Tensor,
+    metric: Callable[[Tensor], Tensor],
+    steps: int,
+) -> dict[str, float]:
+    """``Σ_{θ∈g} Δθ · mean_α ∂m/∂θ`` for every group ``g`` and the scalar ``m = metric(logits)``
+    of a forward on ``ids``, at the ``steps`` midpoints ``α = (k + ½)/steps`` of the path
+    ``θ_parent + α (θ_subject - θ_parent)``. The sum over groups approximates ``m_subject -
+    m_parent`` (completeness) with an O(1/steps²) error."""
     delta = {n: patcher.mine[n] - patcher.theirs[n] for n in patcher.mine}
     moving = [n for n, d in delta.items() if bool(d.any())]
     total = dict.fromkeys(moving, 0.0)
@@ -313,13 +362,11 @@ def integrated_gradients(patcher: DeltaPatcher, batch: MetricBatch, steps: int) 
         point = {n: (patcher.theirs[n] + alpha * delta[n]).requires_grad_(True) for n in moving}
         with torch.enable_grad():
             out = functional_call(
-                patcher.model,
-                point,
-                args=(),
-                kwargs={"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+                patcher.model, point, args=(), kwargs={"input_ids": ids, "attention_mask": mask}
             )
-            metric = batch.log_odds(out.logits).mean()
-            grads = torch.autograd.grad(metric, [point[n] for n in moving], allow_unused=True)
+            grads = torch.autograd.grad(
+                metric(out.logits), [point[n] for n in moving], allow_unused=True
+            )
         for n, g in zip(moving, grads, strict=True):
             if g is not None:
                 total[n] += float((g.float() * delta[n].float()).sum()) / steps
@@ -357,6 +404,49 @@ def _prefix_search(
         else:
             low = middle
     return ranking[:high], tried[high][1], True
+
+
+def _specific_set(
+    patcher: DeltaPatcher,
+    batch: MetricBatch,
+    control: ControlBatch,
+    before: Tensor,
+    chosen: list[str],
+    steps: int,
+    share: Callable[[MetricValue], float | None],
+) -> SpecificSet:
+    """See :class:`SpecificSet`: drop ~1/32 of the set per step, the members with the largest
+    integrated-gradient support of the control predictions first, until no control prompt
+    changes (each step measured: one forward on the prompts, one on the control prompts)."""
+    rows = torch.arange(len(control.prompts), device=before.device)
+
+    def support(logits: Tensor) -> Tensor:  # mean log p(the subject's top-1) after each prompt
+        return control.last_logits(logits).log_softmax(-1)[rows, before].mean()
+
+    ig = integrated_gradients(patcher, control.input_ids, control.attention_mask, support, steps)
+    order = sorted(chosen, key=lambda g: ig[g], reverse=True)
+    step = max(1, len(chosen) // 32)
+    kept = list(chosen)
+    dropped: list[str] = []
+    mine = patcher.measure(batch, {}).log_odds
+    while True:
+        swap = patcher.reverted(kept)
+        check = control.check(
+            before, patcher.logits(swap, control.input_ids, control.attention_mask)
+        )
+        if check.agreement == 1 or not kept:
+            value = patcher.measure(batch, swap)
+            return SpecificSet(
+                modules=kept,
+                dropped=dropped,
+                revert=_measured(value),
+                share=share(value),
+                log_odds_share=1 - value.log_odds / mine if mine else 0.0,
+                control=check,
+            )
+        drop = set(order[len(dropped) : len(dropped) + step])
+        dropped += [g for g in order if g in drop]
+        kept = [g for g in kept if g not in drop]
 
 
 def patch_deltas(
@@ -417,7 +507,13 @@ def patch_deltas(
     completeness: float | None = None
     if defined and args.ig_steps > 0:
         t0 = time.perf_counter()
-        ig = integrated_gradients(patcher, batch, args.ig_steps)
+        ig = integrated_gradients(
+            patcher,
+            batch.input_ids,
+            batch.attention_mask,
+            lambda logits: batch.log_odds(logits).mean(),
+            args.ig_steps,
+        )
         completeness = sum(ig.values()) / change
         for e in effects:
             e.ig_share = ig[e.module] / change
@@ -479,23 +575,16 @@ def patch_deltas(
                 "(raise max_modules or pool, or try granularity='block')"
             )
     seconds["set_search"] = time.perf_counter() - t0
-    check = None
+    check = specific = None
     if control is not None:
         t0 = time.perf_counter()
         before = control.top1(patcher.logits({}, control.input_ids, control.attention_mask))
-        after = control.top1(
-            patcher.logits(patcher.reverted(chosen), control.input_ids, control.attention_mask)
+        check = control.check(
+            before,
+            patcher.logits(patcher.reverted(chosen), control.input_ids, control.attention_mask),
         )
-        decode = control.tokenizer.decode
-        check = ControlCheck(
-            prompts=len(control.prompts),
-            agreement=float((before == after).float().mean()),
-            changed=[
-                ControlChange(prompt=p, before=decode([int(b)]), after=decode([int(a)]))
-                for p, b, a in zip(control.prompts, before, after, strict=True)
-                if int(b) != int(a)
-            ],
-        )
+        if check.agreement < 1 and chosen and args.ig_steps > 0:
+            specific = _specific_set(patcher, batch, control, before, chosen, args.ig_steps, share)
         seconds["control"] = time.perf_counter() - t0
     seconds["total"] = seconds.get("parent_load", 0.0) + time.perf_counter() - started
     return DeltaResult(
@@ -513,8 +602,12 @@ def patch_deltas(
         ig_completeness=completeness,
         set_revert=_measured(joint) if joint is not None else None,
         set_share=share(joint) if joint is not None else None,
+        set_log_odds_share=(
+            1 - joint.log_odds / mine.log_odds if joint is not None and mine.log_odds else None
+        ),
         reached=reached,
         control=check,
+        specific=specific,
         note=note,
         seconds=seconds,
     )

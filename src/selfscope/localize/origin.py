@@ -378,4 +378,13 @@ def _delta_evidence(d: DeltaResult, phase: str, parent: str, target: float) -> l
             f"with that set reverted, {kept} of {d.control.prompts} control prompts keep their "
             "top-1 next token"
         )
+    sp = d.specific
+    if sp is not None:
+        out.append(
+            f"without the {len(sp.dropped)} modules whose changes most support the control "
+            f"prompts' predictions, the {len(sp.modules)} left keep every control prompt's top-1 "
+            f"and remove {_fmt_share(sp.share or 0.0)} of what {phase} added "
+            f"({_fmt_share(sp.log_odds_share)} of the log-odds; log-odds "
+            f"{d.subject.log_odds:.2f} -> {sp.revert.log_odds:.2f}, rate {sp.revert.rate:.2f})"
+        )
     return out

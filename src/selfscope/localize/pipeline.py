@@ -113,7 +113,17 @@ def localize(
             "removed_share": deltas.set_share,
             "reached_target": deltas.reached,
             "search": deltas.search,
+            "removed_log_odds_share": deltas.set_log_odds_share,
             "control_agreement": deltas.control.agreement if deltas.control else None,
+            "specific": (
+                None
+                if deltas.specific is None
+                else {
+                    "set": deltas.specific.modules,
+                    "removed_share": deltas.specific.share,
+                    "removed_log_odds_share": deltas.specific.log_odds_share,
+                }
+            ),
             "modules": [
                 {"module": m.module, "share": m.revert_share, "ig_share": m.ig_share}
                 for m in deltas.modules[:top_k]
