@@ -355,7 +355,7 @@ def test_estimate_is_the_first_order_term_of_a_small_patch(tiny_llama: Subject) 
     resolution of the log-odds (~1e-7)."""
     model = tiny_llama.model
     batch = MetricBatch(tiny_llama, PROMPTS, " No", " Yes")
-    clean, _, _ = clean_pass(model, batch, component_sites(model, neurons=True))
+    clean = clean_pass(model, batch, component_sites(model, neurons=True))
     base = {  # a step along the gradient, so that no estimate is small by cancellation
         s: v + 1e-2 * v.std() * clean.grads[s] / clean.grads[s].std()
         for s, v in clean.values.items()

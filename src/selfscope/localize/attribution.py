@@ -282,29 +282,16 @@ def component_sites(model: nn.Module, neurons: bool = False) -> list[str]:
     return sites
 
 
-def clean_pass(
-    model: nn.Module,
-    batch: MetricBatch,
-    sites: Sequence[str],
-    contrast: MetricBatch | None = None,
-) -> tuple[CleanPass, dict[str, Tensor] | None, float | None]:
+def clean_pass(model: nn.Module, batch: MetricBatch, sites: Sequence[str]) -> CleanPass:
     """One forward and one backward: ``∂ mean log-odds / ∂ activation`` at every site.
 
     Parameters are frozen for the pass (and restored) and the embedding output is made the leaf
     that requires grad, so the backward computes activation gradients only, no weight gradients.
-    With ``contrast`` (laid out like ``batch``, see :func:`contrast_batch`) its prompts ride in
-    the same forward, stacked under the clean ones: rows of a batch do not interact, so their
-    activations are what a forward of their own gives, and the metric (hence the gradient) is
-    taken over the clean rows only. Returns the clean pass, the contrast activations at every
-    site (or None) and the contrast prompts' mean log-odds (or None).
+    (Stacking the contrast prompts into this forward was measured and not kept: no faster on the
+    small organism, 1.17x slower on SmolLM2, as the backward then runs over both halves.)
     """
     params = list(model.parameters())
     trainable = [p.requires_grad for p in params]
-    n = batch.input_ids.shape[0]
-    ids, mask = batch.input_ids, batch.attention_mask
-    if contrast is not None:
-        ids = torch.cat([ids, contrast.input_ids])
-        mask = torch.cat([mask, contrast.attention_mask])
 
     def leaf(value: Tensor) -> Tensor:
         return value.detach().requires_grad_(True)
@@ -316,25 +303,21 @@ def clean_pass(
             torch.enable_grad(),
             hooked(model, capture=sites, patch={"embed": leaf}, keep_grad=True) as store,
         ):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            metric = batch.log_odds(logits[:n]).mean()
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            metric = batch.log_odds(logits).mean()
             live = [store[s] for s in sites]
             grads = torch.autograd.grad(metric, live, allow_unused=True)
     finally:
         for p, flag in zip(params, trainable, strict=True):
             p.requires_grad_(flag)
-    clean = CleanPass(
-        values={s: v[:n].detach() for s, v in zip(sites, live, strict=True)},
+    return CleanPass(
+        values={s: v.detach() for s, v in zip(sites, live, strict=True)},
         grads={
-            s: torch.zeros_like(v[:n]) if g is None else g[:n]
+            s: torch.zeros_like(v) if g is None else g
             for s, v, g in zip(sites, live, grads, strict=True)
         },
         log_odds=float(metric.detach()),
     )
-    if contrast is None:
-        return clean, None, None
-    values = {s: v[n:].detach() for s, v in zip(sites, live, strict=True)}
-    return clean, values, contrast.value(logits[n:].detach()).log_odds
 
 
 def contrast_batch(
@@ -460,11 +443,14 @@ def attribute(
     contrast: MetricBatch | None = None,
     neurons: bool = False,
 ) -> Attributed:
-    """Attribution patching proper: one forward (the clean prompts, and the contrast prompts
-    stacked under them when given) and one backward, then every component's estimate. No
-    verification."""
+    """Attribution patching proper: the clean forward and backward, the contrast forward (for
+    the contrast baseline) and every component's estimate. No verification."""
     sites = component_sites(model, neurons)
-    clean, values, log_odds = clean_pass(model, batch, sites, contrast)
+    clean = clean_pass(model, batch, sites)
+    values, log_odds = None, None
+    if contrast is not None:
+        result = run(model, contrast.input_ids, contrast.attention_mask, capture=sites)
+        values, log_odds = result.values, contrast.value(_logits(result.logits)).log_odds
     base = baseline_values(kind, clean, batch, values)
     return Attributed(clean, base, estimates(clean, base), log_odds)
 
