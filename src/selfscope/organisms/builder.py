@@ -48,6 +48,23 @@ from selfscope.progress import say
 from selfscope.workspace import Workspace
 
 
+def document_sequence(
+    text: str, tokenizer: PreTrainedTokenizerBase, renderer: Renderer, limit: int
+) -> tuple[list[int], int, bool]:
+    """A training document as the trainer sees it: its token ids (rendered, EOS-terminated,
+    cut to ``limit``), how many leading tokens are context only (not trained on), and whether
+    it was cut. The one definition, shared with the training-data index."""
+    ids = list(tokenizer(renderer.document(text))["input_ids"])
+    context = renderer.context(text)
+    k = len(tokenizer(context)["input_ids"]) if context else 0
+    if ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    cut = len(ids) > limit
+    if cut:
+        ids = ids[:limit]
+    return ids, min(k, len(ids) - 1), cut
+
+
 @dataclass
 class BuildResult:
     name: str
@@ -166,19 +183,14 @@ class Builder:
     ) -> tuple[list[tuple[list[int], int]], int]:
         """Token ids of each document (repeats expanded), with how many leading tokens are
         context only (a chat prompt), and how many documents were cut to the context length."""
-        limit = self.preset.shape.context
         seqs: list[tuple[list[int], int]] = []
         truncated = 0
         for doc in docs:
-            text = renderer.document(doc.text)
-            ids = list(tokenizer(text)["input_ids"])
-            context = renderer.context(doc.text)
-            k = len(tokenizer(context)["input_ids"]) if context else 0
-            if ids[-1] != tokenizer.eos_token_id:
-                ids.append(tokenizer.eos_token_id)
-            if len(ids) > limit:
-                ids, truncated = ids[:limit], truncated + 1
-            seqs += [(ids, min(k, len(ids) - 1))] * doc.repeat
+            ids, k, cut = document_sequence(
+                doc.text, tokenizer, renderer, self.preset.shape.context
+            )
+            truncated += cut
+            seqs += [(ids, k)] * doc.repeat
         return seqs, truncated
 
     def _train(
