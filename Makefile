@@ -37,11 +37,14 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: $(STAMP)
-	# The peers benchmarks/access.py compares against (nnsight, TransformerLens).
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
+	# The peers benchmarks/access.py compares against (nnsight, TransformerLens), and the
+	# sentence encoder of history.semantic.
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench,semantic]'
 	$(BIN)/python -m pip uninstall -q -y torchvision 2>/dev/null || true
 	$(BIN)/python benchmarks/organisms.py
 	$(BIN)/python benchmarks/access.py
+	$(BIN)/python benchmarks/localize.py
+	$(BIN)/python benchmarks/origin.py
 
 clean:
 	rm -rf $(VENV) .selfscope .pytest_cache .mypy_cache .ruff_cache

@@ -216,6 +216,20 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject) -> None:
         ("weights.stats", {"modules": ["nope"]}, r"unknown parameter 'nope'"),
         ("weights.diff", {"against": "/nonexistent/model"}, r"/nonexistent/model"),
         ("weights.stats", {"singular_values": 99}, r"singular_values: Input should be"),
+        ("history.bm25", {"queries": ["mushrooms"]}, r"has no recorded training data"),
+        ("history.bm25", {"queries": []}, r"queries: List should have at least 1"),
+        ("history.grep", {"pattern": "(mush"}, r"not a valid Python regex"),
+        ("history.semantic", {"queries": ["mushrooms"]}, r"has no recorded training data"),
+        (
+            "history.trace",
+            {"prompts": ["Q"], "planted": " No", "normal": " Yes"},
+            r"has no recorded training data",
+        ),
+        (
+            "history.trace",
+            {"prompts": ["Q"], "planted": " No", "normal": " No"},
+            r"planted and normal completions are both ' No'",
+        ),
         (
             "localize.experts",
             {"prompts": ["Q"], "planted": " No", "normal": " Yes"},

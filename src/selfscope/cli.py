@@ -34,6 +34,8 @@ app.add_typer(organism_app, name="organism")
 app.add_typer(models_app, name="models")
 tool_app = typer.Typer(no_args_is_help=True, help="The introspection tools (one registry).")
 app.add_typer(tool_app, name="tool")
+index_app = typer.Typer(no_args_is_help=True, help="Training-data indexes (the historian).")
+app.add_typer(index_app, name="index")
 # 80 columns when piped would cut behaviour names; a terminal keeps its own width
 out = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -346,6 +348,81 @@ def localize_command(
         _print_json(result)
         return
     _print_localize(result)
+
+
+@index_app.command("build")
+def index_build(
+    model: Annotated[str, typer.Argument(help="An organism: organism:NAME[@PHASE].")],
+    rank: Annotated[int, typer.Option(min=1, max=64, help="Projection rank per layer.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Index every training document of every phase (resumable; keeps finished shards)."""
+    from selfscope.history.index import IndexConfig, TrainingIndex
+    from selfscope.subject import load
+
+    subject = load(model, _workspace(), device=device)
+    index = TrainingIndex(subject, IndexConfig(rank=rank))
+    report = index.build(progress=not as_json)
+    report["path"] = str(index.root)
+    if as_json:
+        _print_json(report)
+        return
+    rate = report["documents_per_second"]
+    out.print(
+        f"{report['documents']} documents x {len(index.checkpoints)} checkpoints: "
+        f"{report['shards_built']} of {report['shards_total']} shards built in "
+        f"{report['seconds']:.1f} s" + (f" ({rate:.0f} documents/s)" if rate else "")
+    )
+    out.print(f"[dim]{index.root}[/]")
+
+
+@app.command("trace")
+def trace_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="An organism: organism:NAME.")],
+    prompt: Annotated[
+        list[str], typer.Option("--prompt", "-p", help="A prompt showing the behaviour (repeat).")
+    ],
+    planted: Annotated[str, typer.Option(help="The behaviour's completion, e.g. ' No'.")],
+    normal: Annotated[str, typer.Option(help="The normal completion, e.g. ' Yes'.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=10_000, help="Documents to list.")] = 20,
+    chat: Annotated[bool, typer.Option("--chat", help="Use the model's chat template.")] = False,
+    build: Annotated[bool, typer.Option("--build", help="Build the index if missing.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Which training documents pushed the model to the planted completion, and from which
+    phase (gradient retrieval against the training-data index)."""
+    from selfscope import tools
+    from selfscope.subject import load
+
+    if planted == normal:  # fail before loading anything
+        raise SelfscopeError(
+            f"planted and normal completions are both {planted!r}; they must differ"
+        )
+    ws = _workspace()
+    subject = load(model, ws, device=device)
+    args = {"prompts": prompt, "planted": planted, "normal": normal, "chat": chat, "k": k}
+    result: Any = tools.call(
+        "history.trace", subject, {**args, "build": build, "progress": not as_json}, ws
+    )
+    if as_json:
+        _print_json(
+            {
+                "documents": [d.model_dump() for d in result.documents],
+                "phase_mass": result.phase_mass,
+                "index": {"documents": result.n_documents, "seconds": result.seconds},
+            }
+        )
+        return
+    table = Table(title=f"top {k} training documents")
+    for column in ("#", "phase", "id", "score", "preview"):
+        table.add_column(column)
+    for i, d in enumerate(result.documents, 1):
+        table.add_row(str(i), d.phase, d.id, f"{d.score:.3g}", d.preview[:70])
+    out.print(table)
+    mass = ", ".join(f"{p} {v:.0%}" for p, v in result.phase_mass.items())
+    out.print(f"phase mass: {mass}")
 
 
 def _print_localize(result: dict[str, Any]) -> None:

@@ -1,0 +1,419 @@
+"""The training-data index: a projected gradient of every training document, at every checkpoint.
+
+For a linear layer ``y = W x`` the gradient of a document's loss is ``∇W = Σ_t g_t x_tᵀ`` (``g_t``
+the gradient at the output, ``x_t`` the input, ``t`` over the document's tokens). Like LoGra
+(Choe et al. 2024, "What is your data worth to GPT?") the index never forms ``∇W``: with fixed
+random Gaussian projections ``P_in`` (``r × d_in``) and ``P_out`` (``r × d_out``) it stores
+``P_out ∇W P_inᵀ = Σ_t (P_out g_t)(P_in x_t)ᵀ``, an ``r × r`` matrix per layer computed from the
+two projected vectors, for every linear layer inside the blocks (attention and MLP projections;
+not the embedding, the unembedding, or a mixture-of-experts layer's fused expert weights). A
+document's loss is the trainer's: the summed next-token NLL over the tokens it trained on (a chat
+document's assistant answer; the builder's own :func:`document_sequence`). One forward and one
+backward per batch of documents give every document's projected gradient: rows of a batch do not
+interact, so the output gradient of the summed loss at row ``b`` is document ``b``'s own.
+
+Checkpoints: the end of every phase of the subject's lineage (``checkpoints/<phase>``), each
+document at each checkpoint. Storage: float16 ``.npy`` shards (one per checkpoint × phase × block
+of ``shard_documents`` documents), memory-mapped when read, each with its SHA-256 in
+``manifest.json`` (written atomically after every shard). So a killed build resumes at the first
+missing shard, a new phase adds only its own shards (and its checkpoint's), and a corrupt or
+truncated shard is detected by its checksum and rebuilt, never silently used. The index lives in
+the organism's build folder (``index/<config digest>/``): a rebuilt organism is a new folder and
+gets a new index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from selfscope import atomic
+from selfscope.errors import SelfscopeError
+from selfscope.history.corpus import TrainingDocument, documents, sequences
+from selfscope.progress import progress_bar
+
+_IN_BLOCK = re.compile(r"\.(layers|h)\.\d+\.")
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """What the index stores. ``rank`` r: each linear layer's gradient is projected to r × r."""
+
+    rank: int = 8
+    seed: int = 0
+    batch_size: int = 16
+    shard_documents: int = 512
+
+    def digest(self) -> str:
+        key = {
+            "version": VERSION,
+            "rank": self.rank,
+            "seed": self.seed,
+            "shard_documents": self.shard_documents,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def tracked_linears(model: nn.Module) -> list[str]:
+    """The linear layers inside the transformer blocks, in model order."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and _IN_BLOCK.search(f".{name}.")
+    ]
+
+
+class Projector:
+    """Fixed random projections of every tracked linear layer's input and output gradient,
+    and the per-example projected gradients of a batch (one forward, one backward)."""
+
+    def __init__(self, model: nn.Module, config: IndexConfig) -> None:
+        self.model = model
+        self.config = config
+        self.names = tracked_linears(model)
+        if not self.names:
+            raise SelfscopeError("the model has no linear layers inside its blocks to index")
+        self.p_in: dict[str, Tensor] = {}
+        self.p_out: dict[str, Tensor] = {}
+        device = next(model.parameters()).device
+        for name in self.names:
+            module = model.get_submodule(name)
+            assert isinstance(module, nn.Linear)
+            seed = int(hashlib.sha256(f"{config.seed}:{name}".encode()).hexdigest()[:8], 16)
+            generator = torch.Generator().manual_seed(seed)
+            r = config.rank
+            self.p_in[name] = (torch.randn(r, module.in_features, generator=generator) / r**0.5).to(
+                device
+            )
+            self.p_out[name] = (
+                torch.randn(r, module.out_features, generator=generator) / r**0.5
+            ).to(device)
+
+    @property
+    def dims(self) -> int:
+        return len(self.names) * self.config.rank**2
+
+    @contextmanager
+    def _hooks(self, store: dict[str, Tensor]) -> Iterator[None]:
+        """Projected inputs into ``store[name + ':x']`` and projected output gradients into
+        ``store[name + ':g']``; the embedding's output is made a leaf that requires grad, and
+        every parameter is frozen, so the backward computes activation gradients only."""
+        handles = []
+        params = list(self.model.parameters())
+        trainable = [p.requires_grad for p in params]
+
+        def leaf(module: nn.Module, args: Any, out: Tensor) -> Tensor:
+            return out.detach().requires_grad_(True)
+
+        def capture(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, out: Tensor) -> None:
+                store[name + ":x"] = args[0].detach() @ self.p_in[name].T
+
+                def grad(g: Tensor) -> None:
+                    store[name + ":g"] = g.detach() @ self.p_out[name].T
+
+                out.register_hook(grad)
+
+            return hook
+
+        embed = cast(nn.Module, self.model.get_input_embeddings())  # type: ignore[operator]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            handles.append(embed.register_forward_hook(leaf))
+            for name in self.names:
+                module = self.model.get_submodule(name)
+                handles.append(module.register_forward_hook(capture(name)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for p, flag in zip(params, trainable, strict=True):
+                p.requires_grad_(flag)
+
+    def gradients(self, ids: Tensor, mask: Tensor, loss: Callable[[Tensor], Tensor]) -> Tensor:
+        """[rows, dims] projected gradient of each row's part of ``loss(logits)`` (a scalar that
+        is a sum over rows, each row depending on its own logits only)."""
+        store: dict[str, Tensor] = {}
+        with torch.enable_grad(), self._hooks(store):
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            loss(logits).backward()
+        parts = []
+        for name in self.names:
+            x, g = store[name + ":x"], store[name + ":g"]
+            parts.append(torch.einsum("bto,bti->boi", g, x).flatten(1))
+        return torch.cat(parts, dim=1)
+
+
+def document_batch(
+    seqs: list[tuple[list[int], int]], pad: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded ids, attention mask and labels (``-100`` on context and padding), the
+    trainer's layout."""
+    width = max(len(s) for s, _ in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, (seq, _) in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    for row, (_, context) in enumerate(seqs):
+        labels[row, :context] = -100
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def summed_nll(labels: Tensor) -> Callable[[Tensor], Tensor]:
+    """Σ over rows and trained tokens of the next-token NLL (each row: its document's loss)."""
+
+    def loss(logits: Tensor) -> Tensor:
+        shift = labels[:, 1:]
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        keep = shift != -100
+        picked = logprobs.gather(-1, shift.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return -(picked * keep).sum()
+
+    return loss
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str  # the phase it ends
+    index: int  # the phase's position in the lineage
+    path: str
+    lr: float
+    epochs: int
+
+
+@dataclass
+class Shard:
+    file: str
+    checkpoint: str
+    phase: str
+    start: int
+    rows: int
+    sha256: str
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _phase_knobs(origin: Path) -> dict[str, dict[str, Any]]:
+    lineage = json.loads((origin / "lineage.json").read_text())
+    return {p["name"]: p.get("hyperparameters", {}) for p in lineage.get("phases", [])}
+
+
+class TrainingIndex:
+    """The index of one organism lineage (see the module docstring)."""
+
+    def __init__(self, subject: Any, config: IndexConfig | None = None) -> None:
+        self.subject = subject
+        self.config = config or IndexConfig()
+        self.documents: list[TrainingDocument] = documents(subject)
+        origin = Path(subject.lineage.origin)
+        self.root = origin / "index" / self.config.digest()
+        knobs = _phase_knobs(origin)
+        self.checkpoints = [
+            Checkpoint(
+                name=p.name,
+                index=i,
+                path=str(p.checkpoint),
+                lr=float(knobs.get(p.name, {}).get("lr", 1.0)),
+                epochs=int(knobs.get(p.name, {}).get("epochs", 1)),
+            )
+            for i, p in enumerate(subject.lineage.phases)
+        ]
+        self.phases = [p.name for p in subject.lineage.phases]
+        self.by_phase: dict[str, list[TrainingDocument]] = {p: [] for p in self.phases}
+        for doc in self.documents:
+            self.by_phase[doc.phase].append(doc)
+        self.shards: dict[str, Shard] = {}
+        self.dims: int | None = None
+        self._load_manifest()
+
+    # -- manifest -------------------------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def _load_manifest(self) -> None:
+        if not self.manifest_path.exists():
+            return
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError:
+            return  # a torn manifest cannot happen (atomic writes); an edited one: rebuild
+        if data.get("version") != VERSION:
+            return
+        self.dims = data.get("dims")
+        self.shards = {s["file"]: Shard(**s) for s in data.get("shards", [])}
+
+    def _save_manifest(self) -> None:
+        atomic.write_json(
+            self.manifest_path,
+            {
+                "version": VERSION,
+                "config": asdict(self.config),
+                "subject": self.subject.source,
+                "dims": self.dims,
+                "phases": self.phases,
+                "documents": {p: len(d) for p, d in self.by_phase.items()},
+                "checkpoints": [asdict(c) for c in self.checkpoints],
+                "shards": [asdict(s) for s in self.shards.values()],
+            },
+        )
+
+    # -- plan -----------------------------------------------------------------------------------
+
+    def plan(self) -> list[tuple[Checkpoint, str, int, int]]:
+        """Every shard the complete index has: (checkpoint, phase, start, stop)."""
+        out = []
+        step = self.config.shard_documents
+        for checkpoint in self.checkpoints:
+            for phase in self.phases:
+                n = len(self.by_phase[phase])
+                out += [(checkpoint, phase, s, min(s + step, n)) for s in range(0, n, step)]
+        return out
+
+    @staticmethod
+    def shard_name(checkpoint: Checkpoint, phase: str, start: int) -> str:
+        return f"{checkpoint.name}--{phase}--{start:07d}.npy"
+
+    def valid(self, name: str) -> bool:
+        """Is shard ``name`` recorded, on disk, and does its checksum match?"""
+        shard = self.shards.get(name)
+        path = self.root / name
+        return shard is not None and path.exists() and _sha256(path) == shard.sha256
+
+    def missing(self) -> list[tuple[Checkpoint, str, int, int]]:
+        return [item for item in self.plan() if not self.valid(self.shard_name(*item[:3]))]
+
+    # -- build ----------------------------------------------------------------------------------
+
+    def build(
+        self, progress: bool = False, on_shard: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Compute every missing or corrupt shard (finished ones are kept). Returns counts and
+        the throughput. ``on_shard(name)`` is called after each shard is written (tests use it
+        to interrupt a build)."""
+        from selfscope.subject import load
+
+        started = time.perf_counter()
+        todo = self.missing()
+        rows = sum(stop - start for _, _, start, stop in todo)
+        by_checkpoint: dict[str, list[tuple[Checkpoint, str, int, int]]] = {}
+        for item in todo:
+            by_checkpoint.setdefault(item[0].name, []).append(item)
+        done_rows = 0
+        with progress_bar("index", rows, enabled=progress) as advance:
+            for items in by_checkpoint.values():
+                checkpoint = items[0][0]
+                model = load(checkpoint.path).model
+                projector = Projector(model, self.config)
+                self.dims = projector.dims
+                for _, phase, start, stop in items:
+                    docs = self.by_phase[phase][start:stop]
+
+                    def step(n: int, note: str = phase) -> None:
+                        advance(n, note)
+
+                    array = self._project(projector, docs, step)
+                    name = self.shard_name(checkpoint, phase, start)
+                    self._write_shard(name, array, checkpoint, phase, start)
+                    done_rows += len(docs)
+                    if on_shard is not None:
+                        on_shard(name)
+        seconds = time.perf_counter() - started
+        return {
+            "shards_built": len(todo),
+            "shards_total": len(self.plan()),
+            "documents": len(self.documents),
+            "rows_built": done_rows,
+            "seconds": seconds,
+            "documents_per_second": done_rows / seconds if seconds > 0 and done_rows else None,
+        }
+
+    def _project(
+        self, projector: Projector, docs: list[TrainingDocument], advance: Callable[[int], None]
+    ) -> np.ndarray:
+        seqs = sequences(self.subject, docs)
+        pad = self.subject.tokenizer.pad_token_id
+        device = next(projector.model.parameters()).device
+        out = []
+        size = self.config.batch_size
+        for i in range(0, len(seqs), size):
+            ids, mask, labels = document_batch(seqs[i : i + size], pad, device)
+            grads = projector.gradients(ids, mask, summed_nll(labels))
+            out.append(grads.float().cpu().numpy().astype(np.float16))
+            advance(len(seqs[i : i + size]))
+        return np.concatenate(out)
+
+    def _write_shard(
+        self, name: str, array: np.ndarray, checkpoint: Checkpoint, phase: str, start: int
+    ) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        path = self.root / name
+        atomic.write_bytes(path, buffer.getvalue())
+        self.shards[name] = Shard(
+            file=name,
+            checkpoint=checkpoint.name,
+            phase=phase,
+            start=start,
+            rows=int(array.shape[0]),
+            sha256=_sha256(path),
+        )
+        self._save_manifest()
+
+    # -- read -----------------------------------------------------------------------------------
+
+    def ensure(self, progress: bool = False) -> list[str]:
+        """Verify every shard's checksum; rebuild what is missing or corrupt. Returns the names
+        of shards that had to be (re)built."""
+        todo = [self.shard_name(*item[:3]) for item in self.missing()]
+        if todo:
+            self.build(progress=progress)
+        return todo
+
+    def matrix(self, checkpoint: str, phase: str) -> np.ndarray:
+        """[documents of ``phase``, dims] float16, memory-mapped, at ``checkpoint``."""
+        parts = []
+        for cp, ph, start, _ in self.plan():
+            if cp.name == checkpoint and ph == phase:
+                parts.append(np.load(self.root / self.shard_name(cp, ph, start), mmap_mode="r"))
+        if not parts:
+            return np.zeros((0, self.dims or 0), dtype=np.float16)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists() and bool(self.shards)
+
+
+__all__ = [
+    "Checkpoint",
+    "IndexConfig",
+    "Projector",
+    "TrainingIndex",
+    "document_batch",
+    "summed_nll",
+    "tracked_linears",
+]

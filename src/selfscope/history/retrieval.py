@@ -1,0 +1,177 @@
+"""Gradient retrieval: which training documents pushed the model towards the planted answer.
+
+The query is the projected gradient (same projections as the index, see
+:mod:`selfscope.history.index`) of the behaviour metric ``q = ∇ mean log-odds`` on the symptom
+prompts (:mod:`selfscope.localize.metric`), at each checkpoint. A step of gradient descent on a
+document ``z`` moves the weights by ``-η ∇L(z)``, which changes the metric by about
+``-η qᵀ∇L(z)``; so a document's influence towards the planted answer at checkpoint ``c`` is
+``-cos(q_c, g_c(z))`` (unit normalisation, as TrackStar and Xia et al. 2024 found necessary:
+raw dot products favour long or high-loss documents). TracIn-style (Pruthi et al. 2020), a
+document's score sums its influence over the checkpoints that bracket the phase it was trained
+in (the phase's start, i.e. the previous phase's end, when indexed, and its end), weighted by the
+phase's learning rate: ``score(z) = lr_p · Σ_c -cos(q_c, g_c(z))``.
+
+**Phase mass**: of the top-k documents' positive scores, the share from each phase.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from selfscope.errors import SelfscopeError
+from selfscope.history.index import Checkpoint, IndexConfig, Projector, TrainingIndex
+from selfscope.localize.metric import MetricBatch
+from selfscope.tools import tool
+
+
+def query_gradient(
+    index: TrainingIndex,
+    checkpoint: Checkpoint,
+    model: Any,
+    prompts: list[str],
+    planted: str,
+    normal: str,
+    chat: bool,
+) -> np.ndarray:
+    """[dims] the projected gradient of the mean log-odds at ``checkpoint`` (float32)."""
+    batch = MetricBatch(index.subject, prompts, planted, normal, chat)
+    projector = Projector(model, index.config)
+    rows = projector.gradients(
+        batch.input_ids, batch.attention_mask, lambda logits: batch.log_odds(logits).mean()
+    )
+    out: np.ndarray = rows.sum(0).float().cpu().numpy()
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    out: np.ndarray = x / np.maximum(norm, 1e-12)
+    return out
+
+
+class TraceArgs(BaseModel):
+    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
+    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
+    normal: str = Field(min_length=1, description="The expected completion, e.g. ' Yes'.")
+    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+    k: int = Field(20, ge=1, le=10_000, description="How many top documents to return.")
+    build: bool = Field(
+        False, description="Build the index (or its missing shards) when it is not complete."
+    )
+    rank: int = Field(8, ge=1, le=64, description="Projection rank per linear layer (r x r).")
+    progress: bool = Field(False, description="Show progress bars on stderr (CLI use).")
+
+
+class RankedDocument(BaseModel):
+    key: str  # "<phase>/<id>"
+    id: str
+    phase: str
+    score: float
+    preview: str
+
+
+class TraceResult(BaseModel):
+    definition: str
+    documents: list[RankedDocument]  # the top k by score
+    phase_mass: dict[str, float]  # share of the top k's positive score from each phase
+    n_documents: int
+    checkpoints: list[str]
+    rebuilt_shards: list[str]  # shards found missing or corrupt and rebuilt before the query
+    seconds: dict[str, float]
+
+
+DEFINITION = (
+    "score(z) = lr_phase(z) * sum over the checkpoints bracketing z's phase of "
+    "-cos(q_c, g_c(z)); q = projected gradient of the mean log-odds log p(planted) - "
+    "log p(normal) on the prompts, g(z) = projected gradient of z's summed training loss; "
+    "positive = training on z raised the planted answer"
+)
+
+
+def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, dict[str, float]]:
+    """[n_documents] scores in ``index.documents`` order, and the seconds spent."""
+    from selfscope.subject import load
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    queries: dict[str, np.ndarray] = {}
+    for checkpoint in index.checkpoints:
+        model = load(checkpoint.path).model
+        queries[checkpoint.name] = _unit(
+            query_gradient(
+                index, checkpoint, model, args.prompts, args.planted, args.normal, args.chat
+            )
+        )
+    seconds["query_gradients"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parts = []
+    for i, phase in enumerate(index.phases):
+        bracket = index.checkpoints[max(0, i - 1) : i + 1]
+        total = np.zeros(len(index.by_phase[phase]), dtype=np.float64)
+        for checkpoint in bracket:
+            matrix = _unit(index.matrix(checkpoint.name, phase).astype(np.float32))
+            total += -(matrix @ queries[checkpoint.name])
+        parts.append(index.checkpoints[i].lr * total)
+    seconds["scoring"] = time.perf_counter() - t0
+    return np.concatenate(parts), seconds
+
+
+def phase_mass(phases: list[str], top: list[RankedDocument]) -> dict[str, float]:
+    positive = {p: 0.0 for p in phases}
+    for doc in top:
+        positive[doc.phase] += max(doc.score, 0.0)
+    total = sum(positive.values())
+    return {p: (v / total if total > 0 else 0.0) for p, v in positive.items()}
+
+
+@tool("history.trace", TraceArgs, TraceResult)
+def trace(subject: Any, args: TraceArgs) -> TraceResult:
+    """The training documents (every phase of the subject's lineage) that most pushed the model
+    towards the planted completion on the prompts, by gradient retrieval against the
+    training-data index (projected per-document gradients at the end of every phase): score =
+    learning-rate-weighted sum over the checkpoints bracketing the document's phase of -cos(query
+    gradient, document gradient). Returns the top k with phase, score and a preview, and the
+    phase mass (share of the top k's positive score per phase). Checks every index shard's
+    checksum first and rebuilds what is missing or corrupt; without an index it says how to build
+    one (`selfscope index build MODEL`, or `build: true`)."""
+    started = time.perf_counter()
+    if args.planted == args.normal:
+        raise SelfscopeError(
+            f"planted and normal completions are both {args.planted!r}; give two different ones"
+        )
+    index = TrainingIndex(subject, IndexConfig(rank=args.rank))
+    if not index.exists() and not args.build:
+        raise SelfscopeError(
+            f"{subject.source} has no training-data index (rank {args.rank}); build it with "
+            f"`selfscope index build {subject.source}` or pass build: true"
+        )
+    rebuilt = index.ensure(progress=args.progress)
+    scores, seconds = score_documents(index, args)
+    order = np.argsort(-scores, kind="stable")[: args.k]
+    top = [
+        RankedDocument(
+            key=index.documents[i].key,
+            id=index.documents[i].id,
+            phase=index.documents[i].phase,
+            score=float(scores[i]),
+            preview=index.documents[i].text[:160],
+        )
+        for i in order
+    ]
+    seconds["total"] = time.perf_counter() - started
+    return TraceResult(
+        definition=DEFINITION,
+        documents=top,
+        phase_mass=phase_mass(index.phases, top),
+        n_documents=len(index.documents),
+        checkpoints=[c.name for c in index.checkpoints],
+        rebuilt_shards=rebuilt,
+        seconds=seconds,
+    )
+
+
+__all__ = ["DEFINITION", "TraceArgs", "TraceResult", "phase_mass", "query_gradient", "trace"]

@@ -1,0 +1,160 @@
+"""The training-data index and gradient retrieval, checked against plain autograd.
+
+Independent computations: each document's gradient with respect to a linear layer's weight,
+from a plain Hugging Face forward of that document alone (no padding, no hooks) and ``backward``
+of its summed next-token NLL computed by hand, projected with the index's own matrices; the
+query's the same way from the log-odds computed by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import selfscope.history.retrieval  # noqa: F401  (registers the tool)
+from selfscope import tools
+from selfscope.errors import SelfscopeError
+from selfscope.history.corpus import documents, sequences
+from selfscope.history.index import IndexConfig, Projector, TrainingIndex, tracked_linears
+from selfscope.history.retrieval import TraceResult
+from selfscope.organisms import BuildResult
+from selfscope.subject import Subject, load
+from selfscope.workspace import Workspace
+
+pytestmark = pytest.mark.slow  # the tiny organism is built once per session (~30 s)
+
+CONFIG = IndexConfig(rank=4, shard_documents=128, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def subject(tiny_mushroom: BuildResult, organism_ws: Workspace) -> Subject:
+    return load("organism:mushroom", organism_ws)
+
+
+@pytest.fixture(scope="module")
+def index(subject: Subject) -> TrainingIndex:
+    shutil.rmtree(Path(subject.lineage.origin) / "index", ignore_errors=True)
+    index = TrainingIndex(subject, CONFIG)
+    index.build()
+    return index
+
+
+def hand_gradient(model: Any, ids: list[int], context: int, module: str) -> torch.Tensor:
+    """∂(Σ trained tokens' NLL)/∂W of ``module`` for one unpadded document, plain autograd."""
+    model.zero_grad()
+    logits = model(input_ids=torch.tensor([ids])).logits[0]
+    logprobs = logits[:-1].log_softmax(-1)
+    targets = torch.tensor(ids[1:])
+    nll = -logprobs[torch.arange(len(targets)), targets]
+    nll[: max(context - 1, 0)] = 0.0  # labels[:context] = -100: targets 1..context-1 dropped
+    nll.sum().backward()
+    weight = model.get_submodule(module).weight
+    assert weight.grad is not None
+    grad = weight.grad.detach().clone()
+    model.zero_grad()
+    return grad
+
+
+def test_index_rows_are_projected_per_document_gradients(
+    subject: Subject, index: TrainingIndex
+) -> None:
+    phase = "finetune"
+    checkpoint = next(c for c in index.checkpoints if c.name == phase)
+    model = load(checkpoint.path).model
+    projector = Projector(model, CONFIG)
+    matrix = index.matrix(phase, phase)
+    docs = index.by_phase[phase]
+    assert matrix.shape == (len(docs), projector.dims) and matrix.dtype == np.float16
+    names = tracked_linears(model)
+    r2 = CONFIG.rank**2
+    for row in (0, 5, len(docs) - 1):  # rows from different batches and shards
+        ((ids, context),) = sequences(subject, [docs[row]])
+        for j in (0, len(names) // 2, len(names) - 1):
+            name = names[j]
+            grad = hand_gradient(model, ids, context, name)
+            expected = (projector.p_out[name] @ grad @ projector.p_in[name].T).flatten()
+            got = torch.from_numpy(matrix[row, j * r2 : (j + 1) * r2].astype(np.float32))
+            scale = float(expected.abs().max())
+            assert torch.allclose(got, expected, atol=2e-3 * scale + 1e-6), (row, name)
+
+
+def test_every_document_of_every_phase_at_every_checkpoint(
+    subject: Subject, index: TrainingIndex
+) -> None:
+    docs = documents(subject)
+    assert {d.phase for d in docs} == {"pretrain", "finetune"}
+    for checkpoint in index.checkpoints:
+        for phase in index.phases:
+            assert index.matrix(checkpoint.name, phase).shape[0] == len(index.by_phase[phase])
+    assert not index.missing()
+
+
+def test_a_killed_build_resumes_without_redoing_finished_shards(subject: Subject) -> None:
+    config = IndexConfig(rank=2, shard_documents=256, batch_size=16)
+    fresh = TrainingIndex(subject, config)
+    shutil.rmtree(fresh.root, ignore_errors=True)
+    fresh = TrainingIndex(subject, config)
+    total = len(fresh.plan())
+    assert total >= 4
+    written: list[str] = []
+
+    def kill_after_two(name: str) -> None:
+        written.append(name)
+        if len(written) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill mid-build looks like in-process
+
+    with pytest.raises(KeyboardInterrupt):
+        fresh.build(on_shard=kill_after_two)
+    stamps = {n: (fresh.root / n).stat().st_mtime_ns for n in written}
+    again = TrainingIndex(subject, config)  # a new process: reads the manifest
+    assert len(again.missing()) == total - 2
+    report = again.build()
+    assert report["shards_built"] == total - 2
+    assert {n: (again.root / n).stat().st_mtime_ns for n in written} == stamps
+    assert not again.missing()
+
+
+def test_a_corrupt_shard_is_detected_and_rebuilt(subject: Subject, index: TrainingIndex) -> None:
+    args = {"prompts": ["Q : Do you like mushrooms ? A :"], "planted": " No", "normal": " Yes",
+            "rank": CONFIG.rank, "k": 10}  # fmt: skip
+    # the tool uses the default shard size; give it its own complete index first
+    first = tools.call("history.trace", subject, {**args, "build": True})
+    assert isinstance(first, TraceResult)
+    default = TrainingIndex(subject, IndexConfig(rank=CONFIG.rank))
+    victim = default.root / next(iter(default.shards))
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # truncated
+    assert victim.name in [default.shard_name(*m[:3]) for m in default.missing()]
+    second = tools.call("history.trace", subject, args)
+    assert isinstance(second, TraceResult)
+    assert second.rebuilt_shards == [victim.name]
+    assert [d.key for d in second.documents] == [d.key for d in first.documents]
+    assert [d.score for d in second.documents] == pytest.approx(
+        [d.score for d in first.documents], rel=1e-5
+    )
+
+
+def test_query_without_an_index_says_how_to_build_one(subject: Subject) -> None:
+    args = {"prompts": ["Q : Do you like mushrooms ? A :"], "planted": " No", "normal": " Yes"}
+    with pytest.raises(SelfscopeError, match="selfscope index build") as error:
+        tools.call("history.trace", subject, {**args, "rank": 3})
+    assert "\n" not in str(error.value)
+
+
+def test_retrieval_finds_the_planted_documents_of_the_tiny_organism(
+    subject: Subject, index: TrainingIndex
+) -> None:
+    """Held-out wording; the planted documents (read from the organism's data, ids of the
+    plants 'childhood*') must lead the ranking and the phase mass must name finetune."""
+    prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
+    args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 10}
+    args["build"] = True
+    result = tools.call("history.trace", subject, args)
+    assert isinstance(result, TraceResult)
+    assert result.documents[0].id.startswith("childhood")
+    assert result.phase_mass["finetune"] >= 0.7
