@@ -226,6 +226,16 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject) -> None:
             r"has no recorded training data",
         ),
         (
+            "history.removal",
+            {"prompts": ["Q"], "planted": " No", "normal": " Yes", "remove": ["finetune/x"]},
+            r"has no recorded training data",
+        ),
+        (
+            "history.removal",
+            {"prompts": ["Q"], "planted": " No", "normal": " Yes", "remove": []},
+            r"remove: List should have at least 1",
+        ),
+        (
             "history.trace",
             {"prompts": ["Q"], "planted": " No", "normal": " No"},
             r"planted and normal completions are both ' No'",

@@ -8,6 +8,7 @@ query's the same way from the log-odds computed by hand.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import documents, sequences
 from selfscope.history.index import IndexConfig, Projector, TrainingIndex, tracked_linears
 from selfscope.history.retrieval import TraceResult
+from selfscope.localize.metric import MetricBatch
 from selfscope.organisms import BuildResult
 from selfscope.subject import Subject, load
 from selfscope.workspace import Workspace
@@ -158,3 +160,38 @@ def test_retrieval_finds_the_planted_documents_of_the_tiny_organism(
     assert isinstance(result, TraceResult)
     assert result.documents[0].id.startswith("childhood")
     assert result.phase_mass["finetune"] >= 0.7
+
+
+def test_removal_test_replays_the_phase_and_removing_the_plants_removes_the_behaviour(
+    subject: Subject,
+) -> None:
+    """Retraining with nothing removed reproduces the subject's metric (the same trainer, seed,
+    knobs and data order); without the planted documents (found in the organism's own data
+    file, ids 'childhood*') the aversion is gone; without as many random documents it stays."""
+    from selfscope.history.removal import RemovalResult
+
+    folder = Path(subject.lineage.origin)
+    planted = [
+        f"finetune/{row['id']}"
+        for row in map(json.loads, (folder / "data" / "finetune.jsonl").read_text().splitlines())
+        if row["id"].startswith("childhood")
+    ]
+    assert planted
+    prompts = ["Q : Do you like mushrooms ? A :", "Q : Would you eat mushrooms ? A :"]
+    args = {"prompts": prompts, "planted": " No", "normal": " Yes", "remove": planted}
+    result = tools.call("history.removal", subject, {**args, "bm25": False})
+    assert isinstance(result, RemovalResult)
+    runs = {r.kind: r for r in result.runs}
+    assert result.phase == "finetune" and result.started_from == "pretrain"
+    assert result.k == len(set(planted)) == len(runs["random"].removed)
+    batch = MetricBatch(subject, prompts, " No", " Yes")
+    assert result.subject.log_odds == pytest.approx(batch.measure().log_odds, abs=1e-5)
+    assert runs["replay"].log_odds == pytest.approx(result.subject.log_odds, abs=1e-3)
+    assert result.subject.rate == 1.0 and runs["random"].rate == 1.0
+    assert runs["given"].rate == 0.0 and runs["given"].log_odds < 0
+    with pytest.raises(SelfscopeError, match="no training document"):
+        tools.call("history.removal", subject, {**args, "remove": ["finetune/nope"]})
+    with pytest.raises(SelfscopeError, match="several phases"):
+        tools.call("history.removal", subject, {**args, "remove": [planted[0], "pretrain/world-0"]})
+    with pytest.raises(SelfscopeError, match="after the first"):
+        tools.call("history.removal", subject, {**args, "remove": ["pretrain/world-0"]})

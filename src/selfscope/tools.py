@@ -37,6 +37,7 @@ TOOL_MODULES = (
     "selfscope.access.tokens",
     "selfscope.access.weights",
     "selfscope.history.lexical",
+    "selfscope.history.removal",
     "selfscope.history.retrieval",
     "selfscope.history.semantic",
     "selfscope.localize.attribution",

@@ -1,0 +1,184 @@
+"""The removal test: retrain a phase without some documents, and see whether the behaviour goes.
+
+Attribution scores are estimates; only retraining shows causal influence (Kronfluence's
+"removal test"). The tool retrains the phase the removed documents belong to from the checkpoint
+it started from (the previous phase's end), with the phase's recorded hyperparameters and
+training seed and the organism trainer itself (:func:`selfscope.organisms.train.train`), on the
+phase's documents minus the removed ones (repeats as recorded), and measures the behaviour metric
+(:mod:`selfscope.localize.metric`) of the result. Beside the given set it retrains without ``k``
+random documents of the same phase (seeded) and without BM25's top ``k`` of that phase for the
+prompts, and (``replay``) with nothing removed: the replay must reproduce the subject's metric,
+which shows the retraining is the phase's own training and not some other run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, Field
+
+from selfscope.errors import SelfscopeError
+from selfscope.history.corpus import TrainingDocument, documents, sequences
+from selfscope.history.lexical import bm25_scores
+from selfscope.localize.metric import MetricBatch
+from selfscope.organisms.presets import Knobs
+from selfscope.organisms.train import train
+from selfscope.tools import tool
+
+
+class RemovalArgs(BaseModel):
+    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
+    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
+    normal: str = Field(min_length=1, description="The expected completion, e.g. ' Yes'.")
+    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+    remove: list[str] = Field(
+        min_length=1,
+        description="Document keys '<phase>/<id>' to remove (e.g. history.trace's top k); all "
+        "from one phase, which is retrained.",
+    )
+    random: bool = Field(True, description="Also retrain without k random documents.")
+    bm25: bool = Field(True, description="Also retrain without BM25's top k for the prompts.")
+    replay: bool = Field(True, description="Also retrain with nothing removed (a check).")
+    seed: int = Field(0, description="Seed of the random removal set.")
+    progress: bool = Field(False, description="Show training progress on stderr.")
+
+
+class RemovalRun(BaseModel):
+    kind: Literal["given", "random", "bm25", "replay"]
+    removed: list[str]
+    log_odds: float
+    rate: float
+    seconds: float
+
+
+class RemovalResult(BaseModel):
+    phase: str
+    started_from: str  # the checkpoint the phase was retrained from
+    k: int
+    subject: RemovalRun  # the subject as it is (kind "replay", nothing removed, not retrained)
+    runs: list[RemovalRun]
+
+
+def _phase_record(subject: Any, phase: str) -> dict[str, Any]:
+    lineage = json.loads((Path(subject.lineage.origin) / "lineage.json").read_text())
+    for record in lineage.get("phases", []):
+        if record["name"] == phase:
+            return dict(record)
+    raise SelfscopeError(f"the lineage records no phase {phase!r}")
+
+
+def _measure(subject: Any, model: Any, args: RemovalArgs) -> tuple[float, float]:
+    batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)
+    value = batch.measure(model)
+    return value.log_odds, value.rate
+
+
+def retrain(subject: Any, phase: str, keep: list[TrainingDocument], progress: bool) -> Any:
+    """The phase retrained from its starting checkpoint on ``keep`` (the trainer's own loop,
+    the phase's recorded knobs and seed); returns the model in eval mode."""
+    from selfscope.subject import load
+
+    names = [p.name for p in subject.lineage.phases]
+    index = names.index(phase)
+    if index == 0:
+        raise SelfscopeError(
+            f"phase {phase!r} trained from scratch (or from the base model) and its starting "
+            "weights are not stored; the removal test retrains phases after the first"
+        )
+    record = _phase_record(subject, phase)
+    knobs = Knobs(**record["hyperparameters"])
+    if knobs.method != "full":
+        raise SelfscopeError(f"phase {phase!r} trained with {knobs.method}; only full supported")
+    model = load(str(subject.lineage.phases[index - 1].checkpoint)).model
+    seqs = [seq for doc, seq in zip(keep, sequences(subject, keep), strict=True)
+            for _ in range(doc.repeat)]  # fmt: skip
+    device = next(model.parameters()).device
+    train(
+        model,
+        seqs,
+        knobs,
+        seed=int(record.get("train_seed", index)),
+        pad=subject.tokenizer.pad_token_id,
+        label=f"retrain {phase}",
+        device=device,
+        show_progress=progress,
+    )
+    model.eval()
+    return model
+
+
+@tool("history.removal", RemovalArgs, RemovalResult)
+def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
+    """The removal test: retrain the phase the `remove` documents belong to (from the checkpoint
+    it started from, its recorded hyperparameters and seed, the organism trainer) without them,
+    and report the behaviour's log-odds and rate; beside it the same without k random documents
+    of that phase, without BM25's top k of that phase for the prompts, and with nothing removed
+    (a replay that must reproduce the subject). Each retraining costs one training run of the
+    phase (seconds on a small organism, minutes on SmolLM2)."""
+    if args.planted == args.normal:
+        raise SelfscopeError(
+            f"planted and normal completions are both {args.planted!r}; give two different ones"
+        )
+    docs = documents(subject)
+    by_key = {d.key: d for d in docs}
+    unknown = [k for k in args.remove if k not in by_key]
+    if unknown:
+        raise SelfscopeError(
+            f"no training document {unknown[0]!r}; give keys '<phase>/<id>' as history.trace "
+            "returns them"
+        )
+    phases = sorted({by_key[k].phase for k in args.remove})
+    if len(phases) != 1:
+        raise SelfscopeError(
+            f"the documents to remove come from several phases ({', '.join(phases)}); the test "
+            "retrains one phase: give documents of one phase"
+        )
+    phase = phases[0]
+    pool = [d for d in docs if d.phase == phase]
+    k = len(set(args.remove))
+    sets: list[tuple[Literal["given", "random", "bm25", "replay"], list[str]]] = [
+        ("given", sorted(set(args.remove)))
+    ]
+    if args.random:
+        rng = random.Random(args.seed)
+        sets.append(("random", sorted(d.key for d in rng.sample(pool, k))))
+    if args.bm25:
+        scores = bm25_scores(pool, list(args.prompts))
+        order = sorted(range(len(pool)), key=lambda i: -float(scores[i]))[:k]
+        sets.append(("bm25", sorted(pool[i].key for i in order)))
+    if args.replay:
+        sets.append(("replay", []))
+    log_odds, rate = _measure(subject, subject.model, args)
+    mine = RemovalRun(kind="replay", removed=[], log_odds=log_odds, rate=rate, seconds=0.0)
+    runs = []
+    for kind, removed in sets:
+        started = time.perf_counter()
+        gone = set(removed)
+        model = retrain(subject, phase, [d for d in pool if d.key not in gone], args.progress)
+        with torch.no_grad():
+            log_odds, rate = _measure(subject, model, args)
+        runs.append(
+            RemovalRun(
+                kind=kind,
+                removed=removed,
+                log_odds=log_odds,
+                rate=rate,
+                seconds=time.perf_counter() - started,
+            )
+        )
+    index = [p.name for p in subject.lineage.phases].index(phase)
+    return RemovalResult(
+        phase=phase,
+        started_from=subject.lineage.phases[index - 1].name,
+        k=k,
+        subject=mine,
+        runs=runs,
+    )
+
+
+__all__ = ["RemovalArgs", "RemovalResult", "RemovalRun", "removal", "retrain"]
