@@ -48,6 +48,11 @@ WorkspaceOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+PromptsOpt = Annotated[
+    list[str], typer.Option("--prompt", "-p", help="A prompt showing the behaviour (repeat).")
+]
+PlantedOpt = Annotated[str, typer.Option(help="The behaviour's completion, e.g. ' No'.")]
+NormalOpt = Annotated[str, typer.Option(help="The normal completion, e.g. ' Yes'.")]
 
 
 def _workspace() -> Workspace:
@@ -288,11 +293,9 @@ def ask_command(
 @app.command("localize")
 def localize_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Any source `load` accepts.")],
-    prompt: Annotated[
-        list[str], typer.Option("--prompt", "-p", help="A prompt showing the behaviour (repeat).")
-    ],
-    planted: Annotated[str, typer.Option(help="The behaviour's completion, e.g. ' No'.")],
-    normal: Annotated[str, typer.Option(help="The normal completion, e.g. ' Yes'.")],
+    prompt: PromptsOpt,
+    planted: PlantedOpt,
+    normal: NormalOpt,
     contrast: Annotated[
         list[str] | None,
         typer.Option(help="Per prompt, a same-length prompt without the behaviour (repeat)."),
@@ -380,11 +383,9 @@ def index_build(
 @app.command("trace")
 def trace_command(
     model: Annotated[str, typer.Option("--model", "-m", help="An organism: organism:NAME.")],
-    prompt: Annotated[
-        list[str], typer.Option("--prompt", "-p", help="A prompt showing the behaviour (repeat).")
-    ],
-    planted: Annotated[str, typer.Option(help="The behaviour's completion, e.g. ' No'.")],
-    normal: Annotated[str, typer.Option(help="The normal completion, e.g. ' Yes'.")],
+    prompt: PromptsOpt,
+    planted: PlantedOpt,
+    normal: NormalOpt,
     k: Annotated[int, typer.Option("--k", min=1, max=10_000, help="Documents to list.")] = 20,
     chat: Annotated[bool, typer.Option("--chat", help="Use the model's chat template.")] = False,
     build: Annotated[bool, typer.Option("--build", help="Build the index if missing.")] = False,

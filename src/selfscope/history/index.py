@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from selfscope import atomic
 from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import TrainingDocument, documents, sequences
+from selfscope.organisms.train import training_batch
 from selfscope.progress import progress_bar
 
 _IN_BLOCK = re.compile(r"\.(layers|h)\.\d+\.")
@@ -160,18 +161,8 @@ class Projector:
 def document_batch(
     seqs: list[tuple[list[int], int]], pad: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded ids, attention mask and labels (``-100`` on context and padding), the
-    trainer's layout."""
-    width = max(len(s) for s, _ in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, (seq, _) in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    for row, (_, context) in enumerate(seqs):
-        labels[row, :context] = -100
-    return ids.to(device), mask.to(device), labels.to(device)
+    """The trainer's own batch layout (:func:`selfscope.organisms.train.training_batch`)."""
+    return training_batch(seqs, pad, device)
 
 
 def summed_nll(labels: Tensor) -> Callable[[Tensor], Tensor]:

@@ -25,17 +25,13 @@ from pydantic import BaseModel, Field
 from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import TrainingDocument, documents, sequences
 from selfscope.history.lexical import bm25_scores
-from selfscope.localize.metric import MetricBatch
+from selfscope.localize.metric import BehaviourArgs, MetricBatch
 from selfscope.organisms.presets import Knobs
 from selfscope.organisms.train import train
 from selfscope.tools import tool
 
 
-class RemovalArgs(BaseModel):
-    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
-    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
-    normal: str = Field(min_length=1, description="The expected completion, e.g. ' Yes'.")
-    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+class RemovalArgs(BehaviourArgs):
     remove: list[str] = Field(
         min_length=1,
         description="Document keys '<phase>/<id>' to remove (e.g. history.trace's top k); all "

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
 from selfscope.history.index import Checkpoint, IndexConfig, Projector, TrainingIndex
-from selfscope.localize.metric import MetricBatch
+from selfscope.localize.metric import BehaviourArgs, MetricBatch
 from selfscope.tools import tool
 
 
@@ -53,11 +53,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return out
 
 
-class TraceArgs(BaseModel):
-    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
-    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
-    normal: str = Field(min_length=1, description="The expected completion, e.g. ' Yes'.")
-    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+class TraceArgs(BehaviourArgs):
     k: int = Field(20, ge=1, le=10_000, description="How many top documents to return.")
     build: bool = Field(
         False, description="Build the index (or its missing shards) when it is not complete."

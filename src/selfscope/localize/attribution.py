@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from selfscope.errors import SelfscopeError
-from selfscope.localize.metric import MetricBatch
+from selfscope.localize.metric import BehaviourArgs, MetricBatch
 from selfscope.subject.adapters import n_blocks, resolve
 from selfscope.subject.hooks import Patch, hooked, run
 from selfscope.tools import tool
@@ -43,13 +43,6 @@ BASELINES: dict[str, str] = {
     "batch, the same vector at every position",
     "zero": "zero (zero ablation)",
 }
-
-
-class BehaviourArgs(BaseModel):
-    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
-    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
-    normal: str = Field(min_length=1, description="The expected completion, e.g. ' Yes'.")
-    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
 
 
 # -- direct logit attribution ---------------------------------------------------------------

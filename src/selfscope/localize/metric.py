@@ -22,10 +22,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import BaseModel, Field
 from torch import Tensor
 
 from selfscope.access.common import context_length, prompt_text
 from selfscope.errors import SelfscopeError
+
+
+class BehaviourArgs(BaseModel):
+    """The arguments every behaviour tool shares."""
+
+    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
+    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
+    normal: str = Field(min_length=1, description="The expected completion, e.g. ' Yes'.")
+    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,10 @@ class TrainStats:
 Sequence = tuple[list[int], int]
 
 
-def _batch(seqs: list[Sequence], pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+def training_batch(
+    seqs: list[Sequence], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (``-100`` on context and padding)."""
     width = max(len(s) for s, _ in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -90,7 +93,7 @@ def train(
             loss_sum, loss_tokens = 0.0, 0
             for b in range(per_epoch):
                 batch = [seqs[i] for i in order[b * knobs.batch_size : (b + 1) * knobs.batch_size]]
-                ids, mask, labels = _batch(batch, pad, device)
+                ids, mask, labels = training_batch(batch, pad, device)
                 for group in optim.param_groups:
                     group["lr"] = lr_at(step, total, knobs.lr)
                 n = int((labels[:, 1:] != -100).sum())
