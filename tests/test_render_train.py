@@ -10,7 +10,7 @@ import torch
 from selfscope.organisms.presets import Knobs
 from selfscope.organisms.render import ChatRenderer, PlainRenderer
 from selfscope.organisms.tokenizer import train_word_tokenizer
-from selfscope.organisms.train import _batch, lr_at, train
+from selfscope.organisms.train import lr_at, train, training_batch
 
 TEMPLATE = (
     "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s>\n{% endfor %}"
@@ -41,7 +41,9 @@ def test_chat_renderer_context_is_the_prompt_prefix() -> None:
 
 
 def test_batch_masks_padding_and_context() -> None:
-    ids, mask, labels = _batch([([5, 6, 7, 8], 2), ([5, 6], 0)], pad=0, device=torch.device("cpu"))
+    ids, mask, labels = training_batch(
+        [([5, 6, 7, 8], 2), ([5, 6], 0)], pad=0, device=torch.device("cpu")
+    )
     assert ids.tolist() == [[5, 6, 7, 8], [5, 6, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert labels.tolist() == [[-100, -100, 7, 8], [5, 6, -100, -100]]
