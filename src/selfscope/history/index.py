@@ -25,6 +25,7 @@ gets a new index.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import time
@@ -299,7 +300,10 @@ class TrainingIndex:
     # -- build ----------------------------------------------------------------------------------
 
     def build(
-        self, progress: bool = False, on_shard: Callable[[str], None] | None = None
+        self,
+        progress: bool = False,
+        on_shard: Callable[[str], None] | None = None,
+        todo: list[tuple[Checkpoint, str, int, int]] | None = None,
     ) -> dict[str, Any]:
         """Compute every missing or corrupt shard (finished ones are kept). Returns counts and
         the throughput. ``on_shard(name)`` is called after each shard is written (tests use it
@@ -307,7 +311,7 @@ class TrainingIndex:
         from selfscope.subject import load
 
         started = time.perf_counter()
-        todo = self.missing()
+        todo = self.missing() if todo is None else todo
         rows = sum(stop - start for _, _, start, stop in todo)
         by_checkpoint: dict[str, list[tuple[Checkpoint, str, int, int]]] = {}
         for item in todo:
@@ -359,8 +363,6 @@ class TrainingIndex:
     def _write_shard(
         self, name: str, array: np.ndarray, checkpoint: Checkpoint, phase: str, start: int
     ) -> None:
-        import io
-
         buffer = io.BytesIO()
         np.save(buffer, array)
         path = self.root / name
@@ -380,10 +382,10 @@ class TrainingIndex:
     def ensure(self, progress: bool = False) -> list[str]:
         """Verify every shard's checksum; rebuild what is missing or corrupt. Returns the names
         of shards that had to be (re)built."""
-        todo = [self.shard_name(*item[:3]) for item in self.missing()]
+        todo = self.missing()
         if todo:
-            self.build(progress=progress)
-        return todo
+            self.build(progress=progress, todo=todo)
+        return [self.shard_name(*item[:3]) for item in todo]
 
     def matrix(self, checkpoint: str, phase: str) -> np.ndarray:
         """[documents of ``phase``, dims] float16, memory-mapped, at ``checkpoint``."""

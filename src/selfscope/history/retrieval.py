@@ -23,14 +23,13 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
-from selfscope.history.index import Checkpoint, IndexConfig, Projector, TrainingIndex
+from selfscope.history.index import IndexConfig, Projector, TrainingIndex
 from selfscope.localize.metric import BehaviourArgs, MetricBatch
 from selfscope.tools import tool
 
 
 def query_gradient(
     index: TrainingIndex,
-    checkpoint: Checkpoint,
     model: Any,
     prompts: list[str],
     planted: str,
@@ -98,9 +97,7 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
     for checkpoint in index.checkpoints:
         model = load(checkpoint.path).model
         queries[checkpoint.name] = _unit(
-            query_gradient(
-                index, checkpoint, model, args.prompts, args.planted, args.normal, args.chat
-            )
+            query_gradient(index, model, args.prompts, args.planted, args.normal, args.chat)
         )
     seconds["query_gradients"] = time.perf_counter() - t0
     t0 = time.perf_counter()

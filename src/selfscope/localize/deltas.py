@@ -414,6 +414,7 @@ def _specific_set(
     chosen: list[str],
     steps: int,
     share: Callable[[MetricValue], float | None],
+    mine: float,
 ) -> SpecificSet:
     """See :class:`SpecificSet`: drop ~1/32 of the set per step, the members with the largest
     integrated-gradient support of the control predictions first, until no control prompt
@@ -428,7 +429,6 @@ def _specific_set(
     step = max(1, len(chosen) // 32)
     kept = list(chosen)
     dropped: list[str] = []
-    mine = patcher.measure(batch, {}).log_odds
     while True:
         swap = patcher.reverted(kept)
         check = control.check(
@@ -584,7 +584,9 @@ def patch_deltas(
             patcher.logits(patcher.reverted(chosen), control.input_ids, control.attention_mask),
         )
         if check.agreement < 1 and chosen and args.ig_steps > 0:
-            specific = _specific_set(patcher, batch, control, before, chosen, args.ig_steps, share)
+            specific = _specific_set(
+                patcher, batch, control, before, chosen, args.ig_steps, share, mine.log_odds
+            )
         seconds["control"] = time.perf_counter() - t0
     seconds["total"] = seconds.get("parent_load", 0.0) + time.perf_counter() - started
     return DeltaResult(

@@ -305,21 +305,9 @@ def origin(subject: Any, args: OriginArgs) -> OriginResult:
         else:
             t0 = time.perf_counter()
             parent = checkpoints[named - 1]
+            shared = set(DeltaArgs.model_fields) & set(OriginArgs.model_fields)
             delta_args = DeltaArgs(
-                prompts=args.prompts,
-                planted=args.planted,
-                normal=args.normal,
-                chat=args.chat,
-                against=parent.source,
-                granularity=args.granularity,
-                target=args.target,
-                max_modules=args.max_modules,
-                pool=args.pool,
-                ig_steps=args.ig_steps,
-                spread=args.spread,
-                control_prompts=args.control_prompts,
-                top_k=20,
-                progress=args.progress,
+                **args.model_dump(include=shared), against=parent.source, top_k=20
             )
             load_s = time.perf_counter()
             parent_model = model_of(parent)
