@@ -96,6 +96,24 @@ def reverted_copy(model: Any, parent: nn.Module, modules: list[str]) -> Any:
     return out
 
 
+def directions_copy(model: Any, parent: nn.Module, per_parameter: dict[str, list[int]]) -> Any:
+    """A copy of ``model`` with the listed SVD directions of each parameter's change subtracted
+    (an SVD of its own, in float64; index -1: the whole parameter reverted to the parent)."""
+    out = copy.deepcopy(model)
+    theirs = dict(parent.named_parameters())
+    with torch.no_grad():
+        for name, idx in per_parameter.items():
+            p = out.get_parameter(name)
+            if idx == [-1]:
+                p.copy_(theirs[name])
+                continue
+            delta = (p - theirs[name]).double()
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            ix = torch.tensor(idx)
+            p.sub_(((u[:, ix] * s[ix]) @ vh[ix]).to(p.dtype))
+    return out
+
+
 def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
     started = time.perf_counter()
     folder, build_seconds = built(spec, ws)
@@ -166,6 +184,33 @@ def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
                 specific_zero_share=1 - value.log_odds / s,
                 specific_rate_after=value.rate,
                 specific_neighbours_after=accuracy(kept_probe.neighbour_hits(behaviour.neighbours)),
+            )
+        if d.directions is not None:  # the finer unit: rank-one directions of the changes
+            ds = d.directions
+            cut = directions_copy(subject.model, parent, ds.per_parameter)
+            cut_probe = Prober(cut, subject.tokenizer, renderer)
+            value = cut_probe.behaviour(behaviour)
+            s, p = score["s"], score["p"]
+            row.update(
+                directions_n=ds.n_directions,
+                directions_units=ds.units,
+                directions_parameters=len(ds.per_parameter),
+                directions_tool_share=ds.share,
+                directions_share=(s.log_odds - value.log_odds) / (s.log_odds - p.log_odds),
+                directions_heldout_share=(
+                    (s.heldout_log_odds - value.heldout_log_odds)
+                    / (s.heldout_log_odds - p.heldout_log_odds)
+                    if behaviour.heldout
+                    else None
+                ),
+                directions_zero_share=1 - value.log_odds / s.log_odds,
+                directions_rate_after=value.rate,
+                directions_heldout_rate_after=value.heldout_rate if behaviour.heldout else None,
+                directions_neighbours_after=accuracy(
+                    cut_probe.neighbour_hits(behaviour.neighbours)
+                ),
+                directions_excluded=ds.excluded,
+                directions_seconds=ds.seconds,
             )
     row["total_seconds"] = time.perf_counter() - started
     return row
@@ -302,6 +347,32 @@ def main() -> None:
                 f"{r['specific_share']:.2f} ({fmt(r['specific_tool_share'])}) | "
                 f"{r['specific_zero_share']:.2f} | {r['specific_rate_after']:.2f} | "
                 f"{r['neighbours_before']:.2f} → {fmt(r['specific_neighbours_after'])} |"
+            )
+    finer = [r for r in rows if "directions_n" in r]
+    if finer:
+        lines += [
+            "",
+            "Where the module set misses the target or changes a control prompt, the tool also "
+            "searches the finer unit of rank-one directions of the changes "
+            "(`localize.directions`: SVD of each module's delta, integrated-gradient share per "
+            "direction; directions a control prompt that flipped leans on are left out and the "
+            "search redone, `left out` counts them). "
+            "The direction set is subtracted from a copy of the subject with an SVD of this "
+            "script's own (float64) and measured with the builder's prober:",
+            "",
+            "| organism | directions | parameters | left out | removed (tool) | held-out | of L |"
+            " rate after (held-out) | neigh. | s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in finer:
+            lines.append(
+                f"| {r['name']} | {r['directions_n']} of {r['directions_units']} | "
+                f"{r['directions_parameters']} | {r['directions_excluded']} | "
+                f"{r['directions_share']:.2f} ({r['directions_tool_share']:.2f}) | "
+                f"{fmt(r['directions_heldout_share'])} | {r['directions_zero_share']:.2f} | "
+                f"{r['directions_rate_after']:.2f} ({fmt(r['directions_heldout_rate_after'])}) | "
+                f"{r['neighbours_before']:.2f} → {r['directions_neighbours_after']:.2f} | "
+                f"{r['directions_seconds']:.1f} |"
             )
     lines += ["", "Evidence the tool returned (first organism of each kind):", ""]
     for r in rows:

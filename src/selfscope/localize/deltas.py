@@ -71,6 +71,7 @@ from torch.func import functional_call
 
 from selfscope.access.common import context_length, prompt_text
 from selfscope.errors import SelfscopeError
+from selfscope.localize.directions import DirectionSet, direction_set
 from selfscope.localize.metric import MetricBatch, MetricValue
 from selfscope.progress import progress_bar
 from selfscope.subject.lineage import parent_source
@@ -237,6 +238,12 @@ class DeltaArgs(BaseModel):
         default_factory=list,
         description="Prompts whose next-token prediction should not change (collateral check).",
     )
+    directions: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Also search rank-one directions of the changes (SVD of each module's "
+        "delta) for a set that removes target and keeps the control prompts' top-1: 'auto' "
+        "when the module set misses target or changes a control prompt, 'always', or 'never'.",
+    )
     top_k: int = Field(20, ge=1, le=10_000, description="How many modules to list.")
     progress: bool = Field(False, description="Show a progress bar on stderr (CLI use).")
 
@@ -303,6 +310,7 @@ class DeltaResult(BaseModel):
     reached: bool  # the set removes >= target
     control: ControlCheck | None
     specific: SpecificSet | None  # when module_set changes a control prompt (see SpecificSet)
+    directions: DirectionSet | None  # the finer unit (see selfscope.localize.directions)
     note: str | None
     seconds: dict[str, float]  # parent load, single modules, set search, control, total
 
@@ -576,6 +584,7 @@ def patch_deltas(
             )
     seconds["set_search"] = time.perf_counter() - t0
     check = specific = None
+    before: Tensor | None = None
     if control is not None:
         t0 = time.perf_counter()
         before = control.top1(patcher.logits({}, control.input_ids, control.attention_mask))
@@ -588,6 +597,25 @@ def patch_deltas(
                 patcher, batch, control, before, chosen, args.ig_steps, share, mine.log_odds
             )
         seconds["control"] = time.perf_counter() - t0
+    directions = None
+    collateral = check is not None and check.agreement < 1
+    wanted = args.directions == "always" or (
+        args.directions == "auto" and (not reached or collateral)
+    )
+    if defined and wanted and args.ig_steps > 0:
+        t0 = time.perf_counter()
+        directions = direction_set(
+            model,
+            patcher.mine,
+            patcher.theirs,
+            batch,
+            control,
+            before,
+            args.target,
+            args.ig_steps,
+            progress=args.progress,
+        )
+        seconds["directions"] = time.perf_counter() - t0
     seconds["total"] = seconds.get("parent_load", 0.0) + time.perf_counter() - started
     return DeltaResult(
         against=against,
@@ -610,6 +638,7 @@ def patch_deltas(
         reached=reached,
         control=check,
         specific=specific,
+        directions=directions,
         note=note,
         seconds=seconds,
     )

@@ -375,4 +375,21 @@ def _delta_evidence(d: DeltaResult, phase: str, parent: str, target: float) -> l
             f"({_fmt_share(sp.log_odds_share)} of the log-odds; log-odds "
             f"{d.subject.log_odds:.2f} -> {sp.revert.log_odds:.2f}, rate {sp.revert.rate:.2f})"
         )
+    ds = d.directions
+    if ds is not None:
+        verb = "removes" if ds.reached else "removes only"
+        held = (
+            f"; {round(ds.control.agreement * ds.control.prompts)} of {ds.control.prompts} "
+            "control prompts keep their top-1"
+            if ds.control is not None
+            else ""
+        )
+        out.append(
+            f"at the finer unit of rank-one directions of the changes (SVD of each module's "
+            f"delta), reverting {ds.n_directions} of {ds.units} directions in "
+            f"{len(ds.per_parameter)} parameters {verb} {_fmt_share(ds.share)} of what {phase} "
+            f"added ({_fmt_share(ds.log_odds_share)} of the log-odds; log-odds "
+            f"{d.subject.log_odds:.2f} -> {ds.revert.log_odds:.2f}, rate {ds.revert.rate:.2f})"
+            f"{held}"
+        )
     return out

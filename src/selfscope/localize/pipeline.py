@@ -124,6 +124,22 @@ def localize(
                     "removed_log_odds_share": deltas.specific.log_odds_share,
                 }
             ),
+            "directions": (
+                None
+                if deltas.directions is None
+                else {
+                    "n_directions": deltas.directions.n_directions,
+                    "of": deltas.directions.units,
+                    "per_parameter": {
+                        k: len(v) for k, v in deltas.directions.per_parameter.items()
+                    },
+                    "removed_share": deltas.directions.share,
+                    "removed_log_odds_share": deltas.directions.log_odds_share,
+                    "control_agreement": (
+                        deltas.directions.control.agreement if deltas.directions.control else None
+                    ),
+                }
+            ),
             "modules": [
                 {"module": m.module, "share": m.revert_share, "ig_share": m.ig_share}
                 for m in deltas.modules[:top_k]
