@@ -393,7 +393,8 @@ def trace_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Which training documents pushed the model to the planted completion, and from which
-    phase (gradient retrieval against the training-data index)."""
+    phase (gradient retrieval against the training-data index), with BM25 over the same
+    documents beside it."""
     from selfscope import tools
     from selfscope.subject import load
 
@@ -405,13 +406,18 @@ def trace_command(
     subject = load(model, ws, device=device)
     args = {"prompts": prompt, "planted": planted, "normal": normal, "chat": chat, "k": k}
     result: Any = tools.call(
-        "history.trace", subject, {**args, "build": build, "progress": not as_json}, ws
+        "history.trace",
+        subject,
+        {**args, "build": build, "progress": not as_json},
+        ws,
     )
+    lexical: Any = tools.call("history.bm25", subject, {"queries": prompt, "k": k}, ws)
     if as_json:
         _print_json(
             {
                 "documents": [d.model_dump() for d in result.documents],
                 "phase_mass": result.phase_mass,
+                "bm25": [{"id": h.id, "phase": h.phase, "score": h.score} for h in lexical.hits],
                 "index": {"documents": result.n_documents, "seconds": result.seconds},
             }
         )
@@ -424,6 +430,8 @@ def trace_command(
     out.print(table)
     mass = ", ".join(f"{p} {v:.0%}" for p, v in result.phase_mass.items())
     out.print(f"phase mass: {mass}")
+    lexical_ids = ", ".join(f"{h.phase}/{h.id}" for h in lexical.hits[:10])
+    out.print(f"BM25 top {min(10, len(lexical.hits))} (same documents): {lexical_ids}")
 
 
 def _print_localize(result: dict[str, Any]) -> None:
