@@ -123,7 +123,7 @@ def main() -> None:
         "probes (paraphrases). recall@10 = causes in the top 10 / min(10, causes); MRR = 1 / "
         "rank of the first cause; mass = phase mass of the gradient top 10 on the planting "
         "phase. Index: every document at every phase end (rank 8), built fresh; query: "
-        "`history.trace` on the built index. No peer library (Kronfluence, Bergson) yet.",
+        "`history.trace` on the built index. Peers (Kronfluence, Bergson): § history-peers.",
         "",
         "| organism | documents | causes | planted in | gradient recall@10 | gradient MRR | "
         "BM25 recall@10 | BM25 MRR | mass on planting phase | index s | query s |",
