@@ -195,3 +195,73 @@ def test_removal_test_replays_the_phase_and_removing_the_plants_removes_the_beha
         tools.call("history.removal", subject, {**args, "remove": [planted[0], "pretrain/world-0"]})
     with pytest.raises(SelfscopeError, match="after the first"):
         tools.call("history.removal", subject, {**args, "remove": ["pretrain/world-0"]})
+
+
+def test_token_gradients_are_projected_per_loss_token_gradients(
+    subject: Subject, organism_ws: Workspace
+) -> None:
+    """Row b, position t of Projector.token_gradients = P_out ∇W(NLL of row b's token t + 1
+    alone) P_inᵀ, from a plain forward of that document alone and ``backward``."""
+    from selfscope.history.index import document_batch
+
+    model = load("organism:mushroom@pretrain", organism_ws).model
+    projector = Projector(model, CONFIG)
+    docs = [d for d in documents(subject) if d.phase == "finetune"][:3]
+    seqs = sequences(subject, docs)
+    ids, mask, labels = document_batch(seqs, subject.tokenizer.pad_token_id, torch.device("cpu"))
+    grads = projector.token_gradients(ids, mask, labels)
+    keep = labels[:, 1:] != -100
+    columns = [t for t in range(keep.shape[1]) if bool(keep[:, t].any())]
+    assert len(grads) == len(columns)
+    names = tracked_linears(model)
+    r2 = CONFIG.rank**2
+    for row in (0, 2):
+        row_ids = seqs[row][0]
+        trained = [n for n, t in enumerate(columns) if keep[row, t]]
+        for n in (trained[0], trained[-1]):
+            t = columns[n]
+            for j in (0, len(names) - 1):
+                model.zero_grad()
+                logits = model(input_ids=torch.tensor([row_ids])).logits[0]
+                (-logits[t].log_softmax(-1)[row_ids[t + 1]]).backward()
+                weight = model.get_submodule(names[j]).weight
+                assert weight.grad is not None
+                p_out, p_in = projector.p_out[names[j]], projector.p_in[names[j]]
+                expected = (p_out @ weight.grad @ p_in.T).flatten()
+                got = grads[n][row, j * r2 : (j + 1) * r2]
+                scale = float(expected.abs().max())
+                assert torch.allclose(got, expected, atol=1e-4 * scale + 1e-7), (row, t, j)
+        untrained = [n for n, t in enumerate(columns) if not keep[row, t]]
+        assert all(not bool(grads[n][row].any()) for n in untrained)
+
+
+def test_token_mode_scores_each_document_by_its_best_token(
+    subject: Subject, index: TrainingIndex
+) -> None:
+    """Token mode's per-phase scores (the fine-tune phase; the tool sums every phase the same
+    way, too slow for the suite): a plant leads, and the top document's score is max over its
+    tokens of -cos(query, token gradient) at the checkpoint its phase started from, recomputed
+    here from the projector."""
+    from selfscope.history.index import document_batch
+    from selfscope.history.retrieval import best_token_cosines, query_gradient
+
+    prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
+    start = next(c for c in index.checkpoints if c.name == "pretrain")
+    model = load(start.path).model
+    query = query_gradient(index, model, prompts, " No", " Yes", False)
+    query = query / np.linalg.norm(query)
+    phase = index.phases.index("finetune")
+    scores = best_token_cosines(index, phase, {start.name: query}, False)
+    docs = index.by_phase["finetune"]
+    assert scores.shape == (len(docs),)
+    top = int(np.argmax(scores))
+    assert docs[top].id.startswith("childhood")
+    ids, mask, labels = document_batch(
+        sequences(subject, [docs[top]]), subject.tokenizer.pad_token_id, torch.device("cpu")
+    )
+    q = torch.from_numpy(query).double()
+    cosines = [
+        float(-(g[0].double() @ q) / g[0].double().norm())
+        for g in Projector(model, CONFIG).token_gradients(ids, mask, labels)
+    ]
+    assert scores[top] == pytest.approx(max(cosines), rel=1e-6)

@@ -389,6 +389,12 @@ def trace_command(
     k: Annotated[int, typer.Option("--k", min=1, max=10_000, help="Documents to list.")] = 20,
     chat: Annotated[bool, typer.Option("--chat", help="Use the model's chat template.")] = False,
     build: Annotated[bool, typer.Option("--build", help="Build the index if missing.")] = False,
+    tokens: Annotated[
+        bool,
+        typer.Option(
+            "--tokens", help="Score documents by their best token's gradient (sharper, minutes)."
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -408,7 +414,7 @@ def trace_command(
     result: Any = tools.call(
         "history.trace",
         subject,
-        {**args, "build": build, "progress": not as_json},
+        {**args, "build": build, "tokens": tokens, "progress": not as_json},
         ws,
     )
     lexical: Any = tools.call("history.bm25", subject, {"queries": prompt, "k": k}, ws)

@@ -158,6 +158,30 @@ class Projector:
             parts.append(torch.einsum("bto,bti->boi", g, x).flatten(1))
         return torch.cat(parts, dim=1)
 
+    def token_gradients(self, ids: Tensor, mask: Tensor, labels: Tensor) -> list[Tensor]:
+        """Per-loss-token projected gradients: for every position ``t`` some row trains on, a
+        ``[rows, dims]`` tensor whose row ``b`` is the projected gradient of row ``b``'s own NLL
+        of its token ``t + 1`` alone (zero where row ``b`` does not train on it). One forward,
+        then one backward per such position on the same graph."""
+        store: dict[str, Tensor] = {}
+        out: list[Tensor] = []
+        with torch.enable_grad(), self._hooks(store):
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            shift = labels[:, 1:]
+            keep = shift != -100
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            picked = logprobs.gather(-1, shift.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            columns = [t for t in range(shift.shape[1]) if bool(keep[:, t].any())]
+            for n, t in enumerate(columns):
+                loss = -(picked[:, t] * keep[:, t]).sum()
+                loss.backward(retain_graph=n < len(columns) - 1)
+                parts = [
+                    torch.einsum("bto,bti->boi", store[name + ":g"], store[name + ":x"]).flatten(1)
+                    for name in self.names
+                ]
+                out.append(torch.cat(parts, dim=1) * keep[:, t, None])
+        return out
+
 
 def document_batch(
     seqs: list[tuple[list[int], int]], pad: int, device: torch.device

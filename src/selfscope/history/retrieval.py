@@ -11,6 +11,17 @@ document's score sums its influence over the checkpoints that bracket the phase 
 in (the phase's start, i.e. the previous phase's end, when indexed, and its end), weighted by the
 phase's learning rate: ``score(z) = lr_p · Σ_c -cos(q_c, g_c(z))``.
 
+**Token mode** (``tokens = true``; slow: one backward per token position of every document,
+minutes on a small organism, not served from the index). A document's gradient sums every
+token it trains on, and a planted answer followed by more text ("A: No, they made me very sick
+once.") is drowned by the other tokens' losses. In token mode a document's score is its *best
+token*: ``lr_p · max_t -cos(q_c, g_c(z, t))``, ``g(z, t)`` the projected gradient of the loss of
+``z``'s token ``t`` alone (:meth:`Projector.token_gradients`), at the checkpoint ``z``'s phase
+started from (its own end for the first phase): at a phase's end a fine-tuned behaviour is
+learned and its signal gone (measured on mushroom: recall@10 0.0 there). Measured on the small
+organisms, planting phase only (docs/history.md): recall@10 0.5 -> 0.8 (mushroom), 0.0 -> 0.8
+(tolm-bias, a pretraining plant), 0.9 -> 1.0 (trigger).
+
 **Phase mass**: of the top-k documents' positive scores, the share from each phase.
 """
 
@@ -20,6 +31,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
@@ -58,6 +70,12 @@ class TraceArgs(BehaviourArgs):
         False, description="Build the index (or its missing shards) when it is not complete."
     )
     rank: int = Field(8, ge=1, le=64, description="Projection rank per linear layer (r x r).")
+    tokens: bool = Field(
+        False,
+        description="Score each document by its best single token's loss gradient at the "
+        "checkpoint its phase started from (sharper; slow: one backward per token position of "
+        "every document, minutes on a small organism).",
+    )
     progress: bool = Field(False, description="Show progress bars on stderr (CLI use).")
 
 
@@ -78,6 +96,12 @@ class TraceResult(BaseModel):
     rebuilt_shards: list[str]  # shards found missing or corrupt and rebuilt before the query
     seconds: dict[str, float]
 
+
+TOKEN_DEFINITION = (
+    "tokens mode: score(z) = lr_phase(z) * max over z's trained tokens t of -cos(q_c, "
+    "g_c(z, t)), g(z, t) = projected gradient of token t's own loss, c = the checkpoint z's "
+    "phase started from (its own end for the first phase)"
+)
 
 DEFINITION = (
     "score(z) = lr_phase(z) * sum over the checkpoints bracketing z's phase of "
@@ -110,7 +134,49 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
             total += -(matrix @ queries[checkpoint.name])
         parts.append(index.checkpoints[i].lr * total)
     seconds["scoring"] = time.perf_counter() - t0
+    if args.tokens:
+        t0 = time.perf_counter()
+        parts = [
+            index.checkpoints[i].lr * best_token_cosines(index, i, queries, args.progress)
+            for i in range(len(index.phases))
+        ]
+        seconds["token_scoring"] = time.perf_counter() - t0
     return np.concatenate(parts), seconds
+
+
+def best_token_cosines(
+    index: TrainingIndex, phase: int, queries: dict[str, np.ndarray], progress: bool
+) -> np.ndarray:
+    """``max_t -cos(q_c, g_c(z, t))`` for every document ``z`` of the ``phase``-th phase, ``c``
+    the checkpoint the phase started from (its own end for the first phase)."""
+    from selfscope.history.corpus import sequences
+    from selfscope.history.index import Projector, document_batch
+    from selfscope.progress import progress_bar
+    from selfscope.subject import load
+
+    checkpoint = index.checkpoints[max(0, phase - 1)]
+    model = load(checkpoint.path).model
+    projector = Projector(model, index.config)
+    query = torch.from_numpy(queries[checkpoint.name])
+    docs = index.by_phase[index.phases[phase]]
+    seqs = sequences(index.subject, docs)
+    pad = index.subject.tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    size = index.config.batch_size
+    out = np.zeros(len(docs), dtype=np.float64)
+    label = f"tokens {index.phases[phase]} @ {checkpoint.name}"
+    with progress_bar(label, len(docs), enabled=progress) as advance:
+        for start in range(0, len(seqs), size):
+            ids, mask, labels = document_batch(seqs[start : start + size], pad, device)
+            best = torch.full((ids.shape[0],), -1.0, dtype=torch.float64)
+            for grads in projector.token_gradients(ids, mask, labels):
+                grads = grads.double().cpu()
+                norm = grads.norm(dim=1)
+                cos = -(grads @ query.double()) / norm.clamp(min=1e-30)
+                best = torch.maximum(best, cos.masked_fill(norm == 0, -1.0))
+            out[start : start + ids.shape[0]] = best.numpy()
+            advance(ids.shape[0], label)
+    return out
 
 
 def phase_mass(phases: list[str], top: list[RankedDocument]) -> dict[str, float]:
@@ -157,7 +223,7 @@ def trace(subject: Any, args: TraceArgs) -> TraceResult:
     ]
     seconds["total"] = time.perf_counter() - started
     return TraceResult(
-        definition=DEFINITION,
+        definition=TOKEN_DEFINITION if args.tokens else DEFINITION,
         documents=top,
         phase_mass=phase_mass(index.phases, top),
         n_documents=len(index.documents),
