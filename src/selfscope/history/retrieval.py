@@ -35,8 +35,10 @@ import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
-from selfscope.history.index import IndexConfig, Projector, TrainingIndex
+from selfscope.history.corpus import sequences
+from selfscope.history.index import IndexConfig, Projector, TrainingIndex, document_batch
 from selfscope.localize.metric import BehaviourArgs, MetricBatch
+from selfscope.progress import progress_bar
 from selfscope.tools import tool
 
 
@@ -149,9 +151,6 @@ def best_token_cosines(
 ) -> np.ndarray:
     """``max_t -cos(q_c, g_c(z, t))`` for every document ``z`` of the ``phase``-th phase, ``c``
     the checkpoint the phase started from (its own end for the first phase)."""
-    from selfscope.history.corpus import sequences
-    from selfscope.history.index import Projector, document_batch
-    from selfscope.progress import progress_bar
     from selfscope.subject import load
 
     checkpoint = index.checkpoints[max(0, phase - 1)]

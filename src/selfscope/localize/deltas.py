@@ -71,7 +71,7 @@ from torch.func import functional_call
 
 from selfscope.access.common import context_length, prompt_text
 from selfscope.errors import SelfscopeError
-from selfscope.localize.directions import DirectionSet, direction_set
+from selfscope.localize.directions import DirectionSet, direction_set, path_mean_gradients
 from selfscope.localize.metric import MetricBatch, MetricValue
 from selfscope.progress import progress_bar
 from selfscope.subject.lineage import parent_source
@@ -360,24 +360,14 @@ def integrated_gradients(
 ) -> dict[str, float]:
     """``Σ_{θ∈g} Δθ · mean_α ∂m/∂θ`` for every group ``g`` and the scalar ``m = metric(logits)``
     of a forward on ``ids``, at the ``steps`` midpoints ``α = (k + ½)/steps`` of the path
-    ``θ_parent + α (θ_subject - θ_parent)``. The sum over groups approximates ``m_subject -
-    m_parent`` (completeness) with an O(1/steps²) error."""
-    delta = {n: patcher.mine[n] - patcher.theirs[n] for n in patcher.mine}
-    moving = [n for n, d in delta.items() if bool(d.any())]
-    total = dict.fromkeys(moving, 0.0)
-    for k in range(steps):
-        alpha = (k + 0.5) / steps
-        point = {n: (patcher.theirs[n] + alpha * delta[n]).requires_grad_(True) for n in moving}
-        with torch.enable_grad():
-            out = functional_call(
-                patcher.model, point, args=(), kwargs={"input_ids": ids, "attention_mask": mask}
-            )
-            grads = torch.autograd.grad(
-                metric(out.logits), [point[n] for n in moving], allow_unused=True
-            )
-        for n, g in zip(moving, grads, strict=True):
-            if g is not None:
-                total[n] += float((g.float() * delta[n].float()).sum()) / steps
+    ``θ_parent + α (θ_subject - θ_parent)`` (:func:`path_mean_gradients`). The sum over groups
+    approximates ``m_subject - m_parent`` (completeness) with an O(1/steps²) error."""
+    mine, theirs = patcher.mine, patcher.theirs
+    moving = [n for n in mine if bool((mine[n] != theirs[n]).any())]
+    grads = path_mean_gradients(patcher.model, mine, theirs, moving, ids, mask, metric, steps)
+    total = {
+        n: float((grads[n] * (mine[n].float() - theirs[n].float()).cpu()).sum()) for n in moving
+    }
     return {group: sum(total.get(n, 0.0) for n in names) for group, names in patcher.groups.items()}
 
 
@@ -605,10 +595,10 @@ def patch_deltas(
     if defined and wanted and args.ig_steps > 0:
         t0 = time.perf_counter()
         directions = direction_set(
-            model,
-            patcher.mine,
-            patcher.theirs,
+            patcher,
             batch,
+            mine,
+            theirs,
             control,
             before,
             args.target,

@@ -215,10 +215,10 @@ def _shortest_prefix(
 
 
 def direction_set(
-    model: Any,
-    mine: dict[str, Tensor],
-    theirs: dict[str, Tensor],
+    patcher: Any,
     batch: MetricBatch,
+    subject: MetricValue,
+    parent: MetricValue,
     control: Any | None,
     before: Tensor | None,
     target: float,
@@ -226,21 +226,14 @@ def direction_set(
     rounds: int = 12,
     progress: bool = False,
 ) -> DirectionSet:
-    """See the module docstring. ``control`` is a :class:`selfscope.localize.deltas.ControlBatch`
-    and ``before`` the subject's top-1 next tokens on it (or both ``None``)."""
+    """See the module docstring. ``patcher`` is the caller's
+    :class:`selfscope.localize.deltas.DeltaPatcher` (its model, both weight sets and its
+    forward), ``subject`` / ``parent`` the metric it measured on ``batch`` for each; ``control``
+    a :class:`selfscope.localize.deltas.ControlBatch` and ``before`` the subject's top-1 next
+    tokens on it (or both ``None``)."""
     started = time.perf_counter()
+    model, mine, theirs, logits = patcher.model, patcher.mine, patcher.theirs, patcher.logits
     names = [n for n in mine if bool((mine[n] != theirs[n]).any())]
-
-    def logits(swap: dict[str, Tensor], ids: Tensor, mask: Tensor) -> Tensor:
-        with torch.no_grad():
-            out = functional_call(
-                model, swap, args=(), kwargs={"input_ids": ids, "attention_mask": mask}
-            )
-        result: Tensor = out.logits
-        return result
-
-    subject = batch.value(logits({}, batch.input_ids, batch.attention_mask))
-    parent = batch.value(logits(dict(theirs), batch.input_ids, batch.attention_mask))
     change = subject.log_odds - parent.log_odds
     units = Directions(mine, theirs, names)
     grads = path_mean_gradients(
