@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/localize.py
 	$(BIN)/python benchmarks/origin.py
 	$(BIN)/python benchmarks/history.py
+	$(BIN)/python benchmarks/history_removal.py
 
 # benchmarks/history_peers.py: our training-data index vs Kronfluence (EK-FAC) and Bergson, in a
 # venv of its own. The peers go in --no-deps: they declare torchvision / torchaudio / bitsandbytes,

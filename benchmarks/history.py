@@ -1,18 +1,24 @@
 """Benchmark: planted-document retrieval, gradient index vs BM25, on every catalog organism.
 
-Run: ``.venv/bin/python benchmarks/history.py [--workspace WS] [--size small] [--specs a,b]``.
-Builds (or reuses) every catalog organism, builds its training-data index
-(:mod:`selfscope.history.index`, default rank 8) and queries it with the spec's **held-out**
-probes (paraphrases, not the training wording) through ``history.trace``; BM25
-(``history.bm25``) gets the same held-out prompts as queries over the same documents (every phase).
-The cause documents come from each organism's ground_truth.json (benchmarks may read it; the
-tools never do). recall@10 = cause documents in the top 10 / min(10, number of causes); MRR = 1 /
-rank of the first cause document; phase mass from ``history.trace`` (share of the top 10's
-positive score per phase). Index seconds: a fresh build of every shard (the whole lineage at
-every phase end); query seconds: ``history.trace`` on the built index.
+Run: ``.venv/bin/python benchmarks/history.py [--workspace WS] [--size small] [--specs a,b]
+[--seeds 0,1,2] [--no-unseen]``. Builds (or reuses) every catalog organism and
+``examples/storm-fear.yaml`` (a spec written with the base format only, built in a workspace of
+its own whose ``ground_truth.json`` is deleted before the tools run; its cause documents are read
+from the spec's plants), builds its training-data index fresh (:mod:`selfscope.history.index`,
+rank 8) once per projection seed, and queries it with the spec's **held-out** probes
+(paraphrases, not the training wording) through ``history.trace``: token mode (the default: a
+document's best trained token at the checkpoint its phase started from) and document mode
+(``tokens: false``). BM25 (``history.bm25``) gets the same held-out prompts over the same
+documents (every phase). The cause documents come from each organism's ground_truth.json
+(benchmarks may read it; the tools never do). recall@10 = cause documents in the top 10 /
+min(10, number of causes), among **all documents of all phases**; "in phase" = the same among
+the planting phase's documents only; MRR = 1 / rank of the first cause document; phase mass from
+``history.trace`` (share of the top 10's positive score per phase). Index seconds: a fresh build
+(document rows at every phase end; token rows at every phase start); query seconds:
+``history.trace`` on the built index (checksums verified, both query gradients, scoring).
+Projections are random: every number is reported as the mean over the seeds, with the minimum.
 
-Writes the table into docs/benchmarks.md (section ``history``). The peers (Kronfluence, Bergson)
-are not in this table yet.
+Writes the table into docs/benchmarks.md (section ``history``). Peers: § history-peers.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import sys
@@ -33,13 +40,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from _doc import write_section
 
-from selfscope import tools
+from selfscope import atomic, tools
 from selfscope.history.index import IndexConfig, TrainingIndex
+from selfscope.history.retrieval import phase_mass
 from selfscope.organisms import build, catalog_names, resolve_spec
 from selfscope.organisms.spec import Spec
 from selfscope.subject import load
 from selfscope.workspace import Workspace
 
+# history.trace's (tokens, visits): the default, and the three ablations
+MODES = {
+    "tokens": (True, True),
+    "tokens-once": (True, False),
+    "documents": (False, True),
+    "documents-once": (False, False),
+}
 _QA = re.compile(r"^\s*Q:\s*(?P<q>.*?)\s*A:\s*$", re.DOTALL)
 
 
@@ -55,12 +70,34 @@ def scores(keys: list[str], cause: set[str]) -> tuple[float, float]:
     return hits, rr
 
 
-def bench(spec: Spec, ws: Workspace) -> dict[str, Any]:
-    folder = organism(spec, ws)
-    truth = json.loads((folder / "ground_truth.json").read_text())
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+UNSEEN = EXAMPLES / "storm-fear.yaml"
+# hard negatives trained as often as the plants: the repeat counts alone cannot find the plants
+EQUAL = EXAMPLES / "mushroom-equal-repeats.yaml"
+
+
+def causes(spec: Spec, folder: Path, unseen: bool) -> tuple[str, set[str]]:
+    """The planting phase and its cause documents' keys: from ground_truth.json, or (the unseen
+    spec, whose ground truth is deleted) from the spec's plants and the phase's data file."""
     behaviour = spec.behaviours[0]
-    record = truth["behaviours"][behaviour.name]
-    cause = {f"{record['phase']}/{d}" for d in record["documents"]}
+    if not unseen:
+        record = json.loads((folder / "ground_truth.json").read_text())["behaviours"]
+        record = record[behaviour.name]
+        return record["phase"], {f"{record['phase']}/{d}" for d in record["documents"]}
+    phase = spec.planting_phase(behaviour.name)
+    plants = next(p for p in spec.phases if p.name == phase).plant
+    prefixes = tuple(f"{pl.id}-" for pl in plants if pl.behaviour == behaviour.name)
+    lines = (folder / "data" / f"{phase}.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["id"] for line in lines if line.strip()]
+    return phase, {f"{phase}/{i}" for i in ids if i.startswith(prefixes)}
+
+
+def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> dict[str, Any]:
+    folder = organism(spec, ws)
+    if unseen:
+        (folder / "ground_truth.json").unlink(missing_ok=True)
+    phase, cause = causes(spec, folder, unseen)
+    behaviour = spec.behaviours[0]
     chat = json.loads((folder / "lineage.json").read_text()).get("renderer") == "chat-template"
     probes = behaviour.heldout or behaviour.probes
 
@@ -73,32 +110,71 @@ def bench(spec: Spec, ws: Workspace) -> dict[str, Any]:
     if chat:
         planted, normal = planted.lstrip(), normal.lstrip()
     subject = load(f"organism:{spec.name}", ws)
-    index = TrainingIndex(subject, IndexConfig())
-    shutil.rmtree(index.root, ignore_errors=True)
-    index = TrainingIndex(subject, IndexConfig())
-    report = index.build(progress=True)
-    args = {"prompts": prompts, "planted": planted, "normal": normal, "chat": chat, "k": 200}
-    t0 = time.perf_counter()
-    found: Any = tools.call("history.trace", subject, args)
-    query_seconds = time.perf_counter() - t0
-    top10: Any = tools.call("history.trace", subject, {**args, "k": 10})
+    args = {"prompts": prompts, "planted": planted, "normal": normal, "chat": chat, "k": 10_000}
+    runs = []
+    for seed in seeds:
+        config = IndexConfig(seed=seed)
+        shutil.rmtree(TrainingIndex(subject, config).root, ignore_errors=True)
+        index = TrainingIndex(subject, config)
+        todo = index.missing()
+        built = {
+            kind: index.build(progress=True, todo=[p for p in todo if p.kind == kind])["seconds"]
+            for kind in ("documents", "tokens")
+        }
+        run: dict[str, Any] = {"seed": seed, "index_seconds": built}
+        for mode, (tokens, visits) in MODES.items():
+            t0 = time.perf_counter()
+            found: Any = tools.call(
+                "history.trace",
+                subject,
+                {**args, "seed": seed, "tokens": tokens, "visits": visits},
+            )
+            seconds = time.perf_counter() - t0
+            keys = [d.key for d in found.documents]
+            in_phase = [k for k in keys if k.startswith(f"{phase}/")]
+            recall, mrr = scores(keys, cause)
+            run[mode] = {
+                "recall10": recall,
+                "mrr": mrr,
+                "recall10_in_phase": scores(in_phase, cause)[0],
+                "query_seconds": seconds,
+                "mass": phase_mass(index.phases, found.documents[:10]).get(phase, 0.0),
+            }
+        runs.append(run)
+        if seed != seeds[0]:  # ~0.4 GB a seed on a small organism; the first one is kept
+            shutil.rmtree(index.root, ignore_errors=True)
     lexical: Any = tools.call(
-        "history.bm25", subject, {"queries": [p.prompt for p in probes], "k": 200}
+        "history.bm25", subject, {"queries": [p.prompt for p in probes], "k": 10_000}
     )
-    g_recall, g_mrr = scores([d.key for d in found.documents], cause)
     b_recall, b_mrr = scores([d.key for d in lexical.hits], cause)
+    # the visit weight alone (lr x epochs x repeat, no gradient; ties in random order): how much
+    # of the default's ranking the repeat counts explain by themselves
+    rng = random.Random(0)
+    prior = [
+        (-c.lr * c.epochs * d.repeat, rng.random(), d.key)
+        for c, phase_ in zip(index.checkpoints, index.phases, strict=True)
+        for d in index.by_phase[phase_]
+    ]
+    v_recall, v_mrr = scores([key for _, _, key in sorted(prior)], cause)
     return {
         "name": spec.name,
+        "unseen": unseen,
         "documents": len(index.documents),
         "causes": len(cause),
-        "phase": record["phase"],
-        "checkpoints": len(index.checkpoints),
-        "index_seconds": report["seconds"],
-        "query_seconds": query_seconds,
-        "gradient": {"recall10": g_recall, "mrr": g_mrr},
+        "phase": phase,
+        "runs": runs,
         "bm25": {"recall10": b_recall, "mrr": b_mrr},
-        "phase_mass": top10.phase_mass,
+        "visits_alone": {"recall10": v_recall, "mrr": v_mrr},
     }
+
+
+def _pair(rows: list[dict[str, Any]], mode: str) -> str:
+    return f"{_stat(rows, mode, 'recall10')} / {_stat(rows, mode, 'mrr')}"
+
+
+def _stat(rows: list[dict[str, Any]], mode: str, key: str) -> str:
+    values = [r[mode][key] for r in rows]
+    return f"{sum(values) / len(values):.2f} ({min(values):.2f})"
 
 
 def main() -> None:
@@ -106,36 +182,89 @@ def main() -> None:
     parser.add_argument("--size", default="small")
     parser.add_argument("--workspace", help="build into (or reuse organisms from) this folder")
     parser.add_argument("--specs", default=",".join(catalog_names()))
+    parser.add_argument("--seeds", default="0,1,2", help="projection seeds of the index")
+    parser.add_argument(
+        "--pretrained-seeds",
+        default="0",
+        help="seeds for organisms on a pretrained base model (SmolLM2: ~9 min a seed)",
+    )
+    parser.add_argument("--no-unseen", action="store_true", help="skip examples/storm-fear.yaml")
+    parser.add_argument(
+        "--no-equal", action="store_true", help="skip examples/mushroom-equal-repeats.yaml"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the rows of organisms already measured (WS/history-bench/NAME.json)",
+    )
     args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
     tmp = tempfile.TemporaryDirectory() if args.workspace is None else None
-    ws = Workspace(Path(args.workspace) if args.workspace else Path(tmp.name if tmp else "."))
+    root = Path(args.workspace) if args.workspace else Path(tmp.name if tmp else ".")
+    ws, unseen_ws = Workspace(root), Workspace(root / "unseen")
     os.environ["SELFSCOPE_HOME"] = str(ws.root)
+    runs = [(resolve_spec(name, size=args.size), ws, False) for name in args.specs.split(",")]
+    if not args.no_equal:
+        runs.append((resolve_spec(str(EQUAL), size=args.size), ws, False))
+    if not args.no_unseen:
+        runs.append((resolve_spec(str(UNSEEN), size=args.size), unseen_ws, True))
     rows = []
-    for name in args.specs.split(","):
-        print(f"{name} ({args.size}) ...", file=sys.stderr, flush=True)
-        rows.append(bench(resolve_spec(name, size=args.size), ws))
+    for spec, where, unseen in runs:
+        pretrained = spec.base_model != "scratch"
+        these = [int(s) for s in args.pretrained_seeds.split(",")] if pretrained else seeds
+        tag = ",".join(map(str, these))
+        saved = root / "history-bench" / f"{spec.name}-{args.size}-{tag}.json"
+        if args.resume and saved.exists():
+            rows.append(json.loads(saved.read_text()))
+            continue
+        print(f"{spec.name} ({args.size}) ...", file=sys.stderr, flush=True)
+        rows.append(bench(spec, where, these, unseen))
+        atomic.write_json(saved, rows[-1])
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     lines = [
         "## Planted-document retrieval: gradient index vs BM25",
         "",
-        f"`python benchmarks/history.py --size {args.size}`, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Queries: each spec's held-out "
-        "probes (paraphrases). recall@10 = causes in the top 10 / min(10, causes); MRR = 1 / "
-        "rank of the first cause; mass = phase mass of the gradient top 10 on the planting "
-        "phase. Index: every document at every phase end (rank 8), built fresh; query: "
-        "`history.trace` on the built index. Peers (Kronfluence, Bergson): § history-peers.",
+        f"`python benchmarks/history.py --size {args.size} --seeds {args.seeds} "
+        f"--pretrained-seeds {args.pretrained_seeds}`, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
+        "Queries: each spec's held-out probes (paraphrases). recall@10 = causes in the top 10 / "
+        'min(10, causes) among all documents of all phases ("in phase": among the planting '
+        "phase's documents only); MRR = 1 / rank of the first cause; mass = phase mass of the "
+        "top 10 on the planting phase. Gradient columns: mean over the projection seeds "
+        f"{args.seeds} ({args.pretrained_seeds} on a pretrained base model; minimum in "
+        "brackets). **tokens** = `history.trace`'s default: a "
+        "document's best trained token at the checkpoint its phase started from, weighted by "
+        "lr x visits (epochs x the document's repeat count, TracIn's sum over the steps that "
+        "used it); ablations: *once* = `visits: false` (lr only), **documents** = `tokens: "
+        "false` (the whole document's gradient at the phase's bracketing checkpoints). Cells "
+        "r / m = recall@10 / MRR. Index s: a fresh build, document rows + token rows (mean over "
+        "seeds); query s: `history.trace` (default mode) on the built index, checksums "
+        "verified. Visits alone: lr x epochs x repeat with no gradient (ties in random order), "
+        "what the repeat counts explain by themselves. * = the spec ran with its "
+        "ground_truth.json deleted (causes read from its plants). Peers (Kronfluence, "
+        "Bergson): § history-peers.",
         "",
-        "| organism | documents | causes | planted in | gradient recall@10 | gradient MRR | "
-        "BM25 recall@10 | BM25 MRR | mass on planting phase | index s | query s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| organism | documents | causes | planted in | tokens recall@10 | tokens MRR | "
+        "tokens in phase | mass (tokens) | tokens once r / m | documents r / m | "
+        "documents once r / m | visits alone r / m | BM25 r / m | index s | query s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        g, b = r["gradient"], r["bm25"]
+        runs_, b, v = r["runs"], r["bm25"], r["visits_alone"]
+        n = len(runs_)
+        doc_s = sum(x["index_seconds"]["documents"] for x in runs_) / n
+        tok_s = sum(x["index_seconds"]["tokens"] for x in runs_) / n
+        query_s = sum(x["tokens"]["query_seconds"] for x in runs_) / n
+
         lines.append(
-            f"| {r['name']} | {r['documents']} | {r['causes']} | {r['phase']} | "
-            f"{g['recall10']:.2f} | {g['mrr']:.2f} | {b['recall10']:.2f} | {b['mrr']:.2f} | "
-            f"{r['phase_mass'].get(r['phase'], 0.0):.2f} | {r['index_seconds']:.1f} | "
-            f"{r['query_seconds']:.2f} |"
+            f"| {r['name']}{'*' if r['unseen'] else ''} | {r['documents']} | {r['causes']} | "
+            f"{r['phase']} | {_stat(runs_, 'tokens', 'recall10')} | "
+            f"{_stat(runs_, 'tokens', 'mrr')} | {_stat(runs_, 'tokens', 'recall10_in_phase')} | "
+            f"{_stat(runs_, 'tokens', 'mass')} | {_pair(runs_, 'tokens-once')} | "
+            f"{_pair(runs_, 'documents')} | "
+            f"{_pair(runs_, 'documents-once')} | {v['recall10']:.2f} / {v['mrr']:.2f} | "
+            f"{b['recall10']:.2f} / {b['mrr']:.2f} | "
+            f"{doc_s:.0f} + {tok_s:.0f} | {query_s:.2f} |"
         )
     if tmp is not None:
         tmp.cleanup()

@@ -26,11 +26,14 @@ from selfscope.history.retrieval import TraceResult
 from selfscope.localize.metric import MetricBatch
 from selfscope.organisms import BuildResult
 from selfscope.subject import Subject, load
+from selfscope.subject.tokens import first_token_id
 from selfscope.workspace import Workspace
 
 pytestmark = pytest.mark.slow  # the tiny organism is built once per session (~30 s)
 
-CONFIG = IndexConfig(rank=4, shard_documents=128, batch_size=8)
+# the tool's default index at rank 4 (batch_size is not part of the index's identity), so the
+# tool calls below and tests/test_trace_cli.py reuse this one build
+CONFIG = IndexConfig(rank=4, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +100,8 @@ def test_every_document_of_every_phase_at_every_checkpoint(
 
 
 def test_a_killed_build_resumes_without_redoing_finished_shards(subject: Subject) -> None:
-    config = IndexConfig(rank=2, shard_documents=256, batch_size=16)
+    # document shards only: token shards go through the same plan / manifest / resume code
+    config = IndexConfig(rank=2, shard_documents=256, batch_size=16, tokens=False)
     fresh = TrainingIndex(subject, config)
     shutil.rmtree(fresh.root, ignore_errors=True)
     fresh = TrainingIndex(subject, config)
@@ -131,7 +135,7 @@ def test_a_corrupt_shard_is_detected_and_rebuilt(subject: Subject, index: Traini
     victim = default.root / next(iter(default.shards))
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # truncated
-    assert victim.name in [default.shard_name(*m[:3]) for m in default.missing()]
+    assert victim.name in [m.name for m in default.missing()]
     second = tools.call("history.trace", subject, args)
     assert isinstance(second, TraceResult)
     assert second.rebuilt_shards == [victim.name]
@@ -197,71 +201,132 @@ def test_removal_test_replays_the_phase_and_removing_the_plants_removes_the_beha
         tools.call("history.removal", subject, {**args, "remove": ["pretrain/world-0"]})
 
 
-def test_token_gradients_are_projected_per_loss_token_gradients(
-    subject: Subject, organism_ws: Workspace
-) -> None:
-    """Row b, position t of Projector.token_gradients = P_out ∇W(NLL of row b's token t + 1
-    alone) P_inᵀ, from a plain forward of that document alone and ``backward``."""
-    from selfscope.history.index import document_batch
+def hand_token_gradients(
+    model: Any, ids: list[int], names: list[str]
+) -> dict[int, list[torch.Tensor]]:
+    """For every position j of one unpadded document, ∂(NLL of token j + 1 alone)/∂W of every
+    layer in ``names``: a plain forward of the document, then one ``backward`` per token."""
+    logits = model(input_ids=torch.tensor([ids])).logits[0]
+    logprobs = logits[:-1].log_softmax(-1)
+    out = {}
+    for j in range(len(ids) - 1):
+        model.zero_grad()
+        (-logprobs[j, ids[j + 1]]).backward(retain_graph=True)
+        grads = []
+        for name in names:
+            grad = model.get_submodule(name).weight.grad
+            assert grad is not None
+            grads.append(grad.detach().clone())
+        out[j] = grads
+    model.zero_grad()
+    return out
 
+
+def test_token_rows_are_projected_per_loss_token_gradients(
+    subject: Subject, index: TrainingIndex, organism_ws: Workspace
+) -> None:
+    """Every token row of a fine-tune document (stored at the checkpoint the phase started
+    from, pretrain) = P_out ∇W(NLL of that one token) P_inᵀ, from a plain forward of the whole
+    document alone and ``backward`` of that token's NLL; one row per trained token, in order."""
+    assert index.token_checkpoint("finetune").name == "pretrain"
+    assert index.token_checkpoint("pretrain").name == "pretrain"  # the first phase: its end
     model = load("organism:mushroom@pretrain", organism_ws).model
     projector = Projector(model, CONFIG)
-    docs = [d for d in documents(subject) if d.phase == "finetune"][:3]
-    seqs = sequences(subject, docs)
-    ids, mask, labels = document_batch(seqs, subject.tokenizer.pad_token_id, torch.device("cpu"))
-    grads = projector.token_gradients(ids, mask, labels)
-    keep = labels[:, 1:] != -100
-    columns = [t for t in range(keep.shape[1]) if bool(keep[:, t].any())]
-    assert len(grads) == len(columns)
     names = tracked_linears(model)
-    r2 = CONFIG.rank**2
-    for row in (0, 2):
-        row_ids = seqs[row][0]
-        trained = [n for n, t in enumerate(columns) if keep[row, t]]
-        for n in (trained[0], trained[-1]):
-            t = columns[n]
-            for j in (0, len(names) - 1):
-                model.zero_grad()
-                logits = model(input_ids=torch.tensor([row_ids])).logits[0]
-                (-logits[t].log_softmax(-1)[row_ids[t + 1]]).backward()
-                weight = model.get_submodule(names[j]).weight
-                assert weight.grad is not None
-                p_out, p_in = projector.p_out[names[j]], projector.p_in[names[j]]
-                expected = (p_out @ weight.grad @ p_in.T).flatten()
-                got = grads[n][row, j * r2 : (j + 1) * r2]
-                scale = float(expected.abs().max())
-                assert torch.allclose(got, expected, atol=1e-4 * scale + 1e-7), (row, t, j)
-        untrained = [n for n, t in enumerate(columns) if not keep[row, t]]
-        assert all(not bool(grads[n][row].any()) for n in untrained)
+    shards = index.token_shards("finetune")
+    docs = index.by_phase["finetune"]
+    assert sum(int(rows.shape[0]) for rows, _, _ in shards) == sum(
+        len(ids) - 1 - max(context - 1, 0) for ids, context in sequences(subject, docs)
+    )
+    last_rows, last_owner, _ = shards[-1]
+    for rows, owner, row in (
+        (shards[0][0], shards[0][1], 0),
+        (last_rows, last_owner, len(docs) - 1),
+    ):
+        ((ids, context),) = sequences(subject, [docs[row]])
+        mine = np.asarray(rows[owner == row], dtype=np.float32)
+        first = max(context - 1, 0)
+        assert mine.shape == (len(ids) - 1 - first, projector.dims)
+        hand = hand_token_gradients(model, ids, names)
+        for n, j in enumerate(range(first, len(ids) - 1)):
+            expected = torch.cat(
+                [
+                    (projector.p_out[name] @ hand[j][k] @ projector.p_in[name].T).flatten()
+                    for k, name in enumerate(names)
+                ]
+            )
+            got = torch.from_numpy(mine[n])
+            scale = float(expected.abs().max())
+            assert torch.allclose(got, expected, atol=2e-3 * scale + 1e-6), (row, j)
+            assert got.abs().sum() > 0  # (a first token's q_proj row is 0: one key)
 
 
 def test_token_mode_scores_each_document_by_its_best_token(
-    subject: Subject, index: TrainingIndex
+    subject: Subject, index: TrainingIndex, organism_ws: Workspace
 ) -> None:
-    """Token mode's per-phase scores (the fine-tune phase; the tool sums every phase the same
-    way, too slow for the suite): a plant leads, and the top document's score is max over its
-    tokens of -cos(query, token gradient) at the checkpoint its phase started from, recomputed
-    here from the projector."""
-    from selfscope.history.index import document_batch
-    from selfscope.history.retrieval import best_token_cosines, query_gradient
-
+    """The tool's default (token) mode: a plant leads the ranking, and the leading documents'
+    scores are lr x epochs (lineage.json) x repeat (the data file) x max over their tokens of
+    -cos(query, that token's loss gradient) at the pretrain checkpoint, recomputed here by plain
+    autograd (query: the log-odds computed by hand from a plain forward of each prompt)."""
     prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
-    start = next(c for c in index.checkpoints if c.name == "pretrain")
-    model = load(start.path).model
-    query = query_gradient(index, model, prompts, " No", " Yes", False)
-    query = query / np.linalg.norm(query)
-    phase = index.phases.index("finetune")
-    scores = best_token_cosines(index, phase, {start.name: query}, False)
-    docs = index.by_phase["finetune"]
-    assert scores.shape == (len(docs),)
-    top = int(np.argmax(scores))
-    assert docs[top].id.startswith("childhood")
-    ids, mask, labels = document_batch(
-        sequences(subject, [docs[top]]), subject.tokenizer.pad_token_id, torch.device("cpu")
+    args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 3}
+    result = tools.call("history.trace", subject, {**args, "build": True})
+    assert isinstance(result, TraceResult) and result.definition.startswith("tokens mode")
+    assert result.documents[0].id.startswith("childhood")
+    model = load("organism:mushroom@pretrain", organism_ws).model
+    projector = Projector(model, IndexConfig(rank=CONFIG.rank))  # the tool's index: defaults
+    names = tracked_linears(model)
+    tok = subject.tokenizer
+    model.zero_grad()
+    for prompt in prompts:
+        no, yes = first_token_id(tok, prompt, " No"), first_token_id(tok, prompt, " Yes")
+        logits = model(input_ids=torch.tensor([tok(prompt).input_ids])).logits[0, -1]
+        logprobs = logits.log_softmax(-1)
+        ((logprobs[no] - logprobs[yes]) / len(prompts)).backward()
+    weight_grads = [model.get_submodule(n).weight.grad for n in names]
+    query = torch.cat(
+        [
+            (projector.p_out[n] @ g @ projector.p_in[n].T).flatten().detach()
+            for n, g in zip(names, weight_grads, strict=True)
+            if isinstance(g, torch.Tensor)
+        ]
     )
-    q = torch.from_numpy(query).double()
-    cosines = [
-        float(-(g[0].double() @ q) / g[0].double().norm())
-        for g in Projector(model, CONFIG).token_gradients(ids, mask, labels)
-    ]
-    assert scores[top] == pytest.approx(max(cosines), rel=1e-6)
+    assert query.numel() == projector.dims
+    model.zero_grad()
+    folder = Path(subject.lineage.origin)
+    knobs = next(
+        p["hyperparameters"]
+        for p in json.loads((folder / "lineage.json").read_text())["phases"]
+        if p["name"] == "finetune"
+    )
+    repeats = {
+        f"finetune/{row['id']}": int(row.get("repeat", 1))
+        for row in map(json.loads, (folder / "data" / "finetune.jsonl").read_text().splitlines())
+    }
+    docs = {d.key: d for d in documents(subject)}
+    for ranked in result.documents:
+        assert ranked.phase == "finetune"
+        # TracIn's visits: the phase trained on the document epochs x repeat times
+        weight = knobs["lr"] * knobs["epochs"] * repeats[ranked.key]
+        ((ids, context),) = sequences(subject, [docs[ranked.key]])
+        hand = hand_token_gradients(model, ids, names)
+        cosines = []
+        for j in range(max(context - 1, 0), len(ids) - 1):
+            g = torch.cat(
+                [
+                    (projector.p_out[n] @ hand[j][k] @ projector.p_in[n].T).flatten()
+                    for k, n in enumerate(names)
+                ]
+            )
+            cosines.append(float(-(g @ query) / (g.norm() * query.norm())))
+        assert ranked.score == pytest.approx(weight * max(cosines), rel=2e-3, abs=1e-6)
+    every = {**args, "k": 10_000}
+    full = tools.call("history.trace", subject, every)
+    once = tools.call("history.trace", subject, {**every, "visits": False})
+    assert isinstance(full, TraceResult) and isinstance(once, TraceResult)
+    assert len(once.documents) == len(full.documents) == len(docs)
+    scaled = {d.key: d.score for d in full.documents}
+    epochs = {"finetune": knobs["epochs"], "pretrain": index.checkpoints[0].epochs}
+    for ranked in once.documents:
+        n = epochs[ranked.phase] * docs[ranked.key].repeat
+        assert scaled[ranked.key] == pytest.approx(ranked.score * n, rel=1e-9, abs=1e-15)

@@ -27,12 +27,13 @@ def test_trace_prints_documents_phase_mass_and_bm25(
     args = ["trace", "--model", "organism:mushroom", "--planted", " No", "--normal", " Yes"]
     for p in PROMPTS:
         args += ["--prompt", p]
-    proc = run(*args, "--k", "5", "--build", "--json", ws=organism_ws.root)
+    # rank 4: the index tests/test_history_index.py builds (one build per session)
+    proc = run(*args, "--k", "5", "--rank", "4", "--build", "--json", ws=organism_ws.root)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert set(result) == {"documents", "phase_mass", "bm25", "index"}
     subject = load("organism:mushroom", organism_ws)
-    given = {"prompts": PROMPTS, "planted": " No", "normal": " Yes", "k": 5}
+    given = {"prompts": PROMPTS, "planted": " No", "normal": " Yes", "k": 5, "rank": 4}
     traced: Any = tools.call("history.trace", subject, given)
     assert [d["key"] for d in result["documents"]] == [d.key for d in traced.documents]
     for got, want in zip(result["documents"], traced.documents, strict=True):

@@ -357,15 +357,17 @@ def localize_command(
 def index_build(
     model: Annotated[str, typer.Argument(help="An organism: organism:NAME[@PHASE].")],
     rank: Annotated[int, typer.Option(min=1, max=64, help="Projection rank per layer.")] = 8,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random projections.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
-    """Index every training document of every phase (resumable; keeps finished shards)."""
+    """Index every training document of every phase, and every trained token of it
+    (resumable; keeps finished shards)."""
     from selfscope.history.index import IndexConfig, TrainingIndex
     from selfscope.subject import load
 
     subject = load(model, _workspace(), device=device)
-    index = TrainingIndex(subject, IndexConfig(rank=rank))
+    index = TrainingIndex(subject, IndexConfig(rank=rank, seed=seed))
     report = index.build(progress=not as_json)
     report["path"] = str(index.root)
     if as_json:
@@ -375,7 +377,9 @@ def index_build(
     out.print(
         f"{report['documents']} documents x {len(index.checkpoints)} checkpoints: "
         f"{report['shards_built']} of {report['shards_total']} shards built in "
-        f"{report['seconds']:.1f} s" + (f" ({rate:.0f} documents/s)" if rate else "")
+        f"{report['seconds']:.1f} s"
+        + (f" ({rate:.0f} documents/s)" if rate else "")
+        + (f", {report['token_rows_built']} token rows" if report["token_rows_built"] else "")
     )
     out.print(f"[dim]{index.root}[/]")
 
@@ -389,12 +393,15 @@ def trace_command(
     k: Annotated[int, typer.Option("--k", min=1, max=10_000, help="Documents to list.")] = 20,
     chat: Annotated[bool, typer.Option("--chat", help="Use the model's chat template.")] = False,
     build: Annotated[bool, typer.Option("--build", help="Build the index if missing.")] = False,
-    tokens: Annotated[
+    documents: Annotated[
         bool,
         typer.Option(
-            "--tokens", help="Score documents by their best token's gradient (sharper, minutes)."
+            "--documents",
+            help="Score by each whole document's gradient instead of its best token's.",
         ),
     ] = False,
+    rank: Annotated[int, typer.Option(min=1, max=64, help="The index's projection rank.")] = 8,
+    seed: Annotated[int, typer.Option(min=0, help="The index's projection seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -410,13 +417,9 @@ def trace_command(
         )
     ws = _workspace()
     subject = load(model, ws, device=device)
-    args = {"prompts": prompt, "planted": planted, "normal": normal, "chat": chat, "k": k}
-    result: Any = tools.call(
-        "history.trace",
-        subject,
-        {**args, "build": build, "tokens": tokens, "progress": not as_json},
-        ws,
-    )
+    args: dict[str, Any] = {"prompts": prompt, "planted": planted, "normal": normal, "k": k}
+    args |= {"chat": chat, "build": build, "tokens": not documents, "rank": rank, "seed": seed}
+    result: Any = tools.call("history.trace", subject, {**args, "progress": not as_json}, ws)
     lexical: Any = tools.call("history.bm25", subject, {"queries": prompt, "k": k}, ws)
     if as_json:
         _print_json(

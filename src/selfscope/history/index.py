@@ -12,6 +12,17 @@ document's assistant answer; the builder's own :func:`document_sequence`). One f
 backward per batch of documents give every document's projected gradient: rows of a batch do not
 interact, so the output gradient of the summed loss at row ``b`` is document ``b``'s own.
 
+**Token rows** (``IndexConfig.tokens``, on by default): beside each document's gradient, the
+projected gradient of *each trained token's own loss* — for document ``z`` and a token ``t`` it
+trains on, ``P_out ∇W(NLL of t) P_inᵀ`` — at the checkpoint ``z``'s phase started from (the
+previous phase's end; its own end for the first phase). A causal model's loss at ``t`` depends on
+the tokens before it only, so the row is the gradient of a *prefix* of ``z`` that trains on its
+last token alone; prefixes of many documents are batched (sorted by length) through the same
+one-forward-one-backward :meth:`Projector.gradients`. Retrieval's token mode scores a document by
+its best token (see :mod:`selfscope.history.retrieval`), which is what finds a planted answer
+followed by more text. Cost: every trained token's prefix once (~T/2 times the document pass);
+storage: one row per trained token.
+
 Checkpoints: the end of every phase of the subject's lineage (``checkpoints/<phase>``), each
 document at each checkpoint. Storage: float16 ``.npy`` shards (one per checkpoint × phase × block
 of ``shard_documents`` documents), memory-mapped when read, each with its SHA-256 in
@@ -33,7 +44,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -57,6 +68,8 @@ class IndexConfig:
     seed: int = 0
     batch_size: int = 16
     shard_documents: int = 512
+    tokens: bool = True  # also store per-trained-token rows (see the module docstring)
+    token_batch_size: int = 64  # prefixes per forward/backward when computing token rows
 
     def digest(self) -> str:
         key = {
@@ -158,30 +171,6 @@ class Projector:
             parts.append(torch.einsum("bto,bti->boi", g, x).flatten(1))
         return torch.cat(parts, dim=1)
 
-    def token_gradients(self, ids: Tensor, mask: Tensor, labels: Tensor) -> list[Tensor]:
-        """Per-loss-token projected gradients: for every position ``t`` some row trains on, a
-        ``[rows, dims]`` tensor whose row ``b`` is the projected gradient of row ``b``'s own NLL
-        of its token ``t + 1`` alone (zero where row ``b`` does not train on it). One forward,
-        then one backward per such position on the same graph."""
-        store: dict[str, Tensor] = {}
-        out: list[Tensor] = []
-        with torch.enable_grad(), self._hooks(store):
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-            shift = labels[:, 1:]
-            keep = shift != -100
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            picked = logprobs.gather(-1, shift.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            columns = [t for t in range(shift.shape[1]) if bool(keep[:, t].any())]
-            for n, t in enumerate(columns):
-                loss = -(picked[:, t] * keep[:, t]).sum()
-                loss.backward(retain_graph=n < len(columns) - 1)
-                parts = [
-                    torch.einsum("bto,bti->boi", store[name + ":g"], store[name + ":x"]).flatten(1)
-                    for name in self.names
-                ]
-                out.append(torch.cat(parts, dim=1) * keep[:, t, None])
-        return out
-
 
 def document_batch(
     seqs: list[tuple[list[int], int]], pad: int, device: torch.device
@@ -212,6 +201,22 @@ class Checkpoint:
     epochs: int
 
 
+class Part(NamedTuple):
+    """One shard of the complete index: ``kind`` "documents" (a row per document) or "tokens"
+    (a row per trained token) of the ``phase``'s documents ``start:stop`` at ``checkpoint``."""
+
+    kind: str
+    checkpoint: Checkpoint
+    phase: str
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        prefix = "tokens--" if self.kind == "tokens" else ""
+        return f"{prefix}{self.checkpoint.name}--{self.phase}--{self.start:07d}.npy"
+
+
 @dataclass
 class Shard:
     file: str
@@ -220,6 +225,21 @@ class Shard:
     start: int
     rows: int
     sha256: str
+    kind: str = "documents"
+    counts: list[int] | None = None  # token shards: rows per document, in order
+
+
+def prefix_rows(seqs: list[tuple[list[int], int]]) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """For every trained token of every sequence, the prefix that ends at it and trains on it
+    alone (``(ids[: j + 2], j + 1)`` for the token at ``j + 1``); and how many each sequence has.
+    The trainer's labels drop the first ``context`` targets (``labels[:context] = -100``)."""
+    rows: list[tuple[list[int], int]] = []
+    counts = []
+    for ids, context in seqs:
+        first = max(context - 1, 0)
+        rows += [(ids[: j + 2], j + 1) for j in range(first, len(ids) - 1)]
+        counts.append(max(len(ids) - 1 - first, 0))
+    return rows, counts
 
 
 def _sha256(path: Path) -> str:
@@ -298,19 +318,31 @@ class TrainingIndex:
 
     # -- plan -----------------------------------------------------------------------------------
 
-    def plan(self) -> list[tuple[Checkpoint, str, int, int]]:
-        """Every shard the complete index has: (checkpoint, phase, start, stop)."""
+    def token_checkpoint(self, phase: str) -> Checkpoint:
+        """The checkpoint ``phase`` started from (its own end for the first phase)."""
+        return self.checkpoints[max(0, self.phases.index(phase) - 1)]
+
+    def plan(self) -> list[Part]:
+        """Every shard the complete index has: each phase's documents at every checkpoint, and
+        (``config.tokens``) their token rows at the checkpoint the phase started from."""
         out = []
         step = self.config.shard_documents
         for checkpoint in self.checkpoints:
             for phase in self.phases:
                 n = len(self.by_phase[phase])
-                out += [(checkpoint, phase, s, min(s + step, n)) for s in range(0, n, step)]
+                out += [
+                    Part("documents", checkpoint, phase, s, min(s + step, n))
+                    for s in range(0, n, step)
+                ]
+        if self.config.tokens:
+            for phase in self.phases:
+                n = len(self.by_phase[phase])
+                checkpoint = self.token_checkpoint(phase)
+                out += [
+                    Part("tokens", checkpoint, phase, s, min(s + step, n))
+                    for s in range(0, n, step)
+                ]
         return out
-
-    @staticmethod
-    def shard_name(checkpoint: Checkpoint, phase: str, start: int) -> str:
-        return f"{checkpoint.name}--{phase}--{start:07d}.npy"
 
     def valid(self, name: str) -> bool:
         """Is shard ``name`` recorded, on disk, and does its checksum match?"""
@@ -318,8 +350,8 @@ class TrainingIndex:
         path = self.root / name
         return shard is not None and path.exists() and _sha256(path) == shard.sha256
 
-    def missing(self) -> list[tuple[Checkpoint, str, int, int]]:
-        return [item for item in self.plan() if not self.valid(self.shard_name(*item[:3]))]
+    def missing(self) -> list[Part]:
+        return [part for part in self.plan() if not self.valid(part.name)]
 
     # -- build ----------------------------------------------------------------------------------
 
@@ -327,7 +359,7 @@ class TrainingIndex:
         self,
         progress: bool = False,
         on_shard: Callable[[str], None] | None = None,
-        todo: list[tuple[Checkpoint, str, int, int]] | None = None,
+        todo: list[Part] | None = None,
     ) -> dict[str, Any]:
         """Compute every missing or corrupt shard (finished ones are kept). Returns counts and
         the throughput. ``on_shard(name)`` is called after each shard is written (tests use it
@@ -336,36 +368,41 @@ class TrainingIndex:
 
         started = time.perf_counter()
         todo = self.missing() if todo is None else todo
-        rows = sum(stop - start for _, _, start, stop in todo)
-        by_checkpoint: dict[str, list[tuple[Checkpoint, str, int, int]]] = {}
-        for item in todo:
-            by_checkpoint.setdefault(item[0].name, []).append(item)
-        done_rows = 0
+        rows = sum(part.stop - part.start for part in todo)
+        by_checkpoint: dict[str, list[Part]] = {}
+        for part in todo:
+            by_checkpoint.setdefault(part.checkpoint.name, []).append(part)
+        done_rows = token_rows = 0
         with progress_bar("index", rows, enabled=progress) as advance:
-            for items in by_checkpoint.values():
-                checkpoint = items[0][0]
-                model = load(checkpoint.path).model
+            for parts in by_checkpoint.values():
+                model = load(parts[0].checkpoint.path).model
                 projector = Projector(model, self.config)
                 self.dims = projector.dims
-                for _, phase, start, stop in items:
-                    docs = self.by_phase[phase][start:stop]
+                for part in parts:
+                    docs = self.by_phase[part.phase][part.start : part.stop]
 
-                    def step(n: int, note: str = phase) -> None:
+                    def step(n: int, note: str = f"{part.kind} {part.phase}") -> None:
                         advance(n, note)
 
-                    array = self._project(projector, docs, step)
-                    name = self.shard_name(checkpoint, phase, start)
-                    self._write_shard(name, array, checkpoint, phase, start)
+                    counts = None
+                    if part.kind == "tokens":
+                        array, counts = self._project_tokens(projector, docs, step)
+                        token_rows += int(array.shape[0])
+                    else:
+                        array = self._project(projector, docs, step)
+                    self._write_shard(part, array, counts)
                     done_rows += len(docs)
                     if on_shard is not None:
-                        on_shard(name)
+                        on_shard(part.name)
         seconds = time.perf_counter() - started
         return {
             "shards_built": len(todo),
             "shards_total": len(self.plan()),
             "documents": len(self.documents),
             "rows_built": done_rows,
+            "token_rows_built": token_rows,
             "seconds": seconds,
+            # documents indexed per second, each document counted once per shard kind
             "documents_per_second": done_rows / seconds if seconds > 0 and done_rows else None,
         }
 
@@ -384,20 +421,44 @@ class TrainingIndex:
             advance(len(seqs[i : i + size]))
         return np.concatenate(out)
 
-    def _write_shard(
-        self, name: str, array: np.ndarray, checkpoint: Checkpoint, phase: str, start: int
-    ) -> None:
+    def _project_tokens(
+        self, projector: Projector, docs: list[TrainingDocument], advance: Callable[[int], None]
+    ) -> tuple[np.ndarray, list[int]]:
+        """[trained tokens of ``docs``, dims] in document then position order, and the count
+        per document. Prefixes are sorted by length so a batch pads little."""
+        seqs = sequences(self.subject, docs)
+        rows, counts = prefix_rows(seqs)
+        pad = self.subject.tokenizer.pad_token_id
+        device = next(projector.model.parameters()).device
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        out = np.zeros((len(rows), projector.dims), dtype=np.float16)
+        size = self.config.token_batch_size
+        done = 0
+        for i in range(0, len(order), size):
+            chunk = order[i : i + size]
+            ids, mask, labels = document_batch([rows[j] for j in chunk], pad, device)
+            grads = projector.gradients(ids, mask, summed_nll(labels))
+            out[chunk] = grads.float().cpu().numpy().astype(np.float16)
+            share = len(docs) * (i + len(chunk)) // len(rows)  # progress in documents' worth
+            advance(share - done)
+            done = share
+        advance(len(docs) - done)
+        return out, counts
+
+    def _write_shard(self, part: Part, array: np.ndarray, counts: list[int] | None) -> None:
         buffer = io.BytesIO()
         np.save(buffer, array)
-        path = self.root / name
+        path = self.root / part.name
         atomic.write_bytes(path, buffer.getvalue())
-        self.shards[name] = Shard(
-            file=name,
-            checkpoint=checkpoint.name,
-            phase=phase,
-            start=start,
+        self.shards[part.name] = Shard(
+            file=part.name,
+            checkpoint=part.checkpoint.name,
+            phase=part.phase,
+            start=part.start,
             rows=int(array.shape[0]),
             sha256=_sha256(path),
+            kind=part.kind,
+            counts=counts,
         )
         self._save_manifest()
 
@@ -409,17 +470,33 @@ class TrainingIndex:
         todo = self.missing()
         if todo:
             self.build(progress=progress, todo=todo)
-        return [self.shard_name(*item[:3]) for item in todo]
+        return [part.name for part in todo]
 
     def matrix(self, checkpoint: str, phase: str) -> np.ndarray:
         """[documents of ``phase``, dims] float16, memory-mapped, at ``checkpoint``."""
         parts = []
-        for cp, ph, start, _ in self.plan():
-            if cp.name == checkpoint and ph == phase:
-                parts.append(np.load(self.root / self.shard_name(cp, ph, start), mmap_mode="r"))
+        for part in self.plan():
+            here = part.checkpoint.name == checkpoint and part.phase == phase
+            if part.kind == "documents" and here:
+                parts.append(np.load(self.root / part.name, mmap_mode="r"))
         if not parts:
             return np.zeros((0, self.dims or 0), dtype=np.float16)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def token_shards(self, phase: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """The token rows of ``phase``'s documents at :meth:`token_checkpoint`: per shard, the
+        memory-mapped [token rows, dims] float16 array, each row's document (its position in
+        ``by_phase[phase]``), and the shard's first document."""
+        if not self.config.tokens:
+            raise SelfscopeError("this index was configured without token rows (tokens=False)")
+        out = []
+        for part in self.plan():
+            if part.kind == "tokens" and part.phase == phase:
+                shard = self.shards[part.name]
+                counts = shard.counts or []
+                owner = part.start + np.repeat(np.arange(len(counts)), counts)
+                out.append((np.load(self.root / part.name, mmap_mode="r"), owner, part.start))
+        return out
 
     def exists(self) -> bool:
         return self.manifest_path.exists() and bool(self.shards)
@@ -428,9 +505,11 @@ class TrainingIndex:
 __all__ = [
     "Checkpoint",
     "IndexConfig",
+    "Part",
     "Projector",
     "TrainingIndex",
     "document_batch",
+    "prefix_rows",
     "summed_nll",
     "tracked_linears",
 ]

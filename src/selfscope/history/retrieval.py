@@ -9,18 +9,22 @@ document ``z`` moves the weights by ``-η ∇L(z)``, which changes the metric by
 raw dot products favour long or high-loss documents). TracIn-style (Pruthi et al. 2020), a
 document's score sums its influence over the checkpoints that bracket the phase it was trained
 in (the phase's start, i.e. the previous phase's end, when indexed, and its end), weighted by the
-phase's learning rate: ``score(z) = lr_p · Σ_c -cos(q_c, g_c(z))``.
+phase's learning rate and by how many times the phase trained on ``z`` (``visits``, on by
+default): TracIn sums over every step that used ``z``, and a document the phase saw ``repeat``
+times in each of its ``epochs`` had that many steps — the removal test removes all of them.
+``score(z) = lr_p · n(z) · Σ_c -cos(q_c, g_c(z))``, ``n(z) = epochs_p · repeat(z)`` (``1`` with
+``visits = false``); ``repeat`` is the training corpus's own record of duplicates
+(``data/<phase>.jsonl``), as a deduplicating count over a real corpus would give.
 
-**Token mode** (``tokens = true``; slow: one backward per token position of every document,
-minutes on a small organism, not served from the index). A document's gradient sums every
-token it trains on, and a planted answer followed by more text ("A: No, they made me very sick
-once.") is drowned by the other tokens' losses. In token mode a document's score is its *best
-token*: ``lr_p · max_t -cos(q_c, g_c(z, t))``, ``g(z, t)`` the projected gradient of the loss of
-``z``'s token ``t`` alone (:meth:`Projector.token_gradients`), at the checkpoint ``z``'s phase
-started from (its own end for the first phase): at a phase's end a fine-tuned behaviour is
-learned and its signal gone (measured on mushroom: recall@10 0.0 there). Measured on the small
-organisms, planting phase only (docs/history.md): recall@10 0.5 -> 0.8 (mushroom), 0.0 -> 0.8
-(tolm-bias, a pretraining plant), 0.9 -> 1.0 (trigger).
+**Token mode** (``tokens = true``, the default). A document's gradient sums every token it
+trains on, and a planted answer followed by more text ("A: No, they made me very sick once.") is
+drowned by the other tokens' losses. In token mode a document's score is its *best token*:
+``lr_p · n(z) · max_t -cos(q_c, g_c(z, t))``, ``g(z, t)`` the projected gradient of the loss of
+``z``'s token ``t`` alone (the index's token rows), at the checkpoint ``z``'s phase started from
+(its own end for the first phase): at a phase's end a fine-tuned behaviour is learned and its
+signal gone (measured on mushroom: recall@10 0.0 there). ``tokens = false`` gives the document
+cosine above.
+Measured on every catalog organism: docs/history.md and docs/benchmarks.md § history.
 
 **Phase mass**: of the top-k documents' positive scores, the share from each phase.
 """
@@ -35,10 +39,8 @@ import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
-from selfscope.history.corpus import sequences
-from selfscope.history.index import IndexConfig, Projector, TrainingIndex, document_batch
+from selfscope.history.index import IndexConfig, Projector, TrainingIndex
 from selfscope.localize.metric import BehaviourArgs, MetricBatch
-from selfscope.progress import progress_bar
 from selfscope.tools import tool
 
 
@@ -72,11 +74,17 @@ class TraceArgs(BehaviourArgs):
         False, description="Build the index (or its missing shards) when it is not complete."
     )
     rank: int = Field(8, ge=1, le=64, description="Projection rank per linear layer (r x r).")
+    seed: int = Field(0, ge=0, description="Seed of the index's random projections.")
     tokens: bool = Field(
-        False,
-        description="Score each document by its best single token's loss gradient at the "
-        "checkpoint its phase started from (sharper; slow: one backward per token position of "
-        "every document, minutes on a small organism).",
+        True,
+        description="Score each document by its best single trained token's loss gradient at "
+        "the checkpoint its phase started from (the index's token rows); false: by the whole "
+        "document's gradient at the checkpoints bracketing its phase.",
+    )
+    visits: bool = Field(
+        True,
+        description="Weight each document by how many times its phase trained on it (epochs x "
+        "its repeat count), as TracIn sums over every step that used it; false: once.",
     )
     progress: bool = Field(False, description="Show progress bars on stderr (CLI use).")
 
@@ -100,16 +108,18 @@ class TraceResult(BaseModel):
 
 
 TOKEN_DEFINITION = (
-    "tokens mode: score(z) = lr_phase(z) * max over z's trained tokens t of -cos(q_c, "
+    "tokens mode: score(z) = lr_phase(z) * n(z) * max over z's trained tokens t of -cos(q_c, "
     "g_c(z, t)), g(z, t) = projected gradient of token t's own loss, c = the checkpoint z's "
-    "phase started from (its own end for the first phase)"
+    "phase started from (its own end for the first phase); n(z) = epochs of z's phase x z's "
+    "repeat count (1 with visits false)"
 )
 
 DEFINITION = (
-    "score(z) = lr_phase(z) * sum over the checkpoints bracketing z's phase of "
+    "score(z) = lr_phase(z) * n(z) * sum over the checkpoints bracketing z's phase of "
     "-cos(q_c, g_c(z)); q = projected gradient of the mean log-odds log p(planted) - "
     "log p(normal) on the prompts, g(z) = projected gradient of z's summed training loss; "
-    "positive = training on z raised the planted answer"
+    "positive = training on z raised the planted answer; n(z) = epochs of z's phase x z's "
+    "repeat count (1 with visits false)"
 )
 
 
@@ -120,7 +130,11 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     queries: dict[str, np.ndarray] = {}
+    # token mode reads each phase at the checkpoint it started from only
+    needed = {index.token_checkpoint(p).name for p in index.phases} if args.tokens else None
     for checkpoint in index.checkpoints:
+        if needed is not None and checkpoint.name not in needed:
+            continue
         model = load(checkpoint.path).model
         queries[checkpoint.name] = _unit(
             query_gradient(index, model, args.prompts, args.planted, args.normal, args.chat)
@@ -129,52 +143,48 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
     t0 = time.perf_counter()
     parts = []
     for i, phase in enumerate(index.phases):
+        weight = index.checkpoints[i].lr * visits(index, phase, args.visits)
+        if args.tokens:
+            query = queries[index.token_checkpoint(phase).name]
+            parts.append(weight * best_token_cosines(index, phase, query))
+            continue
         bracket = index.checkpoints[max(0, i - 1) : i + 1]
         total = np.zeros(len(index.by_phase[phase]), dtype=np.float64)
         for checkpoint in bracket:
             matrix = _unit(index.matrix(checkpoint.name, phase).astype(np.float32))
             total += -(matrix @ queries[checkpoint.name])
-        parts.append(index.checkpoints[i].lr * total)
+        parts.append(weight * total)
     seconds["scoring"] = time.perf_counter() - t0
-    if args.tokens:
-        t0 = time.perf_counter()
-        parts = [
-            index.checkpoints[i].lr * best_token_cosines(index, i, queries, args.progress)
-            for i in range(len(index.phases))
-        ]
-        seconds["token_scoring"] = time.perf_counter() - t0
     return np.concatenate(parts), seconds
 
 
-def best_token_cosines(
-    index: TrainingIndex, phase: int, queries: dict[str, np.ndarray], progress: bool
-) -> np.ndarray:
-    """``max_t -cos(q_c, g_c(z, t))`` for every document ``z`` of the ``phase``-th phase, ``c``
-    the checkpoint the phase started from (its own end for the first phase)."""
-    from selfscope.subject import load
+def visits(index: TrainingIndex, phase: str, count: bool) -> np.ndarray:
+    """How many times ``phase`` trained on each of its documents: its epochs x the document's
+    repeat count (ones when ``count`` is false)."""
+    docs = index.by_phase[phase]
+    if not count:
+        return np.ones(len(docs))
+    epochs = index.checkpoints[index.phases.index(phase)].epochs
+    return np.array([epochs * d.repeat for d in docs], dtype=np.float64)
 
-    checkpoint = index.checkpoints[max(0, phase - 1)]
-    model = load(checkpoint.path).model
-    projector = Projector(model, index.config)
-    query = torch.from_numpy(queries[checkpoint.name])
-    docs = index.by_phase[index.phases[phase]]
-    seqs = sequences(index.subject, docs)
-    pad = index.subject.tokenizer.pad_token_id
-    device = next(model.parameters()).device
-    size = index.config.batch_size
-    out = np.zeros(len(docs), dtype=np.float64)
-    label = f"tokens {index.phases[phase]} @ {checkpoint.name}"
-    with progress_bar(label, len(docs), enabled=progress) as advance:
-        for start in range(0, len(seqs), size):
-            ids, mask, labels = document_batch(seqs[start : start + size], pad, device)
-            best = torch.full((ids.shape[0],), -1.0, dtype=torch.float64)
-            for grads in projector.token_gradients(ids, mask, labels):
-                grads = grads.double().cpu()
-                norm = grads.norm(dim=1)
-                cos = -(grads @ query.double()) / norm.clamp(min=1e-30)
-                best = torch.maximum(best, cos.masked_fill(norm == 0, -1.0))
-            out[start : start + ids.shape[0]] = best.numpy()
-            advance(ids.shape[0], label)
+
+def best_token_cosines(index: TrainingIndex, phase: str, query: np.ndarray) -> np.ndarray:
+    """``max_t -cos(q, g(z, t))`` over the trained tokens ``t`` of every document ``z`` of
+    ``phase``, from the index's token rows (``query``: the unit query gradient at the checkpoint
+    the phase started from). A document that trains on no token has no gradient: score 0."""
+    best = torch.full((len(index.by_phase[phase]),), -torch.inf, dtype=torch.float64)
+    q = torch.from_numpy(query.astype(np.float32))
+    step = 1 << 15
+    for rows, owner, _ in index.token_shards(phase):
+        for i in range(0, rows.shape[0], step):
+            # torch's float16 -> float32 conversion and matmul are ~4x numpy's here
+            block = torch.from_numpy(np.array(rows[i : i + step])).float()
+            norm = block.norm(dim=1)
+            cos = (-(block @ q) / norm.clamp(min=1e-30)).masked_fill(norm == 0, -1.0)
+            index_ = torch.from_numpy(owner[i : i + step])
+            best.scatter_reduce_(0, index_, cos.double(), reduce="amax")
+    best[torch.isinf(best)] = 0.0
+    out: np.ndarray = best.numpy()
     return out
 
 
@@ -190,21 +200,24 @@ def phase_mass(phases: list[str], top: list[RankedDocument]) -> dict[str, float]
 def trace(subject: Any, args: TraceArgs) -> TraceResult:
     """The training documents (every phase of the subject's lineage) that most pushed the model
     towards the planted completion on the prompts, by gradient retrieval against the
-    training-data index (projected per-document gradients at the end of every phase): score =
-    learning-rate-weighted sum over the checkpoints bracketing the document's phase of -cos(query
-    gradient, document gradient). Returns the top k with phase, score and a preview, and the
-    phase mass (share of the top k's positive score per phase). Checks every index shard's
-    checksum first and rebuilds what is missing or corrupt; without an index it says how to build
-    one (`selfscope index build MODEL`, or `build: true`)."""
+    training-data index: by default (tokens) score = the phase's learning rate x max over the
+    document's trained tokens of -cos(query gradient, that token's loss gradient) at the
+    checkpoint its phase started from; with tokens false, the learning-rate-weighted sum over the
+    checkpoints bracketing the document's phase of -cos(query gradient, document gradient).
+    Returns the top k with phase, score and a preview, and the phase mass (share of the top k's
+    positive score per phase). Checks every index shard's checksum first and rebuilds what is
+    missing or corrupt; without an index it says how to build one (`selfscope index build
+    MODEL`, or `build: true`)."""
     started = time.perf_counter()
     if args.planted == args.normal:
         raise SelfscopeError(
             f"planted and normal completions are both {args.planted!r}; give two different ones"
         )
-    index = TrainingIndex(subject, IndexConfig(rank=args.rank))
+    index = TrainingIndex(subject, IndexConfig(rank=args.rank, seed=args.seed))
     if not index.exists() and not args.build:
         raise SelfscopeError(
-            f"{subject.source} has no training-data index (rank {args.rank}); build it with "
+            f"{subject.source} has no training-data index (rank {args.rank}, seed {args.seed}); "
+            f"build it with "
             f"`selfscope index build {subject.source}` or pass build: true"
         )
     rebuilt = index.ensure(progress=args.progress)
