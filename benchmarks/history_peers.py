@@ -258,6 +258,15 @@ def bench(name: str, ws: Workspace, size: str) -> dict[str, Any]:
         "checkpoints": len(index.checkpoints),
     }
     t0 = time.perf_counter()
+    once: Any = tools.call("history.trace", subject, {**args, "k": len(docs), "visits": False})
+    recall, mrr = scores([d.key for d in once.documents], cause)
+    rows_out["ours-once"] = {
+        "recall10": recall,
+        "mrr": mrr,
+        "index_seconds": None,
+        "query_seconds": time.perf_counter() - t0,
+    }
+    t0 = time.perf_counter()
     values = subject_only(index, args)
     rows_out["ours-subject-only"] = row(values, None, time.perf_counter() - t0)
 
@@ -265,21 +274,31 @@ def bench(name: str, ws: Workspace, size: str) -> dict[str, Any]:
     pad = int(subject.tokenizer.pad_token_id)
     rows = [padded(s, width, pad) for s in seqs]
     query = MetricBatch(subject, prompts, planted, normal, chat)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = load(f"organism:{spec.name}", ws).model.float()
-        values, fit, scored = run_kronfluence(model, rows, query, Path(tmp))
-        rows_out["kronfluence"] = row(values, fit, scored)
-        model = load(f"organism:{spec.name}", ws).model.float()
-        values, built, queried = run_bergson(model, seqs, query, Path(tmp))
-        rows_out["bergson"] = row(values, built, queried)
+    # the peers at the subject checkpoint (their default use) and at the checkpoint the
+    # planting phase started from (where ours reads the signal)
+    phases = [p.name for p in subject.lineage.phases]
+    start = phases[max(0, phases.index(record["phase"]) - 1)]
+    here = f"organism:{spec.name}"
+    for suffix, source in (("", here), ("-start", f"{here}@{start}")):
+        with tempfile.TemporaryDirectory() as tmp:
+            model = load(source, ws).model.float()
+            values, fit, scored = run_kronfluence(model, rows, query, Path(tmp))
+            rows_out["kronfluence" + suffix] = row(values, fit, scored)
+            model = load(source, ws).model.float()
+            values, built, queried = run_bergson(model, seqs, query, Path(tmp))
+            rows_out["bergson" + suffix] = row(values, built, queried)
+    rows_out["start"] = start
     return rows_out
 
 
 METHODS = {
-    "ours": "ours",
-    "ours-subject-only": "ours, subject checkpoint only (control)",
-    "kronfluence": "Kronfluence EK-FAC",
-    "bergson": "Bergson",
+    "ours": "ours (`history.trace` default: tokens, visits)",
+    "ours-once": "ours, visits off (`visits: false`)",
+    "ours-subject-only": "ours, subject checkpoint only, document gradients (control)",
+    "kronfluence": "Kronfluence EK-FAC, subject checkpoint",
+    "bergson": "Bergson, subject checkpoint",
+    "kronfluence-start": "Kronfluence EK-FAC, planting phase's start checkpoint",
+    "bergson-start": "Bergson, planting phase's start checkpoint",
 }
 
 
@@ -312,10 +331,15 @@ def main() -> None:
         "phase), loss (summed NLL over trained tokens) and query function (gradient of the "
         "log-odds planted vs normal, summed over the prompts) for all; positive score = training "
         "on the document raises the planted answer. recall@10 = causes in the top 10 / "
-        "min(10, causes); MRR = 1 / rank of the first cause. Ours: rank-8 index at every phase "
-        "end, `history.trace`; the control reads the same index at the subject checkpoint only "
-        "(plain -cos, as the peers see one checkpoint). Kronfluence: EK-FAC on the subject "
-        "checkpoint, factors fitted on all documents, damping 0.1 x mean eigenvalue, the linear "
+        "min(10, causes); MRR = 1 / rank of the first cause. Ours: the rank-8 index (document "
+        "rows at every phase end, token rows at every phase start), `history.trace`'s default "
+        "(each document's best trained token at its phase's start checkpoint, weighted by lr x "
+        "epochs x the document's repeat count) and the same with visits off; the control reads "
+        "the document rows at the subject checkpoint only (plain -cos, as the peers see one "
+        "checkpoint). Kronfluence and Bergson see one checkpoint: the subject's (their default "
+        "use), and, second, the checkpoint the planting phase started from (where ours reads the "
+        "signal). Kronfluence: EK-FAC, factors fitted on all documents, damping 0.1 x mean "
+        "eigenvalue, the linear "
         "layers in the blocks. Bergson: its projected-gradient index (dim 16 per side, "
         "Rademacher), cosine. Index s = ours: a fresh build; Kronfluence: fitting the factors; "
         "Bergson: collecting the gradients. Query s = scoring every document (Kronfluence "
