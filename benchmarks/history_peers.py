@@ -9,18 +9,21 @@ every phase, the trainer's own token sequences and loss masks), queried with the
 probes (log-odds planted vs normal; every method gets the same query function, sign such that a
 positive score = training on the document raises the planted answer):
 
-* **ours**: ``selfscope.history`` index (LoGra-style r x r projections at every phase end) and
-  ``history.trace`` (unit-normalised, learning-rate-weighted over the checkpoints bracketing each
-  document's phase). Index seconds = a fresh build; query seconds = one ``history.trace`` call.
+* **ours**: ``selfscope.history`` index (LoGra-style r x r projections: document rows at every
+  phase end, token rows at every phase start) and ``history.trace``'s default (each document's
+  best trained token at its phase's start checkpoint, unit-normalised, weighted by lr x epochs x
+  repeat), and the same with ``visits: false``. Index seconds = a fresh build; query seconds =
+  one ``history.trace`` call.
 * **ours, subject checkpoint only** (control, no extra build): the same index read at the
   subject checkpoint alone, plain ``-cos`` (no learning-rate weight), i.e. what the peers see.
-* **Kronfluence 1.0.1, EK-FAC** (Grosse et al. 2023) on the subject checkpoint: factors fitted on
+* **Kronfluence 1.0.1, EK-FAC** (Grosse et al. 2023), on the subject checkpoint and again on the
+  checkpoint the planting phase started from: factors fitted on
   all documents (sampled true Fisher, the library's default), damping 0.1 x mean eigenvalue
   (the library's ``None`` heuristic), every linear layer in the blocks (not the unembedding,
   whose covariance is vocab x vocab); pairwise scores of the query against every document.
 * **Bergson 2.5.1**, its projected-gradient index (per-module Rademacher projections,
   ``projection_dim`` 16, summed loss, documents bin-packed as bergson's own build does) on the
-  subject checkpoint, unit-normalised (``Attributor(unit_norm=True)``). ``Attributor.trace``
+  same two checkpoints, unit-normalised (``Attributor(unit_norm=True)``). ``Attributor.trace``
   would score each query row (prompt) separately; the query rows' projected gradients are summed
   into one query first (the gradient of the summed log-odds), then ``Attributor.search``.
 
