@@ -235,14 +235,10 @@ def test_token_rows_are_projected_per_loss_token_gradients(
     names = tracked_linears(model)
     shards = index.token_shards("finetune")
     docs = index.by_phase["finetune"]
-    assert sum(int(rows.shape[0]) for rows, _, _ in shards) == sum(
+    assert sum(int(rows.shape[0]) for rows, _ in shards) == sum(
         len(ids) - 1 - max(context - 1, 0) for ids, context in sequences(subject, docs)
     )
-    last_rows, last_owner, _ = shards[-1]
-    for rows, owner, row in (
-        (shards[0][0], shards[0][1], 0),
-        (last_rows, last_owner, len(docs) - 1),
-    ):
+    for (rows, owner), row in ((shards[0], 0), (shards[-1], len(docs) - 1)):
         ((ids, context),) = sequences(subject, [docs[row]])
         mine = np.asarray(rows[owner == row], dtype=np.float32)
         first = max(context - 1, 0)

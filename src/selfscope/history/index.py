@@ -483,7 +483,7 @@ class TrainingIndex:
             return np.zeros((0, self.dims or 0), dtype=np.float16)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def token_shards(self, phase: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    def token_shards(self, phase: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """The token rows of ``phase``'s documents at :meth:`token_checkpoint`: per shard, the
         memory-mapped [token rows, dims] float16 array, each row's document (its position in
         ``by_phase[phase]``), and the shard's first document."""
@@ -495,7 +495,7 @@ class TrainingIndex:
                 shard = self.shards[part.name]
                 counts = shard.counts or []
                 owner = part.start + np.repeat(np.arange(len(counts)), counts)
-                out.append((np.load(self.root / part.name, mmap_mode="r"), owner, part.start))
+                out.append((np.load(self.root / part.name, mmap_mode="r"), owner))
         return out
 
     def exists(self) -> bool:

@@ -143,7 +143,8 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
     t0 = time.perf_counter()
     parts = []
     for i, phase in enumerate(index.phases):
-        weight = index.checkpoints[i].lr * visits(index, phase, args.visits)
+        end = index.checkpoints[i]  # the phase's own end: its knobs
+        weight = end.lr * visits(index.by_phase[phase], end.epochs, args.visits)
         if args.tokens:
             query = queries[index.token_checkpoint(phase).name]
             parts.append(weight * best_token_cosines(index, phase, query))
@@ -158,13 +159,11 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
     return np.concatenate(parts), seconds
 
 
-def visits(index: TrainingIndex, phase: str, count: bool) -> np.ndarray:
-    """How many times ``phase`` trained on each of its documents: its epochs x the document's
-    repeat count (ones when ``count`` is false)."""
-    docs = index.by_phase[phase]
+def visits(docs: list[Any], epochs: int, count: bool) -> np.ndarray:
+    """How many times a phase of ``epochs`` epochs trained on each of its ``docs``: epochs x the
+    document's repeat count (ones when ``count`` is false)."""
     if not count:
         return np.ones(len(docs))
-    epochs = index.checkpoints[index.phases.index(phase)].epochs
     return np.array([epochs * d.repeat for d in docs], dtype=np.float64)
 
 
@@ -175,7 +174,7 @@ def best_token_cosines(index: TrainingIndex, phase: str, query: np.ndarray) -> n
     best = torch.full((len(index.by_phase[phase]),), -torch.inf, dtype=torch.float64)
     q = torch.from_numpy(query.astype(np.float32))
     step = 1 << 15
-    for rows, owner, _ in index.token_shards(phase):
+    for rows, owner in index.token_shards(phase):
         for i in range(0, rows.shape[0], step):
             # torch's float16 -> float32 conversion and matmul are ~4x numpy's here
             block = torch.from_numpy(np.array(rows[i : i + step])).float()
