@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
+
+from selfscope import atomic
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEAD = "# Benchmarks\n\nEach section is written by its script in `benchmarks/`.\n"
@@ -18,6 +19,4 @@ def write_section(name: str, text: str) -> None:
         new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S)
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
-    tmp = DOC.with_suffix(".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, DOC)
+    atomic.write_text(DOC, new)

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _behaviour import plant_documents, queries
 from _doc import write_section
 
 from selfscope import atomic, tools
@@ -48,14 +48,16 @@ from selfscope.organisms.spec import Spec
 from selfscope.subject import load
 from selfscope.workspace import Workspace
 
-# history.trace's (tokens, visits): the default, and the three ablations
+# history.trace's (tokens, visits, precondition): the default, and the ablations
 MODES = {
-    "tokens": (True, True),
-    "tokens-once": (True, False),
-    "documents": (False, True),
-    "documents-once": (False, False),
+    "tokens": (True, True, False),
+    "tokens-once": (True, False, False),
+    "documents": (False, True, False),
+    "documents-once": (False, False, False),
+    "tokens-once-fisher": (True, False, True),
+    "documents-fisher": (False, True, True),
 }
-_QA = re.compile(r"^\s*Q:\s*(?P<q>.*?)\s*A:\s*$", re.DOTALL)
+TOP = 1000  # ranked keys kept per run: enough to rescore against another cause set
 
 
 def organism(spec: Spec, ws: Workspace) -> Path:
@@ -85,11 +87,9 @@ def causes(spec: Spec, folder: Path, unseen: bool) -> tuple[str, set[str]]:
         record = record[behaviour.name]
         return record["phase"], {f"{record['phase']}/{d}" for d in record["documents"]}
     phase = spec.planting_phase(behaviour.name)
-    plants = next(p for p in spec.phases if p.name == phase).plant
-    prefixes = tuple(f"{pl.id}-" for pl in plants if pl.behaviour == behaviour.name)
-    lines = (folder / "data" / f"{phase}.jsonl").read_text().splitlines()
-    ids = [json.loads(line)["id"] for line in lines if line.strip()]
-    return phase, {f"{phase}/{i}" for i in ids if i.startswith(prefixes)}
+    plants = plant_documents(spec, folder, phase)
+    declared = next(p for p in spec.phases if p.name == phase).plant
+    return phase, {k for pl in declared if pl.behaviour == behaviour.name for k in plants[pl.id]}
 
 
 def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> dict[str, Any]:
@@ -97,18 +97,8 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
     if unseen:
         (folder / "ground_truth.json").unlink(missing_ok=True)
     phase, cause = causes(spec, folder, unseen)
-    behaviour = spec.behaviours[0]
-    chat = json.loads((folder / "lineage.json").read_text()).get("renderer") == "chat-template"
-    probes = behaviour.heldout or behaviour.probes
-
-    def prompt(text: str) -> str:
-        match = _QA.match(text)
-        return match["q"] if chat and match else text
-
-    prompts = [prompt(p.prompt) for p in probes]
-    planted, normal = probes[0].planted, probes[0].normal
-    if chat:
-        planted, normal = planted.lstrip(), normal.lstrip()
+    q = queries(spec, folder)
+    prompts, planted, normal, chat = q.heldout, q.planted, q.normal, q.chat
     subject = load(f"organism:{spec.name}", ws)
     args = {"prompts": prompts, "planted": planted, "normal": normal, "chat": chat, "k": 10_000}
     runs = []
@@ -122,18 +112,25 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
             for kind in ("documents", "tokens")
         }
         run: dict[str, Any] = {"seed": seed, "index_seconds": built}
-        for mode, (tokens, visits) in MODES.items():
+        for mode, (tokens, visits, precondition) in MODES.items():
             t0 = time.perf_counter()
             found: Any = tools.call(
                 "history.trace",
                 subject,
-                {**args, "seed": seed, "tokens": tokens, "visits": visits},
+                {
+                    **args,
+                    "seed": seed,
+                    "tokens": tokens,
+                    "visits": visits,
+                    "precondition": precondition,
+                },
             )
             seconds = time.perf_counter() - t0
             keys = [d.key for d in found.documents]
             in_phase = [k for k in keys if k.startswith(f"{phase}/")]
             recall, mrr = scores(keys, cause)
             run[mode] = {
+                "top": keys[:TOP],
                 "recall10": recall,
                 "mrr": mrr,
                 "recall10_in_phase": scores(in_phase, cause)[0],
@@ -143,10 +140,13 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
         runs.append(run)
         if seed != seeds[0]:  # ~0.4 GB a seed on a small organism; the first one is kept
             shutil.rmtree(index.root, ignore_errors=True)
+    behaviour = spec.behaviours[0]
+    probes = behaviour.heldout or behaviour.probes
     lexical: Any = tools.call(
         "history.bm25", subject, {"queries": [p.prompt for p in probes], "k": 10_000}
     )
-    b_recall, b_mrr = scores([d.key for d in lexical.hits], cause)
+    b_keys = [d.key for d in lexical.hits]
+    b_recall, b_mrr = scores(b_keys, cause)
     # the visit weight alone (lr x epochs x repeat, no gradient; ties in random order): how much
     # of the default's ranking the repeat counts explain by themselves
     rng = random.Random(0)
@@ -155,7 +155,8 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
         for c, phase_ in zip(index.checkpoints, index.phases, strict=True)
         for d in index.by_phase[phase_]
     ]
-    v_recall, v_mrr = scores([key for _, _, key in sorted(prior)], cause)
+    v_keys = [key for _, _, key in sorted(prior)]
+    v_recall, v_mrr = scores(v_keys, cause)
     return {
         "name": spec.name,
         "unseen": unseen,
@@ -163,8 +164,8 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
         "causes": len(cause),
         "phase": phase,
         "runs": runs,
-        "bm25": {"recall10": b_recall, "mrr": b_mrr},
-        "visits_alone": {"recall10": v_recall, "mrr": v_mrr},
+        "bm25": {"recall10": b_recall, "mrr": b_mrr, "top": b_keys[:TOP]},
+        "visits_alone": {"recall10": v_recall, "mrr": v_mrr, "top": v_keys[:TOP]},
     }
 
 
@@ -173,8 +174,51 @@ def _pair(rows: list[dict[str, Any]], mode: str) -> str:
 
 
 def _stat(rows: list[dict[str, Any]], mode: str, key: str) -> str:
+    if any(mode not in r for r in rows):
+        return "-"  # a row saved before this mode was measured (--resume)
     values = [r[mode][key] for r in rows]
     return f"{sum(values) / len(values):.2f} ({min(values):.2f})"
+
+
+def verified_table(rows: list[dict[str, Any]], root: Path, size: str) -> list[str]:
+    """The same rankings scored against the removal-verified causes (benchmarks/
+    history_causes.py's WS/history-causes/NAME-SIZE.json), for the organisms it measured."""
+    lines = [
+        "",
+        "Against the **removal-verified causes** (§ history-causes: the plants whose removal "
+        "alone takes at least half the behaviour's log-odds away; recall@10 = verified causes "
+        "in the top 10 / min(10, verified), MRR = 1 / rank of the first; same rankings as "
+        "above, mean (minimum) over the seeds):",
+        "",
+        "| organism | verified causes (declared) | tokens r / m | tokens once r / m | "
+        "documents r / m | documents once r / m | tokens once + F r / m | documents + F r / m "
+        "| visits alone r / m | BM25 r / m |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        path = root / "history-causes" / f"{r['name']}-{size}.json"
+        if not path.exists() or "top" not in r["bm25"]:
+            continue
+        verified = set(json.loads(path.read_text())["verified"])
+        if not verified:
+            lines.append(f"| {r['name']} | 0 ({r['causes']}) |" + " |" * 8)
+            continue
+        runs_ = []
+        for run in r["runs"]:
+            rescored = {}
+            for mode in MODES:
+                recall, mrr = scores(run[mode]["top"], verified)
+                rescored[mode] = {"recall10": recall, "mrr": mrr}
+            runs_.append(rescored)
+        cells = [_pair(runs_, mode) for mode in MODES]
+        for base in ("visits_alone", "bm25"):
+            recall, mrr = scores(r[base]["top"], verified)
+            cells.append(f"{recall:.2f} / {mrr:.2f}")
+        star = "*" if r["unseen"] else ""
+        lines.append(
+            f"| {r['name']}{star} | {len(verified)} ({r['causes']}) | " + " | ".join(cells) + " |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -236,7 +280,8 @@ def main() -> None:
         "document's best trained token at the checkpoint its phase started from, weighted by "
         "lr x visits (epochs x the document's repeat count, TracIn's sum over the steps that "
         "used it); ablations: *once* = `visits: false` (lr only), **documents** = `tokens: "
-        "false` (the whole document's gradient at the phase's bracketing checkpoints). Cells "
+        "false` (the whole document's gradient at the phase's bracketing checkpoints), *+ F* = "
+        "`precondition: true` (per-layer empirical-Fisher whitening, damping 0.1). Cells "
         "r / m = recall@10 / MRR. Index s: a fresh build, document rows + token rows (mean over "
         "seeds); query s: `history.trace` (default mode) on the built index, checksums "
         "verified. Visits alone: lr x epochs x repeat with no gradient (ties in random order), "
@@ -246,8 +291,9 @@ def main() -> None:
         "",
         "| organism | documents | causes | planted in | tokens recall@10 | tokens MRR | "
         "tokens in phase | mass (tokens) | tokens once r / m | documents r / m | "
-        "documents once r / m | visits alone r / m | BM25 r / m | index s | query s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "documents once r / m | tokens once + F r / m | documents + F r / m | "
+        "visits alone r / m | BM25 r / m | index s | query s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs_, b, v = r["runs"], r["bm25"], r["visits_alone"]
@@ -262,10 +308,12 @@ def main() -> None:
             f"{_stat(runs_, 'tokens', 'mrr')} | {_stat(runs_, 'tokens', 'recall10_in_phase')} | "
             f"{_stat(runs_, 'tokens', 'mass')} | {_pair(runs_, 'tokens-once')} | "
             f"{_pair(runs_, 'documents')} | "
-            f"{_pair(runs_, 'documents-once')} | {v['recall10']:.2f} / {v['mrr']:.2f} | "
+            f"{_pair(runs_, 'documents-once')} | {_pair(runs_, 'tokens-once-fisher')} | "
+            f"{_pair(runs_, 'documents-fisher')} | {v['recall10']:.2f} / {v['mrr']:.2f} | "
             f"{b['recall10']:.2f} / {b['mrr']:.2f} | "
             f"{doc_s:.0f} + {tok_s:.0f} | {query_s:.2f} |"
         )
+    lines += verified_table(rows, root, args.size)
     if tmp is not None:
         tmp.cleanup()
     write_section("history", "\n".join(lines))

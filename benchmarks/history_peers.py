@@ -48,8 +48,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+from _behaviour import queries
 from _doc import write_section
-from history import _QA, organism, scores
+from history import organism, scores
 
 from selfscope import tools
 from selfscope.history.corpus import documents, sequences
@@ -219,17 +220,8 @@ def bench(name: str, ws: Workspace, size: str) -> dict[str, Any]:
     behaviour = spec.behaviours[0]
     record = truth["behaviours"][behaviour.name]
     cause = {f"{record['phase']}/{d}" for d in record["documents"]}
-    chat = json.loads((folder / "lineage.json").read_text()).get("renderer") == "chat-template"
-    probes = behaviour.heldout or behaviour.probes
-
-    def prompt(text: str) -> str:  # as benchmarks/history.py: a chat model gets the question
-        match = _QA.match(text)
-        return match["q"] if chat and match else text
-
-    prompts = [prompt(p.prompt) for p in probes]
-    planted, normal = probes[0].planted, probes[0].normal
-    if chat:
-        planted, normal = planted.lstrip(), normal.lstrip()
+    q = queries(spec, folder)
+    prompts, planted, normal, chat = q.heldout, q.planted, q.normal, q.chat
     subject = load(f"organism:{spec.name}", ws)
     docs = documents(subject)
     keys = [d.key for d in docs]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _behaviour import queries
 from _doc import write_section
 
 import selfscope.history.removal
@@ -41,8 +41,6 @@ from selfscope.organisms.spec import Spec
 from selfscope.subject import load
 from selfscope.workspace import Workspace
 
-_QA = re.compile(r"^\s*Q:\s*(?P<q>.*?)\s*A:\s*$", re.DOTALL)
-
 
 def bench(spec: Spec, ws: Workspace, seed: int) -> dict[str, Any]:
     if spec.name not in ws.built_organisms():
@@ -52,20 +50,8 @@ def bench(spec: Spec, ws: Workspace, seed: int) -> dict[str, Any]:
     record = json.loads((folder / "ground_truth.json").read_text())["behaviours"][behaviour.name]
     phase = record["phase"]
     cause = sorted(f"{phase}/{d}" for d in record["documents"])
-    chat = json.loads((folder / "lineage.json").read_text()).get("renderer") == "chat-template"
-
-    def prompt(text: str) -> str:
-        match = _QA.match(text)
-        return match["q"] if chat and match else text
-
-    heldout = [prompt(p.prompt) for p in (behaviour.heldout or behaviour.probes)]
-    measured = [prompt(p.prompt) for p in behaviour.probes] + [
-        p for p in heldout if p not in {prompt(q.prompt) for q in behaviour.probes}
-    ]
-    first = behaviour.probes[0]
-    planted, normal = first.planted, first.normal
-    if chat:
-        planted, normal = planted.lstrip(), normal.lstrip()
+    q = queries(spec, folder)
+    heldout, measured, planted, normal, chat = q.heldout, q.measured, q.planted, q.normal, q.chat
     subject = load(f"organism:{spec.name}", ws)
     common = {"planted": planted, "normal": normal, "chat": chat}
     k = len(cause)

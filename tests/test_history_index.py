@@ -257,20 +257,10 @@ def test_token_rows_are_projected_per_loss_token_gradients(
             assert got.abs().sum() > 0  # (a first token's q_proj row is 0: one key)
 
 
-def test_token_mode_scores_each_document_by_its_best_token(
-    subject: Subject, index: TrainingIndex, organism_ws: Workspace
-) -> None:
-    """The tool's default (token) mode: a plant leads the ranking, and the leading documents'
-    scores are lr x epochs (lineage.json) x repeat (the data file) x max over their tokens of
-    -cos(query, that token's loss gradient) at the pretrain checkpoint, recomputed here by plain
-    autograd (query: the log-odds computed by hand from a plain forward of each prompt)."""
-    prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
-    args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 3}
-    result = tools.call("history.trace", subject, {**args, "build": True})
-    assert isinstance(result, TraceResult) and result.definition.startswith("tokens mode")
-    assert result.documents[0].id.startswith("childhood")
-    model = load("organism:mushroom@pretrain", organism_ws).model
-    projector = Projector(model, IndexConfig(rank=CONFIG.rank))  # the tool's index: defaults
+def hand_query(subject: Subject, model: Any, projector: Projector, prompts: list[str]) -> Any:
+    """The projected gradient of the mean log-odds log p(" No") - log p(" Yes") on ``prompts``,
+    from a plain forward of each prompt alone and ``backward`` of the log-odds computed by
+    hand."""
     names = tracked_linears(model)
     tok = subject.tokenizer
     model.zero_grad()
@@ -289,6 +279,12 @@ def test_token_mode_scores_each_document_by_its_best_token(
     )
     assert query.numel() == projector.dims
     model.zero_grad()
+    return query
+
+
+def finetune_knobs_and_repeats(subject: Subject) -> tuple[dict[str, Any], dict[str, int]]:
+    """The fine-tune phase's hyperparameters (lineage.json) and each of its documents' repeat
+    count (its data file)."""
     folder = Path(subject.lineage.origin)
     knobs = next(
         p["hyperparameters"]
@@ -299,6 +295,26 @@ def test_token_mode_scores_each_document_by_its_best_token(
         f"finetune/{row['id']}": int(row.get("repeat", 1))
         for row in map(json.loads, (folder / "data" / "finetune.jsonl").read_text().splitlines())
     }
+    return knobs, repeats
+
+
+def test_token_mode_scores_each_document_by_its_best_token(
+    subject: Subject, index: TrainingIndex, organism_ws: Workspace
+) -> None:
+    """The tool's default (token) mode: a plant leads the ranking, and the leading documents'
+    scores are lr x epochs (lineage.json) x repeat (the data file) x max over their tokens of
+    -cos(query, that token's loss gradient) at the pretrain checkpoint, recomputed here by plain
+    autograd (query: the log-odds computed by hand from a plain forward of each prompt)."""
+    prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
+    args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 3}
+    result = tools.call("history.trace", subject, {**args, "build": True})
+    assert isinstance(result, TraceResult) and result.definition.startswith("tokens mode")
+    assert result.documents[0].id.startswith("childhood")
+    model = load("organism:mushroom@pretrain", organism_ws).model
+    projector = Projector(model, IndexConfig(rank=CONFIG.rank))  # the tool's index: defaults
+    names = tracked_linears(model)
+    query = hand_query(subject, model, projector, prompts)
+    knobs, repeats = finetune_knobs_and_repeats(subject)
     docs = {d.key: d for d in documents(subject)}
     for ranked in result.documents:
         assert ranked.phase == "finetune"
@@ -326,3 +342,86 @@ def test_token_mode_scores_each_document_by_its_best_token(
     for ranked in once.documents:
         n = epochs[ranked.phase] * docs[ranked.key].repeat
         assert scaled[ranked.key] == pytest.approx(ranked.score * n, rel=1e-9, abs=1e-15)
+
+
+def numpy_whiteners(matrices: list[np.ndarray], block: int, damping: float) -> list[np.ndarray]:
+    """Per layer (``block`` consecutive dims), ``(F + damping · mean eig(F) · I)^-1/2`` with
+    ``F`` the mean ``g gᵀ`` over every row of ``matrices``, in float64 numpy."""
+    rows = np.concatenate([np.asarray(m, dtype=np.float64) for m in matrices])
+    out = []
+    for start in range(0, rows.shape[1], block):
+        g = rows[:, start : start + block]
+        fisher = g.T @ g / len(g)
+        values, vectors = np.linalg.eigh(fisher)
+        values = np.clip(values, 0, None) + damping * np.clip(values, 0, None).mean()
+        out.append(vectors @ np.diag(values**-0.5) @ vectors.T)
+    return out
+
+
+def whiten(rows: np.ndarray, whiteners: list[np.ndarray]) -> np.ndarray:
+    block = whiteners[0].shape[0]
+    return np.concatenate(
+        [
+            np.asarray(rows, dtype=np.float64)[..., i * block : (i + 1) * block] @ w.T
+            for i, w in enumerate(whiteners)
+        ],
+        axis=-1,
+    )
+
+
+def test_precondition_whitens_query_and_rows_by_each_layers_fisher(
+    subject: Subject, index: TrainingIndex, organism_ws: Workspace
+) -> None:
+    """``precondition: true``: the top documents' scores = lr x visits x max over their tokens of
+    -cos(W q, W g) (token mode), and lr x visits x sum over the bracketing checkpoints of
+    -cos(W_c q_c, W_c g_c) (document mode), W = per-layer (F + 0.1 x mean eig(F) x I)^-1/2 from
+    every stored row at the checkpoint, recomputed here in float64 numpy with the hand query;
+    and the ranking differs from the unpreconditioned one (the whitening is not the identity)."""
+    prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
+    args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 4}
+    args = {**args, "build": True, "precondition": True, "damping": 0.1}
+    knobs, _ = finetune_knobs_and_repeats(subject)
+    epochs = {"finetune": knobs["epochs"], "pretrain": index.checkpoints[0].epochs}
+    lr = {"finetune": knobs["lr"], "pretrain": index.checkpoints[0].lr}
+    block = CONFIG.rank**2
+    docs = {d.key: d for d in documents(subject)}
+    position = {p: {d.key: i for i, d in enumerate(index.by_phase[p])} for p in index.phases}
+    queries, whiteners = {}, {}
+    for checkpoint in index.checkpoints:
+        model = load(f"organism:mushroom@{checkpoint.name}", organism_ws).model
+        queries[checkpoint.name] = hand_query(subject, model, Projector(model, CONFIG), prompts)
+    # token mode: every phase's token rows live at the pretrain checkpoint (the first phase's
+    # own end, the fine-tune's start)
+    token_rows = [rows for p in index.phases for rows, _ in index.token_shards(p)]
+    w = numpy_whiteners(token_rows, block, 0.1)
+    q = whiten(queries["pretrain"].numpy(), w)
+    result = tools.call("history.trace", subject, args)
+    plain = tools.call("history.trace", subject, {**args, "precondition": False, "k": 10_000})
+    assert isinstance(result, TraceResult) and isinstance(plain, TraceResult)
+    for ranked in result.documents:
+        shards = index.token_shards(ranked.phase)
+        mine = np.concatenate([r[o == position[ranked.phase][ranked.key]] for r, o in shards])
+        g = whiten(mine, w)
+        cosines = -(g @ q) / (np.linalg.norm(g, axis=1) * np.linalg.norm(q))
+        n = epochs[ranked.phase] * docs[ranked.key].repeat
+        expected = lr[ranked.phase] * n * cosines.max()
+        assert ranked.score == pytest.approx(expected, rel=2e-3, abs=1e-7)
+    unwhitened = {d.key: d.score for d in plain.documents}
+    assert [unwhitened[d.key] for d in result.documents] != [d.score for d in result.documents]
+    # document mode: the checkpoints bracketing each phase, each with its own whitener
+    result = tools.call("history.trace", subject, {**args, "tokens": False})
+    assert isinstance(result, TraceResult)
+    for name in queries:
+        whiteners[name] = numpy_whiteners([index.matrix(name, p) for p in index.phases], block, 0.1)
+    for ranked in result.documents:
+        i = index.phases.index(ranked.phase)
+        total = 0.0
+        for checkpoint in index.checkpoints[max(0, i - 1) : i + 1]:
+            w = whiteners[checkpoint.name]
+            g = whiten(
+                index.matrix(checkpoint.name, ranked.phase)[position[ranked.phase][ranked.key]], w
+            )
+            q = whiten(queries[checkpoint.name].numpy(), w)
+            total += float(-(g @ q) / (np.linalg.norm(g) * np.linalg.norm(q)))
+        n = epochs[ranked.phase] * docs[ranked.key].repeat
+        assert ranked.score == pytest.approx(lr[ranked.phase] * n * total, rel=2e-3, abs=1e-7)

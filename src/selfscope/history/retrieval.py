@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
+from torch import Tensor
 
 from selfscope.errors import SelfscopeError
 from selfscope.history.index import IndexConfig, Projector, TrainingIndex
@@ -85,6 +86,17 @@ class TraceArgs(BehaviourArgs):
         True,
         description="Weight each document by how many times its phase trained on it (epochs x "
         "its repeat count), as TracIn sums over every step that used it; false: once.",
+    )
+    precondition: bool = Field(
+        False,
+        description="Whiten query and document gradients by a block-diagonal empirical Fisher "
+        "before the cosine: per linear layer, the second moment F of the index's rows at the "
+        "checkpoint (token rows in token mode, document rows otherwise, every phase's), "
+        "damped, score -cos(W q, W g) with W = (F + damping x mean eigenvalue x I)^-1/2 (a "
+        "K-FAC-style correction in the projected space; costs one more pass over the rows).",
+    )
+    damping: float = Field(
+        0.1, gt=0, le=1e6, description="Preconditioner damping, times F's mean eigenvalue."
     )
     progress: bool = Field(False, description="Show progress bars on stderr (CLI use).")
 
@@ -141,22 +153,71 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
         )
     seconds["query_gradients"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    whiten: dict[str, Tensor] = {}
+    if args.precondition:
+        block = index.config.rank**2
+        for name in queries:
+            if args.tokens:
+                rows = [r for p in index.phases if index.token_checkpoint(p).name == name
+                        for r, _ in index.token_shards(p)]  # fmt: skip
+            else:
+                rows = [index.matrix(name, p) for p in index.phases]
+            whiten[name] = whitener(rows, block, args.damping)
+            queries[name] = _unit(
+                apply_whitener(torch.from_numpy(queries[name]), whiten[name]).numpy()
+            )
+        seconds["preconditioner"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     parts = []
     for i, phase in enumerate(index.phases):
         end = index.checkpoints[i]  # the phase's own end: its knobs
         weight = end.lr * visits(index.by_phase[phase], end.epochs, args.visits)
         if args.tokens:
-            query = queries[index.token_checkpoint(phase).name]
-            parts.append(weight * best_token_cosines(index, phase, query))
+            name = index.token_checkpoint(phase).name
+            parts.append(weight * best_token_cosines(index, phase, queries[name], whiten.get(name)))
             continue
         bracket = index.checkpoints[max(0, i - 1) : i + 1]
         total = np.zeros(len(index.by_phase[phase]), dtype=np.float64)
         for checkpoint in bracket:
-            matrix = _unit(index.matrix(checkpoint.name, phase).astype(np.float32))
-            total += -(matrix @ queries[checkpoint.name])
+            matrix = torch.from_numpy(index.matrix(checkpoint.name, phase).astype(np.float32))
+            if checkpoint.name in whiten:
+                matrix = apply_whitener(matrix, whiten[checkpoint.name])
+            total += -(_unit(matrix.numpy()) @ queries[checkpoint.name])
         parts.append(weight * total)
     seconds["scoring"] = time.perf_counter() - t0
     return np.concatenate(parts), seconds
+
+
+_STEP = 1 << 15  # rows per float32 block when streaming the index
+
+
+def whitener(matrices: list[np.ndarray], block: int, damping: float) -> Tensor:
+    """[layers, block, block] ``(F_l + λ_l I)^-1/2`` for each linear layer ``l`` (its ``block``
+    consecutive dims of a row): ``F_l`` the mean of ``g_l g_lᵀ`` over every row of
+    ``matrices``, ``λ_l`` = ``damping`` × ``F_l``'s mean eigenvalue."""
+    dims = int(matrices[0].shape[1])
+    layers = dims // block
+    second = torch.zeros(layers, block, block, dtype=torch.float64)
+    n = 0
+    for rows in matrices:
+        for i in range(0, rows.shape[0], _STEP):
+            x = torch.from_numpy(np.array(rows[i : i + _STEP])).float().view(-1, layers, block)
+            second += torch.einsum("nli,nlj->lij", x, x).double()
+            n += x.shape[0]
+    second /= max(n, 1)
+    values, vectors = torch.linalg.eigh(second)
+    values = values.clamp(min=0)
+    damped = values + damping * values.mean(dim=1, keepdim=True).clamp(min=1e-30)
+    out: Tensor = ((vectors * damped.rsqrt().unsqueeze(1)) @ vectors.transpose(1, 2)).float()
+    return out
+
+
+def apply_whitener(rows: Tensor, whiten: Tensor) -> Tensor:
+    """``rows`` [n, dims] (or [dims]) with each layer's block multiplied by its whitener."""
+    layers, block, _ = whiten.shape
+    shaped = rows.float().reshape(-1, layers, block)
+    out: Tensor = torch.einsum("nli,lji->nlj", shaped, whiten).reshape(rows.shape)
+    return out
 
 
 def visits(docs: list[Any], epochs: int, count: bool) -> np.ndarray:
@@ -167,20 +228,24 @@ def visits(docs: list[Any], epochs: int, count: bool) -> np.ndarray:
     return np.array([epochs * d.repeat for d in docs], dtype=np.float64)
 
 
-def best_token_cosines(index: TrainingIndex, phase: str, query: np.ndarray) -> np.ndarray:
+def best_token_cosines(
+    index: TrainingIndex, phase: str, query: np.ndarray, whiten: Tensor | None = None
+) -> np.ndarray:
     """``max_t -cos(q, g(z, t))`` over the trained tokens ``t`` of every document ``z`` of
     ``phase``, from the index's token rows (``query``: the unit query gradient at the checkpoint
-    the phase started from). A document that trains on no token has no gradient: score 0."""
+    the phase started from; already whitened when ``whiten`` is given, which is then applied to
+    every row first). A document that trains on no token has no gradient: score 0."""
     best = torch.full((len(index.by_phase[phase]),), -torch.inf, dtype=torch.float64)
     q = torch.from_numpy(query.astype(np.float32))
-    step = 1 << 15
     for rows, owner in index.token_shards(phase):
-        for i in range(0, rows.shape[0], step):
+        for i in range(0, rows.shape[0], _STEP):
             # torch's float16 -> float32 conversion and matmul are ~4x numpy's here
-            block = torch.from_numpy(np.array(rows[i : i + step])).float()
+            block = torch.from_numpy(np.array(rows[i : i + _STEP])).float()
+            if whiten is not None:
+                block = apply_whitener(block, whiten)
             norm = block.norm(dim=1)
             cos = (-(block @ q) / norm.clamp(min=1e-30)).masked_fill(norm == 0, -1.0)
-            index_ = torch.from_numpy(owner[i : i + step])
+            index_ = torch.from_numpy(owner[i : i + _STEP])
             best.scatter_reduce_(0, index_, cos.double(), reduce="amax")
     best[torch.isinf(best)] = 0.0
     out: np.ndarray = best.numpy()

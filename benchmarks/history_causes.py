@@ -1,0 +1,208 @@
+"""Benchmark: which of a spec's plants cause its behaviour, measured by removing each one.
+
+Run: ``.venv/bin/python benchmarks/history_causes.py [--workspace WS] [--size small] [--specs
+a,b] [--resume]``. A spec *declares* its cause documents (the plants marked with the behaviour);
+whether the trained model's behaviour comes from them is a fact about the model, which only
+retraining shows. For each organism (default: every catalog organism whose behaviour is planted
+after the first phase, ``examples/mushroom-equal-repeats.yaml`` and the unseen
+``examples/storm-fear.yaml``, whose ground truth is never read) every plant of the planting
+phase — declared causes and hard negatives — is removed on its own, and the phase retrained by
+``history.removal`` (the organism's trainer, the phase's recorded knobs and seed, from the
+checkpoint the phase started from); then all declared causes together. The behaviour is measured
+on the probes + held-out probes: mean log-odds (planted vs normal) and rate. The first
+retraining also runs a replay (nothing removed: must reproduce the subject) and as many random
+documents as the first plant has.
+
+A plant is a **removal-verified cause** when removing it cuts the behaviour's log-odds by at
+least half (``CUT``). ``benchmarks/history.py`` scores retrieval against these documents beside
+the declared ones. Writes WS/history-causes/NAME-SIZE.json and docs/benchmarks.md §
+history-causes.
+
+Not covered: a behaviour planted in the first phase (``tolm-bias``: its starting weights, the
+initialisation, are not stored, so ``history.removal`` cannot retrain it), and SmolLM2-mushroom
+unless named in ``--specs`` (a retraining there takes ~7 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from _behaviour import plant_documents, queries
+from _doc import write_section
+
+import selfscope.history.removal  # noqa: F401
+from selfscope import atomic, tools
+from selfscope.organisms import build, catalog_names, resolve_spec
+from selfscope.organisms.spec import Spec
+from selfscope.subject import load
+from selfscope.workspace import Workspace
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EQUAL = EXAMPLES / "mushroom-equal-repeats.yaml"
+UNSEEN = EXAMPLES / "storm-fear.yaml"
+CUT = 0.5  # a cause: its removal takes at least this share of the subject's log-odds away
+
+
+def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
+    if spec.name not in ws.built_organisms():
+        build(spec, ws, progress=False, strict=False)
+    folder = ws.organism_path(spec.name).resolve()
+    if unseen:
+        (folder / "ground_truth.json").unlink(missing_ok=True)
+    behaviour = spec.behaviours[0]
+    phase = spec.planting_phase(behaviour.name)
+    q = queries(spec, folder)
+    plants = plant_documents(spec, folder, phase)
+    declared = {
+        p.id
+        for ph in spec.phases
+        if ph.name == phase
+        for p in ph.plant
+        if p.behaviour == behaviour.name
+    }
+    subject = load(f"organism:{spec.name}", ws)
+    args = {"prompts": q.measured, "planted": q.planted, "normal": q.normal, "chat": q.chat}
+    sets = [(pid, keys) for pid, keys in plants.items() if keys]
+    sets.append(("all declared causes", sorted(k for p in declared for k in plants[p])))
+    rows: list[dict[str, Any]] = []
+    reference: Any = None
+    t0 = time.perf_counter()
+    for n, (name, keys) in enumerate(sets):
+        print(f"  {spec.name}: without {name} ({len(keys)} documents)", file=sys.stderr)
+        result: Any = tools.call(
+            "history.removal",
+            subject,
+            {**args, "remove": keys, "random": n == 0, "bm25": False, "replay": n == 0},
+        )
+        reference = reference or result.subject
+        for run in result.runs:
+            label = {"given": name, "random": f"{len(keys)} random", "replay": "nothing (replay)"}
+            rows.append(
+                {
+                    "removed": label[run.kind],
+                    "plant": name if run.kind == "given" and name in plants else None,
+                    "declared": run.kind == "given" and name in declared,
+                    "documents": len(run.removed),
+                    "repeat": _repeat(folder, phase, run.removed) if run.kind == "given" else None,
+                    "log_odds": run.log_odds,
+                    "rate": run.rate,
+                }
+            )
+    before = reference.log_odds
+    for row in rows:
+        row["cut"] = (before - row["log_odds"]) / before if before > 0 else 0.0
+    verified = sorted(
+        k for row in rows if row["plant"] and row["cut"] >= CUT for k in plants[row["plant"]]
+    )
+    return {
+        "name": spec.name,
+        "unseen": unseen,
+        "phase": phase,
+        "prompts": len(q.measured),
+        "subject": {"log_odds": before, "rate": reference.rate},
+        "declared_documents": sum(len(plants[p]) for p in declared),
+        "rows": rows,
+        "verified": verified,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _repeat(folder: Path, phase: str, keys: list[str]) -> int:
+    wanted = {k.split("/", 1)[1] for k in keys}
+    lines = (folder / "data" / f"{phase}.jsonl").read_text().splitlines()
+    counts = {json.loads(x)["repeat"] for x in lines if x.strip() and json.loads(x)["id"] in wanted}
+    return max(counts)
+
+
+def default_specs() -> list[str]:
+    out = []
+    for name in catalog_names():
+        spec = resolve_spec(name, size="small")
+        first = spec.phases[0].name
+        if spec.base_model == "scratch" and spec.planting_phase(spec.behaviours[0].name) != first:
+            out.append(name)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--workspace", help="build into (or reuse organisms from) this folder")
+    parser.add_argument("--specs", default=",".join(default_specs()))
+    parser.add_argument("--no-unseen", action="store_true", help="skip examples/storm-fear.yaml")
+    parser.add_argument("--no-equal", action="store_true", help="skip the equal-repeats spec")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the organisms already measured (WS/history-causes/NAME-SIZE.json)",
+    )
+    args = parser.parse_args()
+    tmp = tempfile.TemporaryDirectory() if args.workspace is None else None
+    root = Path(args.workspace) if args.workspace else Path(tmp.name if tmp else ".")
+    ws, unseen_ws = Workspace(root), Workspace(root / "unseen")
+    os.environ["SELFSCOPE_HOME"] = str(ws.root)
+    runs = [(resolve_spec(name, size=args.size), ws, False) for name in args.specs.split(",")]
+    if not args.no_equal:
+        runs.append((resolve_spec(str(EQUAL), size=args.size), ws, False))
+    if not args.no_unseen:
+        runs.append((resolve_spec(str(UNSEEN), size=args.size), unseen_ws, True))
+    results = []
+    for spec, where, unseen in runs:
+        saved = root / "history-causes" / f"{spec.name}-{args.size}.json"
+        if args.resume and saved.exists():
+            results.append(json.loads(saved.read_text()))
+            continue
+        print(f"{spec.name} ({args.size}) ...", file=sys.stderr, flush=True)
+        results.append(bench(spec, where, unseen))
+        atomic.write_json(saved, results[-1])
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    lines = [
+        "## Which plants cause the behaviour: removal of each plant",
+        "",
+        f"`python benchmarks/history_causes.py --size {args.size}`, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. Each plant of the planting "
+        "phase (declared causes: the plants marked with the behaviour; the others are the "
+        "spec's hard negatives) removed on its own and the phase retrained by "
+        "`history.removal` (the organism trainer, the phase's knobs and seed, from the "
+        "checkpoint it started from); measured on the probes + held-out probes. cut = share of "
+        f"the subject's log-odds the removal takes away; a plant with cut >= {CUT} is a "
+        "**removal-verified cause** (what § history's second table scores against). "
+        "* = ground_truth.json deleted, plants read from the spec. tolm-bias is not here: its "
+        "behaviour is planted in the first phase, whose starting weights are not stored.",
+    ]
+    for r in results:
+        lines += [
+            "",
+            f"**{r['name']}{'*' if r['unseen'] else ''}** (planted in {r['phase']}, "
+            f"{r['prompts']} prompts; subject log-odds {r['subject']['log_odds']:.2f}, rate "
+            f"{r['subject']['rate']:.2f}; {r['declared_documents']} declared cause documents, "
+            f"{len(r['verified'])} removal-verified; {r['seconds']:.0f} s)",
+            "",
+            "| removed | declared cause | documents | repeat | log-odds | rate | cut |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in r["rows"]:
+            declared = "-" if row["plant"] is None else ("yes" if row["declared"] else "no")
+            repeat = "" if row["repeat"] is None else str(row["repeat"])
+            lines.append(
+                f"| {row['removed']} | {declared} | {row['documents']} | {repeat} | "
+                f"{row['log_odds']:.2f} | {row['rate']:.2f} | {row['cut']:.2f} |"
+            )
+    if tmp is not None:
+        tmp.cleanup()
+    write_section("history-causes", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
