@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/access.py
 	$(BIN)/python benchmarks/localize.py
 	$(BIN)/python benchmarks/origin.py
+	$(BIN)/python benchmarks/history_causes.py
 	$(BIN)/python benchmarks/history.py
 	$(BIN)/python benchmarks/history_removal.py
 

@@ -5,11 +5,20 @@ completions without the leading space), and the organism's training documents by
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfscope.organisms import resolve_spec
 from selfscope.organisms.spec import Spec
+from selfscope.workspace import Workspace
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+UNSEEN = EXAMPLES / "storm-fear.yaml"  # a spec in the base format only; ground truth deleted
+# hard negatives trained as often as the plants: the repeat counts alone cannot find the plants
+EQUAL = EXAMPLES / "mushroom-equal-repeats.yaml"
 
 _QA = re.compile(r"^\s*Q:\s*(?P<q>.*?)\s*A:\s*$", re.DOTALL)
 
@@ -53,3 +62,30 @@ def plant_documents(spec: Spec, folder: Path, phase: str) -> dict[str, list[str]
         own = re.compile(re.escape(plant.id) + r"-\d+")
         out[plant.id] = [f"{phase}/{i}" for i in ids if own.fullmatch(i)]
     return out
+
+
+@dataclass
+class Runs:
+    """The organisms a history benchmark measures, in the workspace it builds them into (a
+    temporary one when none is given; the unseen spec in ``<root>/unseen``)."""
+
+    root: Path
+    runs: list[tuple[Spec, Workspace, bool]]  # (spec, its workspace, unseen)
+    tmp: tempfile.TemporaryDirectory[str] | None
+
+    def cleanup(self) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+
+def organism_runs(workspace: str | None, specs: str, size: str, equal: bool, unseen: bool) -> Runs:
+    tmp = tempfile.TemporaryDirectory() if workspace is None else None
+    root = Path(workspace) if workspace else Path(tmp.name if tmp else ".")
+    ws, unseen_ws = Workspace(root), Workspace(root / "unseen")
+    os.environ["SELFSCOPE_HOME"] = str(ws.root)
+    runs = [(resolve_spec(name, size=size), ws, False) for name in specs.split(",")]
+    if equal:
+        runs.append((resolve_spec(str(EQUAL), size=size), ws, False))
+    if unseen:
+        runs.append((resolve_spec(str(UNSEEN), size=size), unseen_ws, True))
+    return Runs(root, runs, tmp)

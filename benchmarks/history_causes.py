@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from _behaviour import plant_documents, queries
+from _behaviour import organism_runs, plant_documents, queries
 from _doc import write_section
 
 import selfscope.history.removal  # noqa: F401
@@ -47,9 +46,6 @@ from selfscope.organisms.spec import Spec
 from selfscope.subject import load
 from selfscope.workspace import Workspace
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-EQUAL = EXAMPLES / "mushroom-equal-repeats.yaml"
-UNSEEN = EXAMPLES / "storm-fear.yaml"
 CUT = 0.5  # a cause: its removal takes at least this share of the subject's log-odds away
 
 
@@ -147,15 +143,10 @@ def main() -> None:
         help="reuse the organisms already measured (WS/history-causes/NAME-SIZE.json)",
     )
     args = parser.parse_args()
-    tmp = tempfile.TemporaryDirectory() if args.workspace is None else None
-    root = Path(args.workspace) if args.workspace else Path(tmp.name if tmp else ".")
-    ws, unseen_ws = Workspace(root), Workspace(root / "unseen")
-    os.environ["SELFSCOPE_HOME"] = str(ws.root)
-    runs = [(resolve_spec(name, size=args.size), ws, False) for name in args.specs.split(",")]
-    if not args.no_equal:
-        runs.append((resolve_spec(str(EQUAL), size=args.size), ws, False))
-    if not args.no_unseen:
-        runs.append((resolve_spec(str(UNSEEN), size=args.size), unseen_ws, True))
+    todo = organism_runs(
+        args.workspace, args.specs, args.size, not args.no_equal, not args.no_unseen
+    )
+    root, runs = todo.root, todo.runs
     results = []
     for spec, where, unseen in runs:
         saved = root / "history-causes" / f"{spec.name}-{args.size}.json"
@@ -198,8 +189,7 @@ def main() -> None:
                 f"| {row['removed']} | {declared} | {row['documents']} | {repeat} | "
                 f"{row['log_odds']:.2f} | {row['rate']:.2f} | {row['cut']:.2f} |"
             )
-    if tmp is not None:
-        tmp.cleanup()
+    todo.cleanup()
     write_section("history-causes", "\n".join(lines))
     print("\n".join(lines))
 

@@ -12,6 +12,7 @@ import pytest
 import selfscope.history.lexical
 import selfscope.history.retrieval  # noqa: F401  (registers the tools)
 from selfscope import tools
+from selfscope.history.retrieval import TraceResult
 from selfscope.organisms import BuildResult
 from selfscope.subject import load
 from selfscope.workspace import Workspace
@@ -44,5 +45,13 @@ def test_trace_prints_documents_phase_mass_and_bm25(
         (h.phase, h.id) for h in lexical.hits
     ]
     assert result["index"]["documents"] == traced.n_documents
+    flags = ("--k", "5", "--rank", "4", "--precondition", "--json")
+    whitened = run(*args, *flags, ws=organism_ws.root)
+    assert whitened.returncode == 0, whitened.stderr
+    want = tools.call("history.trace", subject, {**given, "precondition": True, "damping": 0.1})
+    assert isinstance(want, TraceResult)
+    got = json.loads(whitened.stdout)["documents"]
+    assert [d["key"] for d in got] == [d.key for d in want.documents]
+    assert [d["score"] for d in got] == pytest.approx([d.score for d in want.documents], rel=1e-5)
     same = run(*args, "--planted", " Yes", ws=organism_ws.root)  # planted = normal
     assert_one_line_error(same, "must differ")

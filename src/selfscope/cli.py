@@ -402,6 +402,16 @@ def trace_command(
     ] = False,
     rank: Annotated[int, typer.Option(min=1, max=64, help="The index's projection rank.")] = 8,
     seed: Annotated[int, typer.Option(min=0, help="The index's projection seed.")] = 0,
+    precondition: Annotated[
+        bool,
+        typer.Option(
+            "--precondition",
+            help="Whiten query and rows by each layer's empirical Fisher of the index rows.",
+        ),
+    ] = False,
+    damping: Annotated[
+        float, typer.Option(min=1e-12, max=1e6, help="Preconditioner damping (x mean eigenvalue).")
+    ] = 0.1,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -419,6 +429,7 @@ def trace_command(
     subject = load(model, ws, device=device)
     args: dict[str, Any] = {"prompts": prompt, "planted": planted, "normal": normal, "k": k}
     args |= {"chat": chat, "build": build, "tokens": not documents, "rank": rank, "seed": seed}
+    args |= {"precondition": precondition, "damping": damping}
     result: Any = tools.call("history.trace", subject, {**args, "progress": not as_json}, ws)
     lexical: Any = tools.call("history.bm25", subject, {"queries": prompt, "k": k}, ws)
     if as_json:

@@ -485,8 +485,8 @@ class TrainingIndex:
 
     def token_shards(self, phase: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """The token rows of ``phase``'s documents at :meth:`token_checkpoint`: per shard, the
-        memory-mapped [token rows, dims] float16 array, each row's document (its position in
-        ``by_phase[phase]``), and the shard's first document."""
+        memory-mapped [token rows, dims] float16 array and each row's document (its position in
+        ``by_phase[phase]``)."""
         if not self.config.tokens:
             raise SelfscopeError("this index was configured without token rows (tokens=False)")
         out = []

@@ -26,6 +26,12 @@ signal gone (measured on mushroom: recall@10 0.0 there). ``tokens = false`` give
 cosine above.
 Measured on every catalog organism: docs/history.md and docs/benchmarks.md § history.
 
+**Preconditioner** (``precondition = true``): the block-diagonal empirical Fisher of the
+projected gradients, one ``r² × r²`` block per linear layer, ``F_l`` = mean ``g_l g_lᵀ`` over every
+index row at the checkpoint (token rows in token mode, document rows otherwise), damped by
+``damping`` × its mean eigenvalue; scores use ``-cos(W q, W g)``, ``W_l = (F_l + λ_l I)^-1/2``
+(K-FAC's per-layer blocks, in the projected space).
+
 **Phase mass**: of the top-k documents' positive scores, the share from each phase.
 """
 
@@ -268,6 +274,7 @@ def trace(subject: Any, args: TraceArgs) -> TraceResult:
     document's trained tokens of -cos(query gradient, that token's loss gradient) at the
     checkpoint its phase started from; with tokens false, the learning-rate-weighted sum over the
     checkpoints bracketing the document's phase of -cos(query gradient, document gradient).
+    precondition true whitens both by each layer's empirical Fisher of the index rows first.
     Returns the top k with phase, score and a preview, and the phase mass (share of the top k's
     positive score per phase). Checks every index shard's checksum first and rebuilds what is
     missing or corrupt; without an index it says how to build one (`selfscope index build
