@@ -57,6 +57,9 @@ MODES = {
 }
 
 
+BOOTSTRAP = 1000  # resamples of the subsets for the LDS's interval
+
+
 def ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 0..n-1, ties given their mean rank."""
     order = np.argsort(x, kind="stable")
@@ -129,10 +132,15 @@ def bench(
         measured.append(result.runs[0].log_odds)
     seconds = time.perf_counter() - t0
     actual = np.array(measured)
-    lds = {}
-    for name, values in predicted.items():
-        sums = np.array([values[kept].sum() for kept in chosen])
-        lds[name] = spearman(sums, actual)
+    sums = {name: np.array([v[kept].sum() for kept in chosen]) for name, v in predicted.items()}
+    lds = {name: spearman(x, actual) for name, x in sums.items()}
+    # the spread from having only ``subsets`` retrainings: bootstrap over the subsets
+    boot = np.random.default_rng(seed)
+    draws = [boot.integers(0, subsets, subsets) for _ in range(BOOTSTRAP)]
+    interval = {
+        name: [float(v) for v in np.percentile([spearman(x[d], actual[d]) for d in draws], [5, 95])]
+        for name, x in sums.items()
+    }
     return {
         "name": spec.name,
         "unseen": unseen,
@@ -146,6 +154,9 @@ def bench(
             "max": float(actual.max()),
         },
         "lds": lds,
+        "interval": interval,  # 5th and 95th percentile of the bootstrap
+        "measured": measured,
+        "predicted": {name: [float(v) for v in x] for name, x in sums.items()},
         "retrain_seconds": seconds,
     }
 
@@ -191,7 +202,8 @@ def main() -> None:
         "method's scores over the subset. Scores from `history.trace` (held-out probes, index "
         "seed 0) in each mode; *once* = `visits: false`, *+ F* = `precondition: true`; visits "
         "alone = lr x epochs x repeat; BM25 = `history.bm25` scores for the same prompts. "
-        "1 = the scores order the retrained models exactly; 0 = no better than chance. "
+        "1 = the scores order the retrained models exactly; 0 = no better than chance. In "
+        "brackets: the 5th-95th percentile over 1,000 bootstrap resamples of the subsets. "
         "* = ground_truth.json deleted.",
         "",
         "| organism | documents | log-odds over subsets (min / mean / max) | "
@@ -201,7 +213,10 @@ def main() -> None:
     ]
     for r in results:
         lo = r["log_odds"]
-        cells = " | ".join(f"{r['lds'][n]:.2f}" for n in names)
+        cells = " | ".join(
+            f"{r['lds'][n]:.2f} ({r['interval'][n][0]:.2f}, {r['interval'][n][1]:.2f})"
+            for n in names
+        )
         star = "*" if r["unseen"] else ""
         lines.append(
             f"| {r['name']}{star} | {r['documents']} | {lo['min']:.2f} / {lo['mean']:.2f} / "
