@@ -244,9 +244,11 @@ def verified_table(rows: list[dict[str, Any]], root: Path, size: str) -> list[st
         path = root / "history-causes" / f"{r['name']}-{size}.json"
         if not path.exists() or "top" not in r["bm25"]:
             continue
-        verified = set(json.loads(path.read_text())["verified"])
+        causes_file = json.loads(path.read_text())
+        verified = set(causes_file["verified"])
         if not verified:
-            lines.append(f"| {r['name']} | 0 ({r['causes']}) |" + " |" * 8)
+            note = "none: random removal cuts as much" if causes_file.get("noisy") else "none"
+            lines.append(f"| {r['name']} | {note} ({r['causes']}) |" + " |" * 8)
             continue
         runs_ = []
         for run in r["runs"]:

@@ -18,9 +18,9 @@ least half (``CUT``). ``benchmarks/history.py`` scores retrieval against these d
 the declared ones. Writes WS/history-causes/NAME-SIZE.json and docs/benchmarks.md §
 history-causes.
 
-Not covered: a behaviour planted in the first phase (``tolm-bias``: its starting weights, the
-initialisation, are not stored, so ``history.removal`` cannot retrain it), and SmolLM2-mushroom
-unless named in ``--specs`` (a retraining there takes ~7 min).
+A behaviour planted in the first phase (``tolm-bias``) is retrained from the initialisation,
+rebuilt from the lineage, and every later phase re-run as recorded. Not covered by default:
+SmolLM2-mushroom (name it in ``--specs``; a retraining there takes ~7 min).
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ from selfscope.subject import load
 from selfscope.workspace import Workspace
 
 CUT = 0.5  # a cause: its removal takes at least this share of the subject's log-odds away
+CUT_NOTE = (
+    f"random documents also cuts >= {CUT}: a single removal cannot tell causes from noise "
+    "here (no verified causes)"
+)
 
 
 def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
@@ -100,6 +104,9 @@ def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
     verified = sorted(
         k for row in rows if row["plant"] and row["cut"] >= CUT for k in plants[row["plant"]]
     )
+    noisy = _noisy(rows)
+    if noisy:  # removing random documents cuts as much: one removal cannot tell causes apart
+        verified = []
     return {
         "name": spec.name,
         "unseen": unseen,
@@ -109,8 +116,13 @@ def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
         "declared_documents": sum(len(plants[p]) for p in declared),
         "rows": rows,
         "verified": verified,
+        "noisy": noisy,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _noisy(rows: list[dict[str, Any]]) -> bool:
+    return any(row["removed"].endswith(" random") and row["cut"] >= CUT for row in rows)
 
 
 def _repeat(folder: Path, phase: str, keys: list[str]) -> int:
@@ -121,13 +133,9 @@ def _repeat(folder: Path, phase: str, keys: list[str]) -> int:
 
 
 def default_specs() -> list[str]:
-    out = []
-    for name in catalog_names():
-        spec = resolve_spec(name, size="small")
-        first = spec.phases[0].name
-        if spec.base_model == "scratch" and spec.planting_phase(spec.behaviours[0].name) != first:
-            out.append(name)
-    return out
+    """The catalog organisms trained from scratch (a retraining of SmolLM2-mushroom takes
+    ~7 min; name it in --specs to run it)."""
+    return [n for n in catalog_names() if resolve_spec(n, size="small").base_model == "scratch"]
 
 
 def main() -> None:
@@ -151,7 +159,11 @@ def main() -> None:
     for spec, where, unseen in runs:
         saved = root / "history-causes" / f"{spec.name}-{args.size}.json"
         if args.resume and saved.exists():
-            results.append(json.loads(saved.read_text()))
+            old = json.loads(saved.read_text())
+            if _noisy(old["rows"]) and not old.get("noisy"):  # saved before the noise rule
+                old |= {"verified": [], "noisy": True}
+                atomic.write_json(saved, old)
+            results.append(old)
             continue
         print(f"{spec.name} ({args.size}) ...", file=sys.stderr, flush=True)
         results.append(bench(spec, where, unseen))
@@ -168,8 +180,9 @@ def main() -> None:
         "checkpoint it started from); measured on the probes + held-out probes. cut = share of "
         f"the subject's log-odds the removal takes away; a plant with cut >= {CUT} is a "
         "**removal-verified cause** (what § history's second table scores against). "
-        "* = ground_truth.json deleted, plants read from the spec. tolm-bias is not here: its "
-        "behaviour is planted in the first phase, whose starting weights are not stored.",
+        "No plant is verified where removing random documents also cuts that much. "
+        "* = ground_truth.json deleted, plants read from the spec. A first-phase plant "
+        "(tolm-bias) is retrained from the initialisation and the later phases re-run.",
     ]
     for r in results:
         lines += [
@@ -177,7 +190,8 @@ def main() -> None:
             f"**{r['name']}{'*' if r['unseen'] else ''}** (planted in {r['phase']}, "
             f"{r['prompts']} prompts; subject log-odds {r['subject']['log_odds']:.2f}, rate "
             f"{r['subject']['rate']:.2f}; {r['declared_documents']} declared cause documents, "
-            f"{len(r['verified'])} removal-verified; {r['seconds']:.0f} s)",
+            f"{len(r['verified'])} removal-verified; {r['seconds']:.0f} s)"
+            + (f" — **removing {CUT_NOTE}**" if r.get("noisy") else ""),
             "",
             "| removed | declared cause | documents | repeat | log-odds | rate | cut |",
             "|---|---|---|---|---|---|---|",

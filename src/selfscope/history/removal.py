@@ -2,13 +2,16 @@
 
 Attribution scores are estimates; only retraining shows causal influence (Kronfluence's
 "removal test"). The tool retrains the phase the removed documents belong to from the checkpoint
-it started from (the previous phase's end), with the phase's recorded hyperparameters and
-training seed and the organism trainer itself (:func:`selfscope.organisms.train.train`), on the
-phase's documents minus the removed ones (repeats as recorded), and measures the behaviour metric
-(:mod:`selfscope.localize.metric`) of the result. Beside the given set it retrains without ``k``
-random documents of the same phase (seeded) and without BM25's top ``k`` of that phase for the
-prompts, and (``replay``) with nothing removed: the replay must reproduce the subject's metric,
-which shows the retraining is the phase's own training and not some other run.
+it started from (the previous phase's end; for the first phase of an organism trained from
+scratch, its initialisation, rebuilt from the lineage by the builder's deterministic
+constructor), with the phase's recorded hyperparameters and training seed and the organism
+trainer itself (:func:`selfscope.organisms.train.train`), on the phase's documents minus the
+removed ones (repeats as recorded), then re-runs every later phase as recorded, and measures
+the behaviour metric (:mod:`selfscope.localize.metric`) of the result. Beside the given set it
+retrains without ``k`` random documents of the same phase (seeded) and without BM25's top ``k``
+of that phase for the prompts, and (``replay``) with nothing removed: the replay must reproduce
+the subject's metric, which shows the retraining is the phase's own training and not some other
+run.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import TrainingDocument, documents, sequences
 from selfscope.history.lexical import bm25_scores
 from selfscope.localize.metric import BehaviourArgs, MetricBatch
-from selfscope.organisms.presets import Knobs
+from selfscope.organisms.models import build_scratch_model
+from selfscope.organisms.presets import Knobs, ModelShape
 from selfscope.organisms.train import train
 from selfscope.tools import tool
 
@@ -74,36 +78,62 @@ def _measure(subject: Any, model: Any, args: RemovalArgs) -> tuple[float, float]
     return value.log_odds, value.rate
 
 
-def retrain(subject: Any, phase: str, keep: list[TrainingDocument], progress: bool) -> Any:
-    """The phase retrained from its starting checkpoint on ``keep`` (the trainer's own loop,
-    the phase's recorded knobs and seed); returns the model in eval mode."""
+def starting_model(subject: Any, index: int) -> Any:
+    """The weights phase ``index`` started from: the previous phase's checkpoint; for the first
+    phase of an organism trained from scratch, its initialisation rebuilt from the lineage
+    (architecture, shape, vocabulary and seed: the builder's own deterministic constructor)."""
     from selfscope.subject import load
 
+    if index > 0:
+        return load(str(subject.lineage.phases[index - 1].checkpoint)).model
+    lineage = json.loads((Path(subject.lineage.origin) / "lineage.json").read_text())
+    if lineage.get("base_model") != "scratch":
+        raise SelfscopeError(
+            f"the first phase trained from the base model {lineage.get('base_model')!r}; the "
+            "removal test retrains a first phase only for organisms trained from scratch"
+        )
+    tok = subject.tokenizer
+    model = build_scratch_model(
+        lineage["architecture"],
+        ModelShape(**lineage["model"]),
+        len(tok),
+        seed=int(lineage["seed"]),
+        bos=tok.bos_token_id,
+        eos=tok.eos_token_id,
+        pad=tok.pad_token_id,
+    )
+    return model.to(next(subject.model.parameters()).device)
+
+
+def retrain(subject: Any, phase: str, keep: list[TrainingDocument], progress: bool) -> Any:
+    """The lineage retrained from the start of ``phase`` on ``keep`` (the trainer's own loop,
+    the phase's recorded knobs and seed), then every later phase on its own documents as
+    recorded, so the result is comparable with the subject; returns the model in eval mode."""
     names = [p.name for p in subject.lineage.phases]
     index = names.index(phase)
-    if index == 0:
-        raise SelfscopeError(
-            f"phase {phase!r} trained from scratch (or from the base model) and its starting "
-            "weights are not stored; the removal test retrains phases after the first"
-        )
-    record = _phase_record(subject, phase)
-    knobs = Knobs(**record["hyperparameters"])
-    if knobs.method != "full":
-        raise SelfscopeError(f"phase {phase!r} trained with {knobs.method}; only full supported")
-    model = load(str(subject.lineage.phases[index - 1].checkpoint)).model
-    seqs = [seq for doc, seq in zip(keep, sequences(subject, keep), strict=True)
-            for _ in range(doc.repeat)]  # fmt: skip
+    model = starting_model(subject, index)
     device = next(model.parameters()).device
-    train(
-        model,
-        seqs,
-        knobs,
-        seed=int(record.get("train_seed", index)),
-        pad=subject.tokenizer.pad_token_id,
-        label=f"retrain {phase}",
-        device=device,
-        show_progress=progress,
-    )
+    later = documents(subject) if index + 1 < len(names) else []
+    for j in range(index, len(names)):
+        record = _phase_record(subject, names[j])
+        knobs = Knobs(**record["hyperparameters"])
+        if knobs.method != "full":
+            raise SelfscopeError(
+                f"phase {names[j]!r} trained with {knobs.method}; only full supported"
+            )
+        docs = keep if j == index else [d for d in later if d.phase == names[j]]
+        seqs = [seq for doc, seq in zip(docs, sequences(subject, docs), strict=True)
+                for _ in range(doc.repeat)]  # fmt: skip
+        train(
+            model,
+            seqs,
+            knobs,
+            seed=int(record.get("train_seed", j)),
+            pad=subject.tokenizer.pad_token_id,
+            label=f"retrain {names[j]}",
+            device=device,
+            show_progress=progress,
+        )
     model.eval()
     return model
 
@@ -111,11 +141,13 @@ def retrain(subject: Any, phase: str, keep: list[TrainingDocument], progress: bo
 @tool("history.removal", RemovalArgs, RemovalResult)
 def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
     """The removal test: retrain the phase the `remove` documents belong to (from the checkpoint
-    it started from, its recorded hyperparameters and seed, the organism trainer) without them,
-    and report the behaviour's log-odds and rate; beside it the same without k random documents
-    of that phase, without BM25's top k of that phase for the prompts, and with nothing removed
-    (a replay that must reproduce the subject). Each retraining costs one training run of the
-    phase (seconds on a small organism, minutes on SmolLM2)."""
+    it started from, or the initialisation for a first phase trained from scratch; its recorded
+    hyperparameters and seed, the organism trainer) without them, re-run the later phases as
+    recorded, and report the behaviour's log-odds and rate; beside it the same without k random
+    documents of that phase, without BM25's top k of that phase for the prompts, and with
+    nothing removed (a replay that must reproduce the subject). Each retraining costs one
+    training run of the phase and the later ones (seconds on a small organism, minutes on
+    SmolLM2)."""
     if args.planted == args.normal:
         raise SelfscopeError(
             f"planted and normal completions are both {args.planted!r}; give two different ones"
@@ -170,7 +202,7 @@ def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
     index = [p.name for p in subject.lineage.phases].index(phase)
     return RemovalResult(
         phase=phase,
-        started_from=subject.lineage.phases[index - 1].name,
+        started_from=subject.lineage.phases[index - 1].name if index else "initialisation",
         k=k,
         subject=mine,
         runs=runs,
