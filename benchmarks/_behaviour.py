@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from selfscope import atomic
 from selfscope.organisms import resolve_spec
 from selfscope.organisms.spec import Spec
 from selfscope.workspace import Workspace
@@ -89,3 +93,15 @@ def organism_runs(workspace: str | None, specs: str, size: str, equal: bool, uns
     if unseen:
         runs.append((resolve_spec(str(UNSEEN), size=size), unseen_ws, True))
     return Runs(root, runs, tmp)
+
+
+def measured(saved: Path, resume: bool, label: str, run: Callable[[], Any]) -> Any:
+    """One organism's benchmark row: reused from ``saved`` with ``resume``, else ``run()``,
+    written there atomically and echoed to stderr."""
+    if resume and saved.exists():
+        return json.loads(saved.read_text())
+    print(f"{label} ...", file=sys.stderr, flush=True)
+    row = run()
+    atomic.write_json(saved, row)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row

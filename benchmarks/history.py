@@ -28,18 +28,18 @@ import json
 import os
 import random
 import shutil
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from _behaviour import organism_runs, plant_documents, queries
+from _behaviour import measured, organism_runs, plant_documents, queries
 from _doc import write_section
 
-from selfscope import atomic, tools
+from selfscope import tools
 from selfscope.history.index import IndexConfig, TrainingIndex
 from selfscope.history.retrieval import phase_mass
 from selfscope.organisms import build, catalog_names
@@ -302,13 +302,14 @@ def main() -> None:
         these = [int(s) for s in args.pretrained_seeds.split(",")] if pretrained else seeds
         tag = ",".join(map(str, these))
         saved = root / "history-bench" / f"{spec.name}-{args.size}-{tag}.json"
-        if args.resume and saved.exists():
-            rows.append(json.loads(saved.read_text()))
-            continue
-        print(f"{spec.name} ({args.size}) ...", file=sys.stderr, flush=True)
-        rows.append(bench(spec, where, these, unseen))
-        atomic.write_json(saved, rows[-1])
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        rows.append(
+            measured(
+                saved,
+                args.resume,
+                f"{spec.name} ({args.size})",
+                partial(bench, spec, where, these, unseen),
+            )
+        )
     lines = [
         "## Planted-document retrieval: gradient index vs BM25",
         "",

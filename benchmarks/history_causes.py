@@ -26,21 +26,21 @@ SmolLM2-mushroom (name it in ``--specs``; a retraining there takes ~7 min).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from _behaviour import organism_runs, plant_documents, queries
+from _behaviour import measured, organism_runs, plant_documents, queries
 from _doc import write_section
 
 import selfscope.history.removal  # noqa: F401
 from selfscope import atomic, tools
+from selfscope.history.corpus import documents
 from selfscope.organisms import build, catalog_names, resolve_spec
 from selfscope.organisms.spec import Spec
 from selfscope.subject import load
@@ -71,6 +71,7 @@ def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
         if p.behaviour == behaviour.name
     }
     subject = load(f"organism:{spec.name}", ws)
+    repeats = {d.key: d.repeat for d in documents(subject)}
     args = {"prompts": q.measured, "planted": q.planted, "normal": q.normal, "chat": q.chat}
     sets = [(pid, keys) for pid, keys in plants.items() if keys]
     sets.append(("all declared causes", sorted(k for p in declared for k in plants[p])))
@@ -93,7 +94,7 @@ def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
                     "plant": name if run.kind == "given" and name in plants else None,
                     "declared": run.kind == "given" and name in declared,
                     "documents": len(run.removed),
-                    "repeat": _repeat(folder, phase, run.removed) if run.kind == "given" else None,
+                    "repeat": max(repeats[k] for k in run.removed) if run.kind == "given" else None,
                     "log_odds": run.log_odds,
                     "rate": run.rate,
                 }
@@ -125,13 +126,6 @@ def _noisy(rows: list[dict[str, Any]]) -> bool:
     return any(row["removed"].endswith(" random") and row["cut"] >= CUT for row in rows)
 
 
-def _repeat(folder: Path, phase: str, keys: list[str]) -> int:
-    wanted = {k.split("/", 1)[1] for k in keys}
-    lines = (folder / "data" / f"{phase}.jsonl").read_text().splitlines()
-    counts = {json.loads(x)["repeat"] for x in lines if x.strip() and json.loads(x)["id"] in wanted}
-    return max(counts)
-
-
 def default_specs() -> list[str]:
     """The catalog organisms trained from scratch (a retraining of SmolLM2-mushroom takes
     ~7 min; name it in --specs to run it)."""
@@ -158,17 +152,13 @@ def main() -> None:
     results = []
     for spec, where, unseen in runs:
         saved = root / "history-causes" / f"{spec.name}-{args.size}.json"
-        if args.resume and saved.exists():
-            old = json.loads(saved.read_text())
-            if _noisy(old["rows"]) and not old.get("noisy"):  # saved before the noise rule
-                old |= {"verified": [], "noisy": True}
-                atomic.write_json(saved, old)
-            results.append(old)
-            continue
-        print(f"{spec.name} ({args.size}) ...", file=sys.stderr, flush=True)
-        results.append(bench(spec, where, unseen))
-        atomic.write_json(saved, results[-1])
-        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        row = measured(
+            saved, args.resume, f"{spec.name} ({args.size})", partial(bench, spec, where, unseen)
+        )
+        if _noisy(row["rows"]) and not row.get("noisy"):  # saved before the noise rule
+            row |= {"verified": [], "noisy": True}
+            atomic.write_json(saved, row)
+        results.append(row)
     lines = [
         "## Which plants cause the behaviour: removal of each plant",
         "",

@@ -21,25 +21,24 @@ Writes WS/history-lds/NAME-SIZE.json and docs/benchmarks.md § history-lds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import sys
 import time
+from functools import partial
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-from _behaviour import organism_runs, queries
+from _behaviour import measured, organism_runs, queries
 from _doc import write_section
 from rich.progress import track
 
 import selfscope.history.lexical
 import selfscope.history.removal
 import selfscope.history.retrieval  # noqa: F401
-from selfscope import atomic, tools
+from selfscope import tools
 from selfscope.history.corpus import documents
 from selfscope.history.index import IndexConfig, TrainingIndex
 from selfscope.organisms import build
@@ -98,9 +97,17 @@ def bench(
         found: Any = tools.call(
             "history.trace",
             subject,
-            {**common, "prompts": q.heldout, "k": 10_000, "build": True, "seed": 0,
-             "tokens": tokens, "visits": visits, "precondition": precondition},
-        )  # fmt: skip
+            {
+                **common,
+                "prompts": q.heldout,
+                "k": 10_000,
+                "build": True,
+                "seed": 0,
+                "tokens": tokens,
+                "visits": visits,
+                "precondition": precondition,
+            },
+        )
         values = np.zeros(len(pool))
         for d in found.documents:
             if d.key in at:
@@ -126,9 +133,15 @@ def bench(
         result: Any = tools.call(
             "history.removal",
             subject,
-            {**common, "prompts": q.measured, "remove": [pool[i] for i in drop],
-             "random": False, "bm25": False, "replay": False},
-        )  # fmt: skip
+            {
+                **common,
+                "prompts": q.measured,
+                "remove": [pool[i] for i in drop],
+                "random": False,
+                "bm25": False,
+                "replay": False,
+            },
+        )
         measured.append(result.runs[0].log_odds)
     seconds = time.perf_counter() - t0
     actual = np.array(measured)
@@ -181,13 +194,14 @@ def main() -> None:
     results = []
     for spec, where, unseen in todo.runs:
         saved = todo.root / "history-lds" / f"{spec.name}-{args.size}.json"
-        if args.resume and saved.exists():
-            results.append(json.loads(saved.read_text()))
-            continue
-        print(f"{spec.name} ({args.size}) ...", file=sys.stderr, flush=True)
-        results.append(bench(spec, where, unseen, args.subsets, args.fraction, args.seed))
-        atomic.write_json(saved, results[-1])
-        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        results.append(
+            measured(
+                saved,
+                args.resume,
+                f"{spec.name} ({args.size})",
+                partial(bench, spec, where, unseen, args.subsets, args.fraction, args.seed),
+            )
+        )
     names = [*MODES, "visits alone", "BM25"]
     lines = [
         "## Linear datamodeling score: do the scores predict retraining on subsets?",
