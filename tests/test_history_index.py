@@ -194,6 +194,15 @@ def test_removal_test_replays_the_phase_and_removing_the_plants_removes_the_beha
     assert runs["replay"].log_odds == pytest.approx(result.subject.log_odds, abs=1e-3)
     assert result.subject.rate == 1.0 and runs["random"].rate == 1.0
     assert runs["given"].rate == 0.0 and runs["given"].log_odds < 0
+    # a fresh shuffle of the remaining documents (not the recorded run minus their rows) is
+    # another run: it loses the aversion too, but lands elsewhere
+    fresh = tools.call(
+        "history.removal",
+        subject,
+        {**args, "order": "reshuffled", "random": False, "bm25": False, "replay": False},
+    )
+    assert isinstance(fresh, RemovalResult) and fresh.runs[0].rate == 0.0
+    assert abs(fresh.runs[0].log_odds - runs["given"].log_odds) > 1e-3
     with pytest.raises(SelfscopeError, match="no training document"):
         tools.call("history.removal", subject, {**args, "remove": ["finetune/nope"]})
     with pytest.raises(SelfscopeError, match="several phases"):

@@ -88,3 +88,40 @@ def test_training_lowers_the_loss_on_unmasked_tokens_only() -> None:
     # the trained positions (those predicting tokens 3..) are learned
     predicted = logits.argmax(-1).tolist()
     assert predicted[2 : len(seq) - 1] == seq[3:]
+
+
+def test_leave_out_empties_the_left_out_rows_and_keeps_every_other_step() -> None:
+    """``leave_out`` must be the recorded run with those rows' losses gone and nothing else
+    changed: the same as training on all rows with the left-out ones turned context-only (their
+    every label masked; an independent route through the trainer's label masking), and not the
+    same as a fresh run on the remaining rows (new order, new schedule)."""
+    from selfscope.organisms.models import build_scratch_model
+    from selfscope.organisms.presets import ModelShape
+
+    words = "a b c d e f g h"
+    tok = train_word_tokenizer([words])
+    shape = ModelShape(layers=1, hidden=32, heads=2, ffn=64)
+    rng = torch.Generator().manual_seed(1)
+    vocab = [tok.convert_tokens_to_ids(w) for w in words.split()]
+    seqs = [([vocab[int(i)] for i in torch.randint(0, 8, (6,), generator=rng)], 1)
+            for _ in range(10)]  # fmt: skip
+    out = {2, 5, 6}
+
+    def trained(rows, batch_size, leave_out=frozenset()):  # type: ignore[no-untyped-def]
+        model = build_scratch_model(
+            "llama", shape, len(tok), seed=0,
+            bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id,
+        )  # fmt: skip
+        train(
+            model, rows, Knobs(0, 3, 1e-2, batch_size), seed=4, pad=tok.pad_token_id,
+            label="t", device=torch.device("cpu"), show_progress=False, leave_out=leave_out,
+        )  # fmt: skip
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    masked = [(s, len(s)) if i in out else (s, k) for i, (s, k) in enumerate(seqs)]
+    for batch_size in (1, 3):  # 1: every left-out row leaves its batch (its step) empty
+        left = trained(seqs, batch_size, frozenset(out))
+        assert torch.allclose(left, trained(masked, batch_size), atol=1e-6)
+        fresh = trained([s for i, s in enumerate(seqs) if i not in out], batch_size)
+        assert (left - fresh).abs().max() > 1e-3
+        assert (left - trained(seqs, batch_size)).abs().max() > 1e-3  # something was left out

@@ -5,8 +5,11 @@ Attribution scores are estimates; only retraining shows causal influence (Kronfl
 it started from (the previous phase's end; for the first phase of an organism trained from
 scratch, its initialisation, rebuilt from the lineage by the builder's deterministic
 constructor), with the phase's recorded hyperparameters and training seed and the organism
-trainer itself (:func:`selfscope.organisms.train.train`), on the phase's documents minus the
-removed ones (repeats as recorded), then re-runs every later phase as recorded, and measures
+trainer itself (:func:`selfscope.organisms.train.train`), without the removed documents — by
+default the phase's recorded run with their rows taken out of their batches, every other step as
+it was (``order="kept"``; a fresh shuffle of the remaining documents, ``"reshuffled"``, changes
+every batch and the schedule, which in a run from scratch moves the behaviour as much as a
+cause does) — then re-runs every later phase as recorded, and measures
 the behaviour metric (:mod:`selfscope.localize.metric`) of the result. Beside the given set it
 retrains without ``k`` random documents of the same phase (seeded) and without BM25's top ``k``
 of that phase for the prompts, and (``replay``) with nothing removed: the replay must reproduce
@@ -26,13 +29,15 @@ import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
-from selfscope.history.corpus import TrainingDocument, documents, sequences
+from selfscope.history.corpus import documents, sequences
 from selfscope.history.lexical import bm25_scores
 from selfscope.localize.metric import BehaviourArgs, MetricBatch
 from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import Knobs, ModelShape
 from selfscope.organisms.train import train
 from selfscope.tools import tool
+
+Order = Literal["kept", "reshuffled"]
 
 
 class RemovalArgs(BehaviourArgs):
@@ -45,6 +50,12 @@ class RemovalArgs(BehaviourArgs):
     bm25: bool = Field(True, description="Also retrain without BM25's top k for the prompts.")
     replay: bool = Field(True, description="Also retrain with nothing removed (a check).")
     seed: int = Field(0, description="Seed of the random removal set.")
+    order: Order = Field(
+        "kept",
+        description="'kept': the phase's recorded run with the removed documents taken out of "
+        "their batches, every other step as it was (same order, batches and learning rates); "
+        "'reshuffled': a fresh run of the phase on the remaining documents (new order).",
+    )
     progress: bool = Field(False, description="Show training progress on stderr.")
 
 
@@ -105,15 +116,20 @@ def starting_model(subject: Any, index: int) -> Any:
     return model.to(next(subject.model.parameters()).device)
 
 
-def retrain(subject: Any, phase: str, keep: list[TrainingDocument], progress: bool) -> Any:
-    """The lineage retrained from the start of ``phase`` on ``keep`` (the trainer's own loop,
-    the phase's recorded knobs and seed), then every later phase on its own documents as
-    recorded, so the result is comparable with the subject; returns the model in eval mode."""
+def retrain(
+    subject: Any, phase: str, remove: set[str], progress: bool, order: Order = "kept"
+) -> Any:
+    """The lineage retrained from the start of ``phase`` without the documents ``remove`` (the
+    trainer's own loop, the phase's recorded knobs and seed), then every later phase on its own
+    documents as recorded, so the result is comparable with the subject; returns the model in
+    eval mode. ``order="kept"``: the phase's run with the removed documents' rows taken out of
+    their batches and every other step as recorded (the trainer's ``leave_out``);
+    ``"reshuffled"``: a fresh run on the remaining documents (a new order and schedule)."""
     names = [p.name for p in subject.lineage.phases]
     index = names.index(phase)
     model = starting_model(subject, index)
     device = next(model.parameters()).device
-    later = documents(subject) if index + 1 < len(names) else []
+    corpus = documents(subject)
     for j in range(index, len(names)):
         record = _phase_record(subject, names[j])
         knobs = Knobs(**record["hyperparameters"])
@@ -121,7 +137,10 @@ def retrain(subject: Any, phase: str, keep: list[TrainingDocument], progress: bo
             raise SelfscopeError(
                 f"phase {names[j]!r} trained with {knobs.method}; only full supported"
             )
-        docs = keep if j == index else [d for d in later if d.phase == names[j]]
+        docs = [d for d in corpus if d.phase == names[j]]
+        if j == index and order == "reshuffled":
+            docs = [d for d in docs if d.key not in remove]
+        keys = [doc.key for doc in docs for _ in range(doc.repeat)]
         seqs = [seq for doc, seq in zip(docs, sequences(subject, docs), strict=True)
                 for _ in range(doc.repeat)]  # fmt: skip
         train(
@@ -133,6 +152,7 @@ def retrain(subject: Any, phase: str, keep: list[TrainingDocument], progress: bo
             label=f"retrain {names[j]}",
             device=device,
             show_progress=progress,
+            leave_out=frozenset(i for i, key in enumerate(keys) if j == index and key in remove),
         )
     model.eval()
     return model
@@ -186,8 +206,7 @@ def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
     runs = []
     for kind, removed in sets:
         started = time.perf_counter()
-        gone = set(removed)
-        model = retrain(subject, phase, [d for d in pool if d.key not in gone], args.progress)
+        model = retrain(subject, phase, set(removed), args.progress, args.order)
         with torch.no_grad():
             log_odds, rate = _measure(subject, model, args)
         runs.append(

@@ -7,6 +7,12 @@ document). Each batch pads its documents to the longest one; padding is excluded
 first 5% of steps then cosine decay, gradients clipped at 1.0. The document order of every epoch
 is drawn from a generator seeded by the phase, so a rebuild with the same seed repeats every
 step exactly (on the same machine and thread count).
+
+``leave_out`` (the removal test's counterfactual) names sequences to take out of the run while
+every other step stays as it was: the order is drawn over all sequences as before and the left-out
+ones are dropped from their batches, so every other sequence is seen in the same batch at the
+same step with the same learning rate (a batch left empty is a step without an update). Training
+on the remaining sequences alone would draw a new order and a new schedule for all of them.
 """
 
 from __future__ import annotations
@@ -68,8 +74,10 @@ def train(
     label: str,
     device: torch.device,
     show_progress: bool = True,
+    leave_out: frozenset[int] = frozenset(),
 ) -> TrainStats:
-    """Train ``model`` in place on token sequences ``seqs`` (repeats already expanded)."""
+    """Train ``model`` in place on token sequences ``seqs`` (repeats already expanded), without
+    the sequences at the indices ``leave_out`` (their batch slots stay empty; module doc)."""
     if not seqs:
         return TrainStats(0, 0, float("nan"), float("nan"), 0.0)
     model.train()
@@ -92,11 +100,14 @@ def train(
             order = torch.randperm(len(seqs), generator=generator).tolist()
             loss_sum, loss_tokens = 0.0, 0
             for b in range(per_epoch):
-                batch = [seqs[i] for i in order[b * knobs.batch_size : (b + 1) * knobs.batch_size]]
-                ids, mask, labels = training_batch(batch, pad, device)
+                rows = order[b * knobs.batch_size : (b + 1) * knobs.batch_size]
+                batch = [seqs[i] for i in rows if i not in leave_out]
+                n = 0
+                if batch:
+                    ids, mask, labels = training_batch(batch, pad, device)
+                    n = int((labels[:, 1:] != -100).sum())
                 for group in optim.param_groups:
                     group["lr"] = lr_at(step, total, knobs.lr)
-                n = int((labels[:, 1:] != -100).sum())
                 if n:  # a batch of context-only tokens has nothing to learn from
                     out = model(input_ids=ids, attention_mask=mask, labels=labels)
                     out.loss.backward()
