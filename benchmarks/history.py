@@ -231,7 +231,8 @@ def verified_table(rows: list[dict[str, Any]], root: Path, size: str) -> list[st
     lines = [
         "",
         "Against the **removal-verified causes** (§ history-causes: the plants whose removal "
-        "alone takes at least half the behaviour's log-odds away; recall@10 = verified causes "
+        "alone takes at least half the behaviour's log-odds away, and more than any removal of "
+        "random documents; recall@10 = verified causes "
         "in the top 10 / min(10, verified), MRR = 1 / rank of the first; same rankings as "
         "above, mean (minimum) over the seeds):",
         "",

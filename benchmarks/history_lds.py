@@ -2,18 +2,21 @@
 what retraining on a subset of the phase does?
 
 Run: ``.venv/bin/python benchmarks/history_lds.py [--workspace WS] [--size small] [--specs a,b]
-[--subsets 40] [--fraction 0.5] [--seed 0]``. Recall of declared plants asks whether a method
-finds documents a spec author chose; the LDS (Park et al. 2023, TRAK; the measure Kronfluence and
-dattri report) asks whether its scores are *causal*: draw ``--subsets`` random subsets holding
-``--fraction`` of the planting phase's documents, retrain the phase on each (``history.removal``
-with the rest removed: the organism trainer, the phase's knobs and seed, from the checkpoint it
-started from), measure the behaviour's mean log-odds on the probes + held-out probes, and
-correlate (Spearman, over the subsets) the measured log-odds with each method's prediction, the
-sum of its scores over the subset's documents. Scores: ``history.trace`` (held-out probes as the
-query, index seed 0) in each mode — tokens (default), tokens without visits, documents, documents
-without visits, tokens without visits preconditioned — and two baselines: the visit weight alone
-(lr x epochs x repeat) and BM25 (``history.bm25``, the same prompts). The subsets are the same
-for every method; the retrainings are the expensive part (~5-20 s each on a small organism).
+[--subsets 40] [--fraction 0.5] [--seed 0] [--order kept|reshuffled]``. Recall of declared
+plants asks whether a method finds documents a spec author chose; the LDS (Park et al. 2023,
+TRAK; the measure Kronfluence and dattri report) asks whether its scores are *causal*: draw
+``--subsets`` random subsets holding ``--fraction`` of the planting phase's documents, retrain
+the phase on each (``history.removal`` with the rest removed: the organism trainer, the phase's
+knobs and seed, from the checkpoint it started from; ``--order kept``, the default, keeps the
+recorded run and takes the removed rows out of their batches, ``reshuffled`` runs the phase
+afresh on the subset), measure the behaviour's mean log-odds on the probes + held-out probes,
+and correlate (Spearman, over the subsets) the measured log-odds with each method's prediction,
+the sum of its scores over the subset's documents. Scores: ``history.trace`` (held-out probes as
+the query, index seed 0) in each mode — tokens (default), tokens without visits, documents,
+documents without visits, tokens without visits preconditioned — and two baselines: the visit
+weight alone (lr x epochs x repeat) and BM25 (``history.bm25``, the same prompts). The subsets
+are the same for every method; the retrainings are the expensive part (~5-20 s each on a small
+organism).
 
 Writes WS/history-lds/NAME-SIZE.json and docs/benchmarks.md § history-lds.
 """
@@ -79,7 +82,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bench(
-    spec: Spec, ws: Workspace, unseen: bool, subsets: int, fraction: float, seed: int
+    spec: Spec,
+    ws: Workspace,
+    unseen: bool,
+    subsets: int,
+    fraction: float,
+    seed: int,
+    order: str,
 ) -> dict[str, Any]:
     if spec.name not in ws.built_organisms():
         build(spec, ws, progress=False, strict=False)
@@ -140,6 +149,7 @@ def bench(
                 "random": False,
                 "bm25": False,
                 "replay": False,
+                "order": order,
             },
         )
         measured.append(result.runs[0].log_odds)
@@ -185,6 +195,13 @@ def main() -> None:
     parser.add_argument("--no-unseen", action="store_true", help="skip examples/storm-fear.yaml")
     parser.add_argument("--no-equal", action="store_true", help="skip the equal-repeats spec")
     parser.add_argument(
+        "--order",
+        default="kept",
+        choices=["kept", "reshuffled"],
+        help="history.removal's order: the recorded run minus the removed rows (kept) or a "
+        "fresh shuffle of the remaining documents",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="reuse WS/history-lds/NAME-SIZE.json rows"
     )
     args = parser.parse_args()
@@ -193,13 +210,23 @@ def main() -> None:
     )
     results = []
     for spec, where, unseen in todo.runs:
-        saved = todo.root / "history-lds" / f"{spec.name}-{args.size}.json"
+        folder = "history-lds" + ("" if args.order == "kept" else f"-{args.order}")
+        saved = todo.root / folder / f"{spec.name}-{args.size}.json"
         results.append(
             measured(
                 saved,
                 args.resume,
                 f"{spec.name} ({args.size})",
-                partial(bench, spec, where, unseen, args.subsets, args.fraction, args.seed),
+                partial(
+                    bench,
+                    spec,
+                    where,
+                    unseen,
+                    args.subsets,
+                    args.fraction,
+                    args.seed,
+                    args.order,
+                ),
             )
         )
     names = [*MODES, "visits alone", "BM25"]
@@ -207,11 +234,18 @@ def main() -> None:
         "## Linear datamodeling score: do the scores predict retraining on subsets?",
         "",
         f"`python benchmarks/history_lds.py --size {args.size} --specs {args.specs} "
-        f"--subsets {args.subsets} --fraction {args.fraction} --seed {args.seed}`, "
+        f"--subsets {args.subsets} --fraction {args.fraction} --seed {args.seed} "
+        f"--order {args.order}`, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
         f"{args.subsets} random subsets, each {args.fraction:.0%} of the planting phase's "
         "documents; the phase retrained on each by `history.removal` (its trainer, knobs and "
-        "seed, from its starting checkpoint); LDS = Spearman correlation over the subsets "
+        "seed, from its starting checkpoint; "
+        + (
+            "order kept: the recorded run with the other documents' rows taken out of their batches"
+            if args.order == "kept"
+            else "order reshuffled: a fresh run on the subset"
+        )
+        + "); LDS = Spearman correlation over the subsets "
         "between the measured mean log-odds (probes + held-out probes) and the sum of a "
         "method's scores over the subset. Scores from `history.trace` (held-out probes, index "
         "seed 0) in each mode; *once* = `visits: false`, *+ F* = `precondition: true`; visits "

@@ -1,17 +1,18 @@
 """Benchmark: the removal test — does retraining without the retrieved documents remove the
 behaviour?
 
-Run: ``.venv/bin/python benchmarks/history_removal.py [--workspace WS] [--size small]
-[--specs mushroom,...] [--seed 0]``. For each organism (a behaviour planted after the first
-phase: the removal test retrains a phase from the checkpoint it started from), ``history.trace``
-is queried with the spec's **held-out** probes (token mode, the default, and document mode,
-``tokens: false``); the top k documents of the planting phase (k = the number of cause
-documents, from ground_truth.json: benchmarks may read it, the tools never do) are removed and
-the phase retrained by ``history.removal`` (the organism's own trainer, the phase's recorded
-knobs and seed), beside k random documents of the phase, BM25's top k for the prompts, a replay
-with nothing removed (must reproduce the subject), and the cause documents themselves (the
-ceiling). The behaviour is measured on the probes and held-out probes together: log-odds
-(planted vs normal, mean) and rate (share of prompts where the planted answer wins).
+Run: ``.venv/bin/python benchmarks/history_removal.py [--workspace WS] [--size small] [--specs
+mushroom,...] [--seed 0] [--order kept|reshuffled]``. For each organism (a behaviour planted
+after the first phase: the removal test retrains a phase from the checkpoint it started from),
+``history.trace`` is queried with the spec's **held-out** probes (token mode, the default, and
+document mode, ``tokens: false``); the top k documents of the planting phase (k = the number of
+cause documents, from ground_truth.json: benchmarks may read it, the tools never do) are removed
+and the phase retrained by ``history.removal`` (the organism's own trainer, the phase's recorded
+knobs and seed; by default the recorded run with the removed rows taken out of their batches),
+beside k random documents of the phase, BM25's top k for the prompts, a replay with nothing
+removed (must reproduce the subject), and the cause documents themselves (the ceiling). The
+behaviour is measured on the probes and held-out probes together: log-odds (planted vs normal,
+mean) and rate (share of prompts where the planted answer wins).
 
 Writes docs/benchmarks.md § history-removal.
 """
@@ -42,7 +43,7 @@ from selfscope.subject import load
 from selfscope.workspace import Workspace
 
 
-def bench(spec: Spec, ws: Workspace, seed: int) -> dict[str, Any]:
+def bench(spec: Spec, ws: Workspace, seed: int, order: str) -> dict[str, Any]:
     if spec.name not in ws.built_organisms():
         build(spec, ws, progress=False, strict=False)
     folder = ws.organism_path(spec.name).resolve()
@@ -64,7 +65,7 @@ def bench(spec: Spec, ws: Workspace, seed: int) -> dict[str, Any]:
              "tokens": mode == "tokens"},
         )  # fmt: skip
         tops[mode] = [d.key for d in found.documents if d.phase == phase][:k]
-    args = {**common, "prompts": measured}
+    args = {**common, "prompts": measured, "order": order}
     t0 = time.perf_counter()
     main: Any = tools.call("history.removal", subject, {**args, "remove": tops["tokens"]})
     rows = [("subject (not retrained)", main.subject, None)]
@@ -100,6 +101,13 @@ def main() -> None:
     parser.add_argument("--workspace", help="build into (or reuse organisms from) this folder")
     parser.add_argument("--specs", default="mushroom")
     parser.add_argument("--seed", type=int, default=0, help="projection seed of the index")
+    parser.add_argument(
+        "--order",
+        default="kept",
+        choices=["kept", "reshuffled"],
+        help="history.removal's order: the recorded run minus the removed rows (kept) or a "
+        "fresh shuffle of the remaining documents",
+    )
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory() if args.workspace is None else None
     ws = Workspace(Path(args.workspace) if args.workspace else Path(tmp.name if tmp else "."))
@@ -107,17 +115,24 @@ def main() -> None:
     results = []
     for name in args.specs.split(","):
         print(f"{name} ({args.size}) ...", file=sys.stderr, flush=True)
-        results.append(bench(resolve_spec(name, size=args.size), ws, args.seed))
+        results.append(bench(resolve_spec(name, size=args.size), ws, args.seed, args.order))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     lines = [
         "## The removal test: retrain without the retrieved documents",
         "",
         f"`python benchmarks/history_removal.py --size {args.size} --specs {args.specs} "
-        f"--seed {args.seed}`, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"--seed {args.seed} --order {args.order}`, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. `history.trace` queried with the held-out probes; its "
         "top k documents of the planting phase (k = number of cause documents) removed and the "
         "phase retrained by `history.removal` (the organism trainer, the phase's knobs and "
-        "seed, from the checkpoint it started from). Behaviour measured on the probes + "
+        "seed, from the checkpoint it started from; "
+        + (
+            "order kept: the recorded run with the removed rows taken out of their batches"
+            if args.order == "kept"
+            else "order reshuffled: a fresh run on the remaining documents"
+        )
+        + "). Behaviour measured on the probes + "
         'held-out probes. "causes" = cause documents in the removed set.',
     ]
     for r in results:
