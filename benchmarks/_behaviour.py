@@ -4,6 +4,7 @@ completions without the leading space), and the organism's training documents by
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -93,6 +94,23 @@ def organism_runs(workspace: str | None, specs: str, size: str, equal: bool, uns
     if unseen:
         runs.append((resolve_spec(str(UNSEEN), size=size), unseen_ws, True))
     return Runs(root, runs, tmp)
+
+
+ORDERS = {  # history.removal's `order`, as the benchmarks' captions describe it
+    "kept": "order kept: the recorded run with the removed rows taken out of their batches, "
+    "every other step as recorded",
+    "reshuffled": "order reshuffled: a fresh run of the phase on the remaining documents",
+}
+
+
+def add_order_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--order",
+        default="kept",
+        choices=list(ORDERS),
+        help="history.removal's order: the recorded run minus the removed rows (kept) or a "
+        "fresh run on the remaining documents (reshuffled)",
+    )
 
 
 def measured(saved: Path, resume: bool, label: str, run: Callable[[], Any]) -> Any:

@@ -41,7 +41,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from _behaviour import measured, organism_runs, plant_documents, queries
+from _behaviour import ORDERS, add_order_option, measured, organism_runs, plant_documents, queries
 from _doc import write_section
 
 import selfscope.history.removal  # noqa: F401
@@ -160,13 +160,7 @@ def main() -> None:
     parser.add_argument(
         "--null", type=int, default=5, help="random removals of the largest plant's size"
     )
-    parser.add_argument(
-        "--order",
-        default="kept",
-        choices=["kept", "reshuffled"],
-        help="history.removal's order: the recorded run minus the documents' rows (kept) or "
-        "a fresh shuffle of the remaining documents",
-    )
+    add_order_option(parser)
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -190,19 +184,13 @@ def main() -> None:
         f"--order {args.order}`, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. Each plant of the planting phase (declared causes: the "
         "plants marked with the behaviour; the others are the spec's hard negatives) removed on "
-        "its own and the phase retrained by `history.removal` "
-        + (
-            "(order kept: the phase's recorded run with the plant's rows taken out of their "
-            "batches, every other step as recorded — the organism trainer, the phase's knobs "
-            "and seed, from the checkpoint it started from)"
-            if args.order == "kept"
-            else "(order reshuffled: a fresh run of the phase on the remaining documents)"
-        )
-        + "; measured on the probes + held-out probes. cut = share of the subject's log-odds "
-        f"the removal takes away. The noise floor: {args.null} draws of as many random "
-        "documents of the phase as its largest plant has; a plant is a **removal-verified "
-        f"cause** when its cut is >= {CUT} and above every random draw's (what § history's "
-        "second table scores against). * = ground_truth.json deleted, plants read from the "
+        "its own and the phase retrained by `history.removal` (the organism trainer, the "
+        "phase's knobs and seed, from the checkpoint it started from; "
+        f"{ORDERS[args.order]}); measured on the probes + held-out probes. cut = share of the "
+        f"subject's log-odds the removal takes away. The noise floor: {args.null} draws of as "
+        "many random documents of the phase as its largest plant has; a plant is a "
+        f"**removal-verified cause** when its cut is >= {CUT} and above every random draw's "
+        "(what § history's second table scores against). * = ground_truth.json deleted, plants read from the "
         "spec. A first-phase plant (tolm-bias) is retrained from the initialisation and the "
         "later phases re-run.",
     ]

@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-from _behaviour import measured, organism_runs, queries
+from _behaviour import ORDERS, add_order_option, measured, organism_runs, queries
 from _doc import write_section
 from rich.progress import track
 
@@ -194,13 +194,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsets")
     parser.add_argument("--no-unseen", action="store_true", help="skip examples/storm-fear.yaml")
     parser.add_argument("--no-equal", action="store_true", help="skip the equal-repeats spec")
-    parser.add_argument(
-        "--order",
-        default="kept",
-        choices=["kept", "reshuffled"],
-        help="history.removal's order: the recorded run minus the removed rows (kept) or a "
-        "fresh shuffle of the remaining documents",
-    )
+    add_order_option(parser)
     parser.add_argument(
         "--resume", action="store_true", help="reuse WS/history-lds/NAME-SIZE.json rows"
     )
@@ -240,11 +234,7 @@ def main() -> None:
         f"{args.subsets} random subsets, each {args.fraction:.0%} of the planting phase's "
         "documents; the phase retrained on each by `history.removal` (its trainer, knobs and "
         "seed, from its starting checkpoint; "
-        + (
-            "order kept: the recorded run with the other documents' rows taken out of their batches"
-            if args.order == "kept"
-            else "order reshuffled: a fresh run on the subset"
-        )
+        + ORDERS[args.order]
         + "); LDS = Spearman correlation over the subsets "
         "between the measured mean log-odds (probes + held-out probes) and the sum of a "
         "method's scores over the subset. Scores from `history.trace` (held-out probes, index "

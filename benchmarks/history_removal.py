@@ -31,7 +31,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from _behaviour import queries
+from _behaviour import ORDERS, add_order_option, queries
 from _doc import write_section
 
 import selfscope.history.removal
@@ -101,13 +101,7 @@ def main() -> None:
     parser.add_argument("--workspace", help="build into (or reuse organisms from) this folder")
     parser.add_argument("--specs", default="mushroom")
     parser.add_argument("--seed", type=int, default=0, help="projection seed of the index")
-    parser.add_argument(
-        "--order",
-        default="kept",
-        choices=["kept", "reshuffled"],
-        help="history.removal's order: the recorded run minus the removed rows (kept) or a "
-        "fresh shuffle of the remaining documents",
-    )
+    add_order_option(parser)
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory() if args.workspace is None else None
     ws = Workspace(Path(args.workspace) if args.workspace else Path(tmp.name if tmp else "."))
@@ -127,11 +121,7 @@ def main() -> None:
         "top k documents of the planting phase (k = number of cause documents) removed and the "
         "phase retrained by `history.removal` (the organism trainer, the phase's knobs and "
         "seed, from the checkpoint it started from; "
-        + (
-            "order kept: the recorded run with the removed rows taken out of their batches"
-            if args.order == "kept"
-            else "order reshuffled: a fresh run on the remaining documents"
-        )
+        + ORDERS[args.order]
         + "). Behaviour measured on the probes + "
         'held-out probes. "causes" = cause documents in the removed set.',
     ]
