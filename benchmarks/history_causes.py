@@ -187,12 +187,12 @@ def main() -> None:
         "its own and the phase retrained by `history.removal` (the organism trainer, the "
         "phase's knobs and seed, from the checkpoint it started from; "
         f"{ORDERS[args.order]}); measured on the probes + held-out probes. cut = share of the "
-        f"subject's log-odds the removal takes away. The noise floor: {args.null} draws of as "
-        "many random documents of the phase as its largest plant has; a plant is a "
-        f"**removal-verified cause** when its cut is >= {CUT} and above every random draw's "
-        "(what § history's second table scores against). * = ground_truth.json deleted, plants read from the "
-        "spec. A first-phase plant (tolm-bias) is retrained from the initialisation and the "
-        "later phases re-run.",
+        "subject's log-odds the removal takes away. The noise floor: "
+        f"{args.null} draws of as many random documents of the phase as its largest plant has; "
+        f"a plant is a **removal-verified cause** when its cut is >= {CUT} and above every "
+        "random draw's (what § history's second table scores against). "
+        "* = ground_truth.json deleted, plants read from the spec. A first-phase plant "
+        "(tolm-bias) is retrained from the initialisation and the later phases re-run.",
     ]
     for r in results:
         lines += [
