@@ -180,15 +180,17 @@ def main() -> None:
     lines = [
         "## Which plants cause the behaviour: removal of each plant",
         "",
-        f"`python benchmarks/history_causes.py --size {args.size} --null {args.null} "
-        f"--order {args.order}`, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"`python benchmarks/history_causes.py --size {args.size} --order {args.order} "
+        "[--null N]`, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. Each plant of the planting phase (declared causes: the "
         "plants marked with the behaviour; the others are the spec's hard negatives) removed on "
         "its own and the phase retrained by `history.removal` (the organism trainer, the "
         "phase's knobs and seed, from the checkpoint it started from; "
         f"{ORDERS[args.order]}); measured on the probes + held-out probes. cut = share of the "
-        "subject's log-odds the removal takes away. The noise floor: "
-        f"{args.null} draws of as many random documents of the phase as its largest plant has; "
+        "subject's log-odds the removal takes away. The noise floor: random draws (the "
+        "number is given per organism) of as many documents of the phase as its largest plant "
+        "has; "
         f"a plant is a **removal-verified cause** when its cut is >= {CUT} and above every "
         "random draw's (what § history's second table scores against). "
         "* = ground_truth.json deleted, plants read from the spec. A first-phase plant "
@@ -200,8 +202,8 @@ def main() -> None:
             f"**{r['name']}{'*' if r['unseen'] else ''}** (planted in {r['phase']}, "
             f"{r['prompts']} prompts; subject log-odds {r['subject']['log_odds']:.2f}, rate "
             f"{r['subject']['rate']:.2f}; {r['declared_documents']} declared cause documents, "
-            f"{len(r['verified'])} removal-verified; random draws cut at most "
-            f"{r['null']['max_cut']:.2f}; {r['seconds']:.0f} s)"
+            f"{len(r['verified'])} removal-verified; {r['null']['draws']} random draws cut at "
+            f"most {r['null']['max_cut']:.2f}; {r['seconds']:.0f} s)"
             + (f" — **{NOISY}**" if r["noisy"] else ""),
             "",
             "| removed | declared cause | documents | repeat | log-odds | rate | cut |",
