@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
-from selfscope.history.corpus import documents, sequences
+from selfscope.history.corpus import TrainingDocument, documents, sequences
 from selfscope.history.lexical import bm25_scores
 from selfscope.localize.metric import BehaviourArgs, MetricBatch
 from selfscope.organisms.models import build_scratch_model
@@ -116,20 +116,43 @@ def starting_model(subject: Any, index: int) -> Any:
     return model.to(next(subject.model.parameters()).device)
 
 
+Rows = dict[str, tuple[list[str], list[tuple[list[int], int]]]]
+
+
+def phase_rows(subject: Any, corpus: list[TrainingDocument]) -> Rows:
+    """Each phase's training rows as the trainer saw them: the documents in corpus order, each
+    repeated as recorded — (document key of every row, token sequence of every row)."""
+    out: Rows = {}
+    for phase in subject.lineage.phases:
+        docs = [d for d in corpus if d.phase == phase.name]
+        seqs = sequences(subject, docs)
+        out[phase.name] = (
+            [d.key for d in docs for _ in range(d.repeat)],
+            [seq for d, seq in zip(docs, seqs, strict=True) for _ in range(d.repeat)],
+        )
+    return out
+
+
 def retrain(
-    subject: Any, phase: str, remove: set[str], progress: bool, order: Order = "kept"
+    subject: Any,
+    phase: str,
+    remove: set[str],
+    progress: bool,
+    order: Order = "kept",
+    rows: Rows | None = None,
 ) -> Any:
     """The lineage retrained from the start of ``phase`` without the documents ``remove`` (the
     trainer's own loop, the phase's recorded knobs and seed), then every later phase on its own
     documents as recorded, so the result is comparable with the subject; returns the model in
     eval mode. ``order="kept"``: the phase's run with the removed documents' rows taken out of
     their batches and every other step as recorded (the trainer's ``leave_out``);
-    ``"reshuffled"``: a fresh run on the remaining documents (a new order and schedule)."""
+    ``"reshuffled"``: a fresh run on the remaining documents (a new order and schedule).
+    ``rows``: :func:`phase_rows`, when the caller retrains several times."""
     names = [p.name for p in subject.lineage.phases]
     index = names.index(phase)
+    rows = rows if rows is not None else phase_rows(subject, documents(subject))
     model = starting_model(subject, index)
     device = next(model.parameters()).device
-    corpus = documents(subject)
     for j in range(index, len(names)):
         record = _phase_record(subject, names[j])
         knobs = Knobs(**record["hyperparameters"])
@@ -137,12 +160,10 @@ def retrain(
             raise SelfscopeError(
                 f"phase {names[j]!r} trained with {knobs.method}; only full supported"
             )
-        docs = [d for d in corpus if d.phase == names[j]]
-        if j == index and order == "reshuffled":
-            docs = [d for d in docs if d.key not in remove]
-        keys = [doc.key for doc in docs for _ in range(doc.repeat)]
-        seqs = [seq for doc, seq in zip(docs, sequences(subject, docs), strict=True)
-                for _ in range(doc.repeat)]  # fmt: skip
+        keys, seqs = rows[names[j]]
+        gone = {i for i, key in enumerate(keys) if key in remove} if j == index else set()
+        if order == "reshuffled":  # the remaining rows alone: a new order and schedule
+            seqs, gone = [s for i, s in enumerate(seqs) if i not in gone], set()
         train(
             model,
             seqs,
@@ -152,7 +173,7 @@ def retrain(
             label=f"retrain {names[j]}",
             device=device,
             show_progress=progress,
-            leave_out=frozenset(i for i, key in enumerate(keys) if j == index and key in remove),
+            leave_out=frozenset(gone),
         )
     model.eval()
     return model
@@ -204,9 +225,10 @@ def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
     log_odds, rate = _measure(subject, subject.model, args)
     mine = RemovalRun(kind="replay", removed=[], log_odds=log_odds, rate=rate, seconds=0.0)
     runs = []
+    rows = phase_rows(subject, docs)  # tokenised once for every retraining
     for kind, removed in sets:
         started = time.perf_counter()
-        model = retrain(subject, phase, set(removed), args.progress, args.order)
+        model = retrain(subject, phase, set(removed), args.progress, args.order, rows)
         with torch.no_grad():
             log_odds, rate = _measure(subject, model, args)
         runs.append(
@@ -228,4 +250,4 @@ def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
     )
 
 
-__all__ = ["RemovalArgs", "RemovalResult", "RemovalRun", "removal", "retrain"]
+__all__ = ["RemovalArgs", "RemovalResult", "RemovalRun", "phase_rows", "removal", "retrain"]
