@@ -84,10 +84,12 @@ def bench(spec: Spec, ws: Workspace, unseen: bool, null: int, order: str) -> dic
     sets.append(("all declared causes", None, sorted(k for p in declared for k in plants[p])))
     # the noise floor: as many random documents as the largest plant has, several draws
     size = max(len(keys) for _, _, keys in sets[:-1])
-    sets += [
+    draws = [
         (f"{size} random (draw {n})", None, sorted(random.Random(n).sample(pool, size)))
         for n in range(null)
     ]
+    sets += draws
+    drawn = {name for name, _, _ in draws}
     rows: list[dict[str, Any]] = []
     reference: Any = None
     t0 = time.perf_counter()
@@ -106,7 +108,7 @@ def bench(spec: Spec, ws: Workspace, unseen: bool, null: int, order: str) -> dic
                     "removed": name if run.kind == "given" else "nothing (replay)",
                     "plant": plant if run.kind == "given" else None,
                     "declared": run.kind == "given" and plant in declared,
-                    "random": run.kind == "given" and plant is None and name.endswith(")"),
+                    "random": run.kind == "given" and name in drawn,
                     "documents": len(run.removed),
                     "repeat": max(repeats[k] for k in run.removed) if run.removed else None,
                     "log_odds": run.log_odds,
