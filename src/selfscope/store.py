@@ -52,6 +52,25 @@ MIGRATIONS: list[str] = [
         called_at   REAL NOT NULL
     );
     """,
+    # 2 -> 3: edit proposals and their sandbox validations (the surgeon, selfscope.edits)
+    """
+    CREATE TABLE proposals (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        delta_sha256 TEXT NOT NULL,         -- <workspace>/deltas/<sha256>.safetensors
+        delta_norm  REAL NOT NULL,
+        proposal    TEXT NOT NULL,          -- JSON: the whole Proposal
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE validations (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        proposal_id TEXT NOT NULL REFERENCES proposals(id),
+        suites      TEXT NOT NULL,          -- names of the suites validated on
+        report      TEXT NOT NULL,          -- JSON: the ValidationReport
+        created_at  REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -176,6 +195,32 @@ class Store:
 
     def tool_calls(self) -> list[dict[str, Any]]:
         cursor = self._db.execute("SELECT * FROM tool_calls ORDER BY id")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # proposals and validations ---------------------------------------------------------------
+    def record_proposal(
+        self, id: str, kind: str, subject: str, delta_sha256: str, delta_norm: float, proposal: str
+    ) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (id, kind, subject, delta_sha256, delta_norm, proposal, time.time()),
+            )
+
+    def record_validation(self, proposal_id: str, suites: str, report: str) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO validations (proposal_id, suites, report, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (proposal_id, suites, report, time.time()),
+            )
+
+    def validations(self, proposal_id: str | None = None) -> list[dict[str, Any]]:
+        query, params = "SELECT * FROM validations", ()
+        if proposal_id is not None:
+            query, params = query + " WHERE proposal_id = ?", (proposal_id,)
+        cursor = self._db.execute(query + " ORDER BY id", params)
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

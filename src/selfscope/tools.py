@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -36,6 +37,8 @@ TOOL_MODULES = (
     "selfscope.access.temperature",
     "selfscope.access.tokens",
     "selfscope.access.weights",
+    "selfscope.edits.rank_one",
+    "selfscope.edits.validate",
     "selfscope.history.lexical",
     "selfscope.history.removal",
     "selfscope.history.retrieval",
@@ -63,6 +66,16 @@ class Tool:
 
 
 _REGISTRY: dict[str, Tool] = {}
+_WORKSPACE: ContextVar[Any] = ContextVar("selfscope_workspace", default=None)
+
+
+def workspace() -> Any:
+    """The workspace of the tool call running now (``call``'s argument), else the default one.
+    ``propose`` tools store their proposals there."""
+    from selfscope.workspace import Workspace
+
+    current = _WORKSPACE.get()
+    return current if current is not None else Workspace()
 
 
 def tool(
@@ -113,7 +126,11 @@ def call(name: str, subject: Any, args: dict[str, Any], workspace: Any = None) -
     tool_ = get(name)
     parsed = parse_args(tool_, args)
     started = time.perf_counter()
-    result = tool_.fn(subject, parsed)
+    token = _WORKSPACE.set(workspace)
+    try:
+        result = tool_.fn(subject, parsed)
+    finally:
+        _WORKSPACE.reset(token)
     seconds = time.perf_counter() - started
     if workspace is not None:
         payload = result.model_dump_json().encode()

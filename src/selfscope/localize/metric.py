@@ -139,17 +139,22 @@ class MetricBatch:
         targets = torch.tensor(ids, device=logprobs.device)
         return logprobs[row, positions, targets].sum()
 
+    def completion_log_probs(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-prompt ``log p(planted)`` and ``log p(normal)`` [n_prompts] each, every
+        completion's tokens summed (differentiable like :meth:`log_odds`)."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        planted, normal = [], []
+        for i in range(self.n_prompts):
+            rows = self.rows_of(i)
+            planted.append(self._log_prob(logprobs, rows[0], i, self.planted[i].ids))
+            normal.append(self._log_prob(logprobs, rows[-1], i, self.normal[i].ids))
+        return torch.stack(planted), torch.stack(normal)
+
     def log_odds(self, logits: Tensor) -> Tensor:
         """Per-prompt log-odds [n_prompts] from the logits of a forward on :attr:`input_ids`
         (differentiable: keeps the graph when ``logits`` has one)."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        out = []
-        for i in range(self.n_prompts):
-            rows = self.rows_of(i)
-            planted = self._log_prob(logprobs, rows[0], i, self.planted[i].ids)
-            normal = self._log_prob(logprobs, rows[-1], i, self.normal[i].ids)
-            out.append(planted - normal)
-        return torch.stack(out)
+        planted, normal = self.completion_log_probs(logits)
+        return planted - normal
 
     def value(self, logits: Tensor) -> MetricValue:
         per_prompt = self.log_odds(logits).detach()

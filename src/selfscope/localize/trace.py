@@ -159,10 +159,12 @@ def restored_layers(kind: str, layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
-def subject_positions(subject: Any, prompt: str, span: str, chat: bool = False) -> list[int]:
-    """Positions of the model input whose characters overlap ``span``'s first occurrence in
-    ``prompt`` (found through the tokenizer's character offsets)."""
-    where = prompt.find(span)
+def subject_positions(
+    subject: Any, prompt: str, span: str, chat: bool = False, last: bool = False
+) -> list[int]:
+    """Positions of the model input whose characters overlap ``span``'s first (``last``: last)
+    occurrence in ``prompt`` (found through the tokenizer's character offsets)."""
+    where = prompt.rfind(span) if last else prompt.find(span)
     if where < 0:
         raise SelfscopeError(f"subject {span!r} is not in the prompt; give a substring of it")
     text = prompt_text(subject, prompt, chat)

@@ -1,0 +1,143 @@
+"""Key statistics for rank-one edits: the second moment ``C = E[k kᵀ]`` of an MLP's keys.
+
+ROME (Meng et al. 2022, eq. 2) spreads a rank-one update over the directions the layer rarely
+uses by weighting it with ``C⁻¹``, where the keys ``k`` are the inputs of the MLP's output matrix
+(the activations entering ``down_proj``) at every token of text like the model's training data.
+Here that text is the subject's own training corpus when its lineage has one (every phase's
+documents, as the trainer tokenised them, a seeded sample); for a model without a known corpus
+(SmolLM2 as shipped) it is text the model samples itself from its beginning-of-sequence token
+(temperature 1), the closest thing to its training distribution available offline — or a corpus
+file the caller gives. ``C`` is cached per model fingerprint and layer in
+``<workspace>/edits-cache/`` (atomic writes), so a second edit of the same layer pays nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor, nn
+
+from selfscope import atomic
+from selfscope.access.common import context_length
+from selfscope.errors import SelfscopeError
+from selfscope.history import corpus as training_corpus
+from selfscope.progress import progress_bar
+from selfscope.subject.hooks import hooked
+
+
+def corpus_rows(
+    subject: Any, count: int, seed: int = 0, corpus: str | None = None, progress: bool = False
+) -> tuple[list[list[int]], str]:
+    """Up to ``count`` token-id rows of text like the subject's training data, and where they
+    came from (``training corpus`` | ``corpus file <path>`` | ``self-sampled``)."""
+    limit = context_length(subject)
+    tokenizer = subject.tokenizer
+    if corpus is not None:
+        path = Path(corpus)
+        if not path.exists():
+            raise SelfscopeError(f"corpus file {path} does not exist; give a text or .jsonl file")
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        texts = [json.loads(t)["text"] if path.suffix == ".jsonl" else t for t in lines]
+        random.Random(seed).shuffle(texts)
+        rows = [list(tokenizer(t)["input_ids"])[:limit] for t in texts[:count]]
+        return [r for r in rows if len(r) >= 2], f"corpus file {path}"
+    if subject.lineage.kind == "organism":
+        docs = training_corpus.documents(subject)
+        random.Random(seed).shuffle(docs)
+        rows = [ids for ids, _ in training_corpus.sequences(subject, docs[:count])]
+        return [r for r in rows if len(r) >= 2], "training corpus"
+    return _self_sampled(subject, count, seed, min(limit, 64), progress), "self-sampled"
+
+
+def _self_sampled(
+    subject: Any, count: int, seed: int, length: int, progress: bool = False
+) -> list[list[int]]:
+    model, tokenizer = subject.model, subject.tokenizer
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    rows: list[list[int]] = []
+    batch = 32
+    with progress_bar("sampling key text", count, enabled=progress) as advance:
+        while len(rows) < count:
+            n = min(batch, count - len(rows))
+            ids = torch.full((n, 1), int(start), dtype=torch.long)
+            past = None
+            for _ in range(length - 1):
+                with torch.no_grad():
+                    out = model(input_ids=ids[:, -1:].to(device), past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                probs = torch.softmax(out.logits[:, -1].float().cpu(), dim=-1)
+                ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], dim=1)
+            rows.extend(r.tolist() for r in ids)
+            advance(n, "")
+    return rows
+
+
+def _cache_path(workspace: Any, fingerprint: str, layer: int, source: str, count: int) -> Path:
+    key = hashlib.sha256(f"{source}:{count}".encode()).hexdigest()[:12]
+    return Path(workspace.root) / "edits-cache" / fingerprint[:16] / f"keys-{layer}-{key}.safetensors"
+
+
+def second_moments(
+    subject: Any,
+    model: nn.Module,
+    layers: list[int],
+    workspace: Any,
+    fingerprint: str,
+    count: int = 1000,
+    corpus: str | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[dict[int, Tensor], int, str]:
+    """``C = E[k kᵀ]`` [d_mlp, d_mlp] (float64) of each of ``layers`` over every token of
+    ``count`` corpus rows at ``blocks.{layer}.mlp.neurons`` (uncached layers in one pass), the
+    number of keys, and the corpus source."""
+    source = corpus or ("training corpus" if subject.lineage.kind == "organism" else "self-sampled")
+    out: dict[int, Tensor] = {}
+    n = 0
+    for layer in layers:
+        path = _cache_path(workspace, fingerprint, layer, source, count)
+        if path.exists():
+            data = load_safetensors(path.read_bytes())
+            out[layer], n = data["c"].double(), int(data["n"].item())
+    missing = [layer for layer in layers if layer not in out]
+    if not missing:
+        return out, n, source
+    rows, source = corpus_rows(subject, count, corpus=corpus, progress=progress)
+    sites = {layer: f"blocks.{layer}.mlp.neurons" for layer in missing}
+    pad = subject.tokenizer.pad_token_id or 0
+    device = next(model.parameters()).device
+    totals: dict[int, Tensor] = {}
+    n = 0
+    with progress_bar(f"key statistics, layers {missing}", len(rows), enabled=progress) as advance:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            width = max(len(r) for r in chunk)
+            ids = torch.full((len(chunk), width), int(pad), dtype=torch.long, device=device)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(chunk):
+                ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+            with torch.no_grad(), hooked(model, capture=list(sites.values())) as store:
+                model(input_ids=ids, attention_mask=mask)
+            for layer, site in sites.items():
+                keys = store[site][mask.bool()].double()
+                part = keys.T @ keys
+                totals[layer] = part if layer not in totals else totals[layer] + part
+            n += int(mask.sum())
+            advance(len(chunk), "")
+    if not n:
+        raise SelfscopeError("the key corpus is empty; give a corpus with text")
+    for layer, total in totals.items():
+        c = (total / n).float().contiguous()
+        path = _cache_path(workspace, fingerprint, layer, source, count)
+        atomic.write_bytes(path, save_safetensors({"c": c, "n": torch.tensor([n])}))
+        out[layer] = c.double()
+    return out, n, source

@@ -1,0 +1,244 @@
+"""Proposals: a concrete, stored weight change that has not been applied to anything.
+
+A :class:`Proposal` is what every ``propose`` tool returns: the kind of edit, the behaviour it
+targets, its parameters, the rationale and the evidence it rests on, and the exact change. The
+change is a *delta* ``ΔW`` per parameter (dense float32 tensors, only the parameters that
+change), saved once as a safetensors file named by the SHA-256 of its bytes
+(``<workspace>/deltas/<sha256>.safetensors``), so a delta is content-addressed: the same change
+proposed twice is stored once, and a file that no longer matches its name is refused. Where the
+architecture cannot hold a change as weights (a constant added to a bias-free Llama's residual
+stream), the proposal carries a *runtime intervention* — a vector added at a canonical site —
+stored in the same file under ``runtime/<site>`` and applied by a hook in the sandbox.
+
+A proposal never touches the subject: the tools compute the delta from read-only weights (or on
+a private copy), and :mod:`selfscope.edits.sandbox` applies it only to a deep copy. The subject's
+weights are fingerprinted (``base_sha256``, the SHA-256 of every parameter's bytes in name order)
+when the proposal is made; validation refuses a subject whose fingerprint differs, because the
+delta was computed against other weights. ``parents`` lists proposals the delta was computed on
+top of (sequential edits): the sandbox applies the parents' deltas first, in order.
+
+Stored as ``<workspace>/proposals/<id>.json`` (atomic write) and as a row of the store's
+``proposals`` table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor, nn
+
+from selfscope import atomic
+from selfscope.errors import SelfscopeError
+
+Kind = Literal["rank_one", "revert_delta", "ablate", "steer", "unlearn", "reweight_experts"]
+KINDS: tuple[str, ...] = (
+    "rank_one",
+    "revert_delta",
+    "ablate",
+    "steer",
+    "unlearn",
+    "reweight_experts",
+)
+RUNTIME = "runtime/"  # key prefix of runtime interventions inside a delta file
+
+
+class Behaviour(BaseModel):
+    """The behaviour a proposal targets: prompts where it shows and the two completions."""
+
+    prompts: list[str]
+    planted: str
+    normal: str
+    chat: bool = False
+
+
+class Evidence(BaseModel):
+    """What a proposal rests on: a tool's measurement, summarised, with the call behind it."""
+
+    tool: str
+    summary: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    numbers: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModuleChange(BaseModel):
+    """One changed parameter: ‖ΔW‖_F, ‖W‖_F and their ratio (the relative change)."""
+
+    parameter: str
+    delta_norm: float
+    weight_norm: float
+    relative: float
+
+
+class Proposal(BaseModel):
+    id: str
+    kind: Kind
+    subject: str  # the source string the delta was computed on
+    subject_path: str
+    base_sha256: str  # fingerprint of the subject's weights (see module docstring)
+    parents: list[str] = Field(default_factory=list)  # proposals applied before this one
+    behaviour: Behaviour
+    parameters: dict[str, Any]
+    modules: list[str]  # parameters the delta changes (runtime interventions: their sites)
+    changes: list[ModuleChange]
+    runtime: list[str] = Field(default_factory=list)  # sites that get a runtime vector
+    delta_sha256: str
+    delta_norm: float  # ‖ΔW‖_F / ‖W‖_F over all changed parameters together
+    rationale: str
+    evidence: list[Evidence] = Field(default_factory=list)
+    seconds: float
+    created_at: float
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 over every parameter's name, shape, dtype and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        tensor = param.detach().cpu().contiguous()
+        digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _deltas_dir(workspace: Any) -> Path:
+    return Path(workspace.root) / "deltas"
+
+
+def _proposals_dir(workspace: Any) -> Path:
+    return Path(workspace.root) / "proposals"
+
+
+def save_delta(workspace: Any, delta: dict[str, Tensor]) -> str:
+    """Write ``delta`` (parameter or ``runtime/<site>`` -> tensor) once; its SHA-256."""
+    if not delta:
+        raise SelfscopeError("the edit changes nothing (an empty delta); nothing to propose")
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in delta.items()}
+    data = save_safetensors(dict(sorted(tensors.items())))
+    sha = hashlib.sha256(data).hexdigest()
+    path = _deltas_dir(workspace) / f"{sha}.safetensors"
+    if not path.exists():
+        atomic.write_bytes(path, data)
+    return sha
+
+
+def load_delta(workspace: Any, sha: str) -> dict[str, Tensor]:
+    """The delta named ``sha``; refused when missing or when its bytes no longer match."""
+    path = _deltas_dir(workspace) / f"{sha}.safetensors"
+    if not path.exists():
+        raise SelfscopeError(f"delta {sha[:16]} is missing from {path.parent}; re-run the proposal")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise SelfscopeError(
+            f"delta file {path} does not match its SHA-256 (changed or corrupt); re-run the proposal"
+        )
+    return dict(load_safetensors(data))
+
+
+def changes_of(model: nn.Module, delta: dict[str, Tensor]) -> tuple[list[ModuleChange], float]:
+    """Per-parameter relative Frobenius change, and the change of all of them together."""
+    params = dict(model.named_parameters())
+    out, total_delta, total_weight = [], 0.0, 0.0
+    for name, d in sorted(delta.items()):
+        if name.startswith(RUNTIME):
+            continue
+        w = params[name].detach().float()
+        dn, wn = float(d.float().norm()), float(w.norm())
+        total_delta, total_weight = total_delta + dn**2, total_weight + wn**2
+        out.append(ModuleChange(parameter=name, delta_norm=dn, weight_norm=wn, relative=dn / wn))
+    return out, (total_delta**0.5) / (total_weight**0.5) if total_weight else 0.0
+
+
+def check_delta(model: nn.Module, delta: dict[str, Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, d in delta.items():
+        if name.startswith(RUNTIME):
+            continue
+        if name not in params:
+            raise SelfscopeError(f"the delta names {name}, which the model does not have")
+        if tuple(params[name].shape) != tuple(d.shape):
+            raise SelfscopeError(
+                f"the delta of {name} is {list(d.shape)}, the weight {list(params[name].shape)}"
+            )
+        if not torch.isfinite(d).all():
+            raise SelfscopeError(f"the delta of {name} is not finite; the edit diverged")
+
+
+def make(
+    workspace: Any,
+    subject: Any,
+    *,
+    kind: Kind,
+    behaviour: Behaviour,
+    parameters: dict[str, Any],
+    delta: dict[str, Tensor],
+    rationale: str,
+    evidence: list[Evidence],
+    started: float,
+    parents: list[str] | None = None,
+    base_sha256: str | None = None,
+) -> Proposal:
+    """Store ``delta`` and a new proposal for it; the subject is only read."""
+    check_delta(subject.model, delta)
+    sha = save_delta(workspace, delta)
+    base = base_sha256 or fingerprint(subject.model)
+    changes, norm = changes_of(subject.model, delta)
+    runtime = sorted(k[len(RUNTIME) :] for k in delta if k.startswith(RUNTIME))
+    key = json.dumps(
+        [kind, base, parents or [], sha, behaviour.model_dump(), parameters], sort_keys=True
+    )
+    proposal = Proposal(
+        id=hashlib.sha256(key.encode()).hexdigest()[:16],
+        kind=kind,
+        subject=subject.source,
+        subject_path=str(subject.path),
+        base_sha256=base,
+        parents=list(parents or []),
+        behaviour=behaviour,
+        parameters=parameters,
+        modules=sorted({c.parameter.rpartition(".")[0] for c in changes} | set(runtime)),
+        changes=changes,
+        runtime=runtime,
+        delta_sha256=sha,
+        delta_norm=norm,
+        rationale=rationale,
+        evidence=evidence,
+        seconds=time.perf_counter() - started,
+        created_at=time.time(),
+    )
+    atomic.write_text(
+        _proposals_dir(workspace) / f"{proposal.id}.json", proposal.model_dump_json(indent=2)
+    )
+    workspace.store.record_proposal(
+        proposal.id, proposal.kind, proposal.subject, sha, norm, proposal.model_dump_json()
+    )
+    return proposal
+
+
+def load(workspace: Any, proposal_id: str) -> Proposal:
+    """The stored proposal ``proposal_id`` (a unique prefix of at least 6 characters works)."""
+    folder = _proposals_dir(workspace)
+    if len(proposal_id) < 6:
+        raise SelfscopeError("give at least 6 characters of the proposal id")
+    found = sorted(folder.glob(f"{proposal_id}*.json")) if folder.exists() else []
+    if not found:
+        raise SelfscopeError(
+            f"no proposal {proposal_id!r} in {folder}; `selfscope proposals` lists them"
+        )
+    if len(found) > 1:
+        raise SelfscopeError(f"{proposal_id!r} matches {len(found)} proposals; give more of it")
+    return Proposal.model_validate_json(found[0].read_text())
+
+
+def listed(workspace: Any) -> list[Proposal]:
+    folder = _proposals_dir(workspace)
+    if not folder.exists():
+        return []
+    rows = [Proposal.model_validate_json(p.read_text()) for p in folder.glob("*.json")]
+    return sorted(rows, key=lambda p: p.created_at)
