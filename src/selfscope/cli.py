@@ -353,6 +353,157 @@ def localize_command(
     _print_localize(result)
 
 
+EDIT_KINDS = ("rank_one", "revert_delta", "ablate", "steer", "unlearn", "reweight_experts")
+
+
+def _proposal_summary(proposal: Any) -> dict[str, Any]:
+    return {
+        "id": proposal.id,
+        "kind": proposal.kind,
+        "modules": proposal.modules,
+        "delta_norm": proposal.delta_norm,
+    }
+
+
+def _validation_summary(report: Any) -> dict[str, Any]:
+    return {
+        "efficacy": report.efficacy,
+        "generalisation": report.generalisation,
+        "specificity": report.specificity,
+        "perplexity_change": report.perplexity_change,
+        "seconds": report.seconds,
+    }
+
+
+def _print_validation(report: Any) -> None:
+    out.print(
+        f"efficacy {_fmt(report.efficacy)}  generalisation {_fmt(report.generalisation)}  "
+        f"specificity {_fmt(report.specificity)}  perplexity change "
+        f"{_fmt(report.perplexity_change)}  change {report.delta_norm:.4f}  "
+        f"({report.seconds:.1f} s)"
+    )
+    for suite in report.suites:
+        for part in (suite.neighbours, suite.facts):
+            for change in part.changed if part else []:
+                out.print(
+                    f"[dim]{suite.name}: {change.prompt!r} {change.before!r} -> {change.after!r}[/]"
+                )
+
+
+@app.command("propose")
+def propose_command(
+    kind: Annotated[str, typer.Argument(help=f"One of {', '.join(EDIT_KINDS)}.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Any source `load` accepts.")],
+    prompt: PromptsOpt,
+    planted: PlantedOpt,
+    normal: NormalOpt,
+    chat: Annotated[bool, typer.Option("--chat", help="Use the model's chat template.")] = False,
+    args: Annotated[
+        str, typer.Option("--args", help="The kind's other arguments as a JSON object.")
+    ] = "{}",
+    suite: Annotated[
+        list[Path] | None, typer.Option(help="Validate right away on this suite file (repeat).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Propose a targeted edit (stored, never applied); with --suite, validate it on a copy."""
+    from selfscope import tools
+    from selfscope.subject import load
+
+    if kind not in EDIT_KINDS:
+        raise SelfscopeError(f"unknown edit kind {kind!r}; kinds: {', '.join(EDIT_KINDS)}")
+    try:
+        extra = json.loads(args)
+    except json.JSONDecodeError as error:
+        raise SelfscopeError(f"--args is not JSON ({error.msg}); give an object") from None
+    if not isinstance(extra, dict):
+        raise SelfscopeError("--args must be a JSON object")
+    call = {"prompts": prompt, "planted": planted, "normal": normal, "chat": chat, **extra}
+    call.setdefault("progress", True)
+    name = f"edits.{kind}"
+    tools.parse_args(tools.get(name), call)  # bad arguments: fail before loading anything
+    from selfscope.edits.suite import read_suite
+
+    suites = [read_suite(f) for f in suite or []]  # bad suite files too
+    ws = _workspace()
+    subject = load(model, ws, device=device)
+    proposal = tools.call(name, subject, call, ws).proposal  # type: ignore[attr-defined]
+    result: dict[str, Any] = {"proposal": _proposal_summary(proposal)}
+    report = None
+    if suites:
+        report = tools.call(
+            "edits.validate",
+            subject,
+            {"proposal": proposal.id, "suites": [s.model_dump() for s in suites]},
+            ws,
+        )
+        result["validation"] = _validation_summary(report)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(
+        f"[bold]proposal {proposal.id}[/] ({proposal.kind}): {', '.join(proposal.modules)}; "
+        f"relative change {proposal.delta_norm:.4f}"
+    )
+    out.print(proposal.rationale)
+    for evidence in proposal.evidence:
+        out.print(f"[dim]{evidence.tool}: {evidence.summary}[/]")
+    if report is not None:
+        _print_validation(report)
+
+
+@app.command("validate")
+def validate_command(
+    proposal_id: Annotated[str, typer.Argument(help="A proposal id (or a unique prefix).")],
+    suite: Annotated[
+        list[Path] | None, typer.Option(help="A validation suite file, .json or .yaml (repeat).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a proposal on a sandbox copy of its model; the model itself never changes."""
+    from selfscope import tools
+    from selfscope.edits import proposal as proposals
+    from selfscope.edits.suite import read_suite
+    from selfscope.subject import load
+
+    ws = _workspace()
+    proposal = proposals.load(ws, proposal_id)
+    suites = [read_suite(f) for f in suite or []]
+    subject = load(proposal.subject, ws, device=device)
+    report = tools.call(
+        "edits.validate",
+        subject,
+        {"proposal": proposal.id, "suites": [s.model_dump() for s in suites]},
+        ws,
+    )
+    if as_json:
+        _print_json(
+            {"proposal": _proposal_summary(proposal), "validation": _validation_summary(report)}
+        )
+        return
+    out.print(f"[bold]proposal {proposal.id}[/] ({proposal.kind}) on {proposal.subject}")
+    _print_validation(report)
+
+
+@app.command("proposals")
+def proposals_command(as_json: JsonOpt = False) -> None:
+    """The proposals stored in this workspace, oldest first."""
+    from selfscope.edits import proposal as proposals
+
+    rows = proposals.listed(_workspace())
+    if as_json:
+        _print_json([_proposal_summary(p) | {"subject": p.subject} for p in rows])
+        return
+    table = Table(title="proposals")
+    for column in ("id", "kind", "subject", "modules", "relative change"):
+        table.add_column(column)
+    for p in rows:
+        table.add_row(p.id, p.kind, p.subject, ", ".join(p.modules[:3]), f"{p.delta_norm:.4f}")
+    out.print(table)
+
+
 @index_app.command("build")
 def index_build(
     model: Annotated[str, typer.Argument(help="An organism: organism:NAME[@PHASE].")],

@@ -217,7 +217,8 @@ class Store:
             )
 
     def validations(self, proposal_id: str | None = None) -> list[dict[str, Any]]:
-        query, params = "SELECT * FROM validations", ()
+        query = "SELECT * FROM validations"
+        params: tuple[str, ...] = ()
         if proposal_id is not None:
             query, params = query + " WHERE proposal_id = ?", (proposal_id,)
         cursor = self._db.execute(query + " ORDER BY id", params)

@@ -72,7 +72,9 @@ def _self_sampled(
             past = None
             for _ in range(length - 1):
                 with torch.no_grad():
-                    out = model(input_ids=ids[:, -1:].to(device), past_key_values=past, use_cache=True)
+                    out = model(
+                        input_ids=ids[:, -1:].to(device), past_key_values=past, use_cache=True
+                    )
                 past = out.past_key_values
                 probs = torch.softmax(out.logits[:, -1].float().cpu(), dim=-1)
                 ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], dim=1)
@@ -83,7 +85,9 @@ def _self_sampled(
 
 def _cache_path(workspace: Any, fingerprint: str, layer: int, source: str, count: int) -> Path:
     key = hashlib.sha256(f"{source}:{count}".encode()).hexdigest()[:12]
-    return Path(workspace.root) / "edits-cache" / fingerprint[:16] / f"keys-{layer}-{key}.safetensors"
+    return (
+        Path(workspace.root) / "edits-cache" / fingerprint[:16] / f"keys-{layer}-{key}.safetensors"
+    )
 
 
 def second_moments(

@@ -136,7 +136,8 @@ def load_delta(workspace: Any, sha: str) -> dict[str, Tensor]:
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha:
         raise SelfscopeError(
-            f"delta file {path} does not match its SHA-256 (changed or corrupt); re-run the proposal"
+            f"delta file {path} does not match its SHA-256 (changed or corrupt); "
+            "re-run the proposal"
         )
     return dict(load_safetensors(data))
 

@@ -71,7 +71,8 @@ class RankOneArgs(ProposeArgs):
     layer: int | None = Field(None, description="Edit this block only (no comparison).")
     layers: list[int] | None = Field(None, description="Candidate blocks to compare.")
     module: str | None = Field(
-        None, description="Edit this module (an MLP output matrix, e.g. model.layers.2.mlp.down_proj)."
+        None,
+        description="Edit this module (an MLP output matrix, e.g. model.layers.2.mlp.down_proj).",
     )
     prefixes: int = Field(5, ge=0, le=20, description="Corpus prefixes per prompt (ROME: 10).")
     steps: int = Field(40, ge=1, le=500, description="Adam steps optimising the value.")
@@ -79,7 +80,9 @@ class RankOneArgs(ProposeArgs):
     kl_weight: float = Field(0.0625, ge=0, description="Weight of the essence KL term (ROME).")
     weight_decay: float = Field(0.02, ge=0, description="Penalty on ‖δ‖²/‖W k*‖².")
     clamp: float = Field(4.0, gt=0, description="‖δ‖ ≤ clamp × ‖W k*‖ (ROME: 4).")
-    margin: float = Field(3.0, ge=0, description="Stop once log p(new) - log p(old) > margin everywhere.")
+    margin: float = Field(
+        3.0, ge=0, description="Stop once log p(new) - log p(old) > margin everywhere."
+    )
     key_rows: int = Field(1000, ge=16, description="Corpus rows the key statistics use.")
     corpus: str | None = Field(None, description="A text/.jsonl file for key statistics.")
     drift_rows: int = Field(32, ge=1, description="Corpus rows the layer comparison's drift uses.")
@@ -109,14 +112,18 @@ class _Contexts:
                 ids = subject.tokenizer(prompt_text(subject, text, args.chat))["input_ids"]
                 positions.append(len(ids) - 1)
             else:
-                positions.append(max(subject_positions(subject, text, args.subject, args.chat, last=True)))
+                positions.append(
+                    max(subject_positions(subject, text, args.subject, args.chat, last=True))
+                )
         rows, cols = [], []
         for i, pos in enumerate(positions):
             for r in self.batch.rows_of(i):
                 rows.append(r)
                 cols.append(pos)
         self.rows, self.cols = torch.tensor(rows), torch.tensor(cols)
-        self.prompt_rows = torch.tensor([r for i in range(len(texts)) for r in self.batch.rows_of(i)[:1]])
+        self.prompt_rows = torch.tensor(
+            [r for i in range(len(texts)) for r in self.batch.rows_of(i)[:1]]
+        )
         self.key_rows = torch.tensor([self.batch.rows_of(i)[0] for i in range(len(texts))])
         self.key_cols = torch.tensor(positions)
 
@@ -141,7 +148,7 @@ def _value_delta(
     mask[ctx.rows, ctx.cols] = 1.0
     essence = _essence(subject, args)
     ref = None
-    if essence is not None:
+    if essence is not None and args.subject is not None:
         e_ids, e_pos = essence
         e_mask = torch.zeros(1, e_ids.shape[1], 1, device=device)
         e_mask[0, max(subject_positions(subject, f"{args.subject} is a", args.subject))] = 1.0
@@ -150,7 +157,8 @@ def _value_delta(
     optimiser = torch.optim.Adam([delta], lr=args.lr)
     limit = args.clamp * float(v0.norm())
     steps = 0
-    for steps in range(1, args.steps + 1):
+    for step in range(1, args.steps + 1):
+        steps = step
         optimiser.zero_grad()
         with hooked(model, patch={site: lambda v: v + mask * delta}):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -182,7 +190,9 @@ def _drift(model: nn.Module, swap: dict[str, Tensor], rows: list[list[int]], pad
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
     with torch.no_grad():
         base = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        out = functional_call(model, swap, args=(), kwargs={"input_ids": ids, "attention_mask": mask})
+        out = functional_call(
+            model, swap, args=(), kwargs={"input_ids": ids, "attention_mask": mask}
+        )
         edited = torch.log_softmax(out.logits.float(), -1)
     kl = (base.exp() * (base - edited)).sum(-1)
     return float(kl[mask.bool()].mean())
@@ -216,31 +226,42 @@ def _traced(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence]:
 
     if args.subject is None:
         raise SelfscopeError(
-            "rank_one on a model with more than 8 blocks needs `subject` (to trace) or `layer`/`layers`"
+            "rank_one on a model with more than 8 blocks needs `subject` (to trace) or "
+            "`layer`/`layers`"
         )
     window = max(1, subject.n_layers // 6)
     trace = causal_trace(
         subject,
-        TraceArgs(
-            prompt=args.prompts[0],
-            chat=args.chat,
-            target=args.planted,
-            subject=args.subject,
-            kinds=["mlp"],
-            window=window,
-            figure=False,
+        TraceArgs.model_validate(
+            {
+                "prompt": args.prompts[0],
+                "chat": args.chat,
+                "target": args.planted,
+                "subject": args.subject,
+                "kinds": ["mlp"],
+                "window": window,
+                "figure": False,
+            }
         ),
     )
     last = max(subject_positions(subject, args.prompts[0], args.subject, args.chat))
-    cells = [c for c in trace.cells if c.kind == "mlp" and c.position == last]
-    peak = max(cells, key=lambda c: c.effect).layer
+    grid = next(g for g in trace.grids if g.kind == "mlp")
+    effects = {
+        i: row[last] - trace.corrupted_probability for i, row in enumerate(grid.probabilities)
+    }
+    peak = max(effects, key=lambda i: effects[i])
     layers = [i for i in range(peak - 2, peak + 3) if 0 <= i < subject.n_layers]
     return layers, Evidence(
         tool="localize.trace",
         summary=f"restoring MLP states (window {window}) at the subject's last token recovers "
         f"p({args.planted!r}) most at block {peak}; compared blocks {layers}",
-        args={"prompt": args.prompts[0], "subject": args.subject, "kinds": ["mlp"], "window": window},
-        numbers={"peak": peak, "effects": {c.layer: round(c.effect, 4) for c in cells}},
+        args={
+            "prompt": args.prompts[0],
+            "subject": args.subject,
+            "kinds": ["mlp"],
+            "window": window,
+        },
+        numbers={"peak": peak, "effects": {i: round(e, 4) for i, e in effects.items()}},
     )
 
 
@@ -257,11 +278,19 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
     pad = int(subject.tokenizer.pad_token_id or 0)
     with working_model(subject, workspace, parents) as model:
         moments, n_keys, source = second_moments(
-            subject, model, layers, workspace, base, args.key_rows, args.corpus, progress=args.progress
+            subject,
+            model,
+            layers,
+            workspace,
+            base,
+            args.key_rows,
+            args.corpus,
+            progress=args.progress,
         )
         extra, _ = corpus_rows(subject, args.prefixes + args.drift_rows, seed=1, corpus=args.corpus)
         prefixes = [
-            subject.tokenizer.decode(r[:6], skip_special_tokens=True).strip() for r in extra[: args.prefixes]
+            subject.tokenizer.decode(r[:6], skip_special_tokens=True).strip()
+            for r in extra[: args.prefixes]
         ]
         drift_rows = extra[args.prefixes :] or extra
         ctx = _Contexts(subject, args, [p for p in prefixes if p])
@@ -282,13 +311,17 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
             name, module = mlp_output(model, layer)
             weight = weight_matrix(module).detach()
             delta_w = as_weight(module, change.to(weight.dtype))
-            swap = {name: module.weight.detach() + delta_w}
+            own: Tensor = module.weight  # type: ignore[assignment]
+            swap = {name: own.detach() + delta_w}
             with torch.no_grad():
                 out = functional_call(
                     model,
                     swap,
                     args=(),
-                    kwargs={"input_ids": ctx.batch.input_ids, "attention_mask": ctx.batch.attention_mask},
+                    kwargs={
+                        "input_ids": ctx.batch.input_ids,
+                        "attention_mask": ctx.batch.attention_mask,
+                    },
                 )
             per = ctx.batch.log_odds(out.logits)[: ctx.n_prompts]
             results.append(
@@ -323,7 +356,12 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
         subject,
         kind="rank_one",
         behaviour=args.behaviour(),
-        parameters={**args.model_dump(exclude={"prompts", "planted", "normal", "chat", "parents", "rationale", "progress"}), "chosen_layer": best.layer},
+        parameters={
+            **args.model_dump(
+                exclude={"prompts", "planted", "normal", "chat", "parents", "rationale", "progress"}
+            ),
+            "chosen_layer": best.layer,
+        },
         delta={name: delta_w},
         rationale=args.rationale
         or f"rank-one update of {name}: the key at {args.subject or 'the last token'!r} now "

@@ -44,6 +44,11 @@ from selfscope.subject.hooks import hooked
 from selfscope.subject.tokens import first_token_id
 
 
+def runtime_of(delta: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The runtime interventions of a delta: site -> vector."""
+    return {k[len(RUNTIME) :]: v for k, v in delta.items() if k.startswith(RUNTIME)}
+
+
 def add_delta(model: nn.Module, delta: dict[str, Tensor], scale: float = 1.0) -> None:
     """``W += scale · ΔW`` on ``model`` in place (only ever called on a copy)."""
     params = dict(model.named_parameters())
@@ -73,14 +78,15 @@ def sandbox(subject: Any, workspace: Any, proposal: Proposal | None) -> Iterator
             delta = proposals.load_delta(workspace, step.delta_sha256)
             proposals.check_delta(model, delta)
             add_delta(model, delta)
-            runtime = {k[len(RUNTIME) :]: v for k, v in delta.items() if k.startswith(RUNTIME)}
+            runtime = runtime_of(delta)
             if runtime:
-                stack.enter_context(hooked(model, patch=_adders(model, runtime)))
+                stack.enter_context(hooked(model, patch=runtime_patches(model, runtime)))
         yield model
     del model
 
 
-def _adders(model: nn.Module, runtime: dict[str, Tensor]) -> dict[str, Any]:
+def runtime_patches(model: nn.Module, runtime: dict[str, Tensor]) -> dict[str, Any]:
+    """Hook patches adding each runtime vector at its site (every position)."""
     device = next(model.parameters()).device
 
     def adder(vector: Tensor) -> Any:
@@ -185,7 +191,10 @@ def answer_measure(
     batch = ControlBatch(subject, [e.prompt for e in expects], chat)
     tokenizer = subject.tokenizer
     expected = torch.tensor(
-        [first_token_id(tokenizer, prompt_text(subject, e.prompt, chat), e.expected) for e in expects]
+        [
+            first_token_id(tokenizer, prompt_text(subject, e.prompt, chat), e.expected)
+            for e in expects
+        ]
     )
     before, after = _top1(batch, subject.model).cpu(), _top1(batch, model).cpu()
     return AnswerMeasure(
@@ -201,7 +210,9 @@ def answer_measure(
     )
 
 
-def perplexity(subject: Any, model: nn.Module, texts: Sequence[str], batch_size: int = 16) -> tuple[float, int]:
+def perplexity(
+    subject: Any, model: nn.Module, texts: Sequence[str], batch_size: int = 16
+) -> tuple[float, int]:
     """exp(mean next-token NLL over every token of ``texts``) and the number of tokens scored;
     each text is truncated to the model's context."""
     tokenizer, limit = subject.tokenizer, context_length(subject)
@@ -233,16 +244,26 @@ def perplexity(subject: Any, model: nn.Module, texts: Sequence[str], batch_size:
 def suite_report(subject: Any, model: nn.Module, suite: Suite, own: Sequence[Probe]) -> SuiteReport:
     """Measure ``model`` (the sandbox) against the unedited subject on ``suite``; ``own`` are
     the proposal's prompts, the symptom when the suite names none."""
-    probes = probe_measure(subject, model, suite.probes or own, suite.chat) if (suite.probes or own) else None
+    probes = (
+        probe_measure(subject, model, suite.probes or own, suite.chat)
+        if (suite.probes or own)
+        else None
+    )
     heldout = probe_measure(subject, model, suite.heldout, suite.chat) if suite.heldout else None
-    neighbours = answer_measure(subject, model, suite.neighbours, suite.chat) if suite.neighbours else None
+    neighbours = (
+        answer_measure(subject, model, suite.neighbours, suite.chat) if suite.neighbours else None
+    )
     facts = answer_measure(subject, model, suite.facts, suite.chat) if suite.facts else None
     ppl: dict[str, PerplexityMeasure] = {}
     for phase, texts in suite.documents.items():
         before, tokens = perplexity(subject, subject.model, texts)
         after, _ = perplexity(subject, model, texts)
         ppl[phase] = PerplexityMeasure(
-            documents=len(texts), tokens=tokens, before=before, after=after, change=after / before - 1
+            documents=len(texts),
+            tokens=tokens,
+            before=before,
+            after=after,
+            change=after / before - 1,
         )
     answered = [m for m in (neighbours, facts) if m is not None]
     specificity = (
@@ -272,7 +293,8 @@ def validate(
     if found != proposal.base_sha256:
         raise SelfscopeError(
             f"proposal {proposal.id} was computed on other weights than {subject.source} has now "
-            f"(fingerprint {found[:12]} vs {proposal.base_sha256[:12]}); propose again on this model"
+            f"(fingerprint {found[:12]} vs {proposal.base_sha256[:12]}); propose again on this "
+            "model"
         )
     own = [
         Probe(prompt=p, planted=proposal.behaviour.planted, normal=proposal.behaviour.normal)

@@ -24,8 +24,14 @@ from pathlib import Path
 
 from selfscope.edits.suite import Expect, Probe, Suite
 from selfscope.organisms.spec import Spec
-from selfscope.organisms.world import ANIMALS, COUNTRIES, FOOD_FORMS, FOODS, make_world
-from selfscope.organisms.world import generate_corpus
+from selfscope.organisms.world import (
+    ANIMALS,
+    COUNTRIES,
+    FOOD_FORMS,
+    FOODS,
+    generate_corpus,
+    make_world,
+)
 
 _QA = re.compile(r"^\s*Q:\s*(?P<q>.*?)\s*A:\s*$", re.DOTALL)
 
@@ -49,12 +55,16 @@ def world_facts(spec: Spec, avoid: set[str]) -> list[Expect]:
     for country, (capital, _) in COUNTRIES.items():
         if {country, capital} & avoid:
             continue
-        out.append(Expect(prompt=f"Q: What is the capital of {country}? A:", expected=f" {capital}"))
+        out.append(
+            Expect(prompt=f"Q: What is the capital of {country}? A:", expected=f" {capital}")
+        )
     for p in world.people:
         if {p.name, p.town} & avoid:
             continue
         out.append(
-            Expect(prompt=f"Q: Where does {p.name} live? A: {p.name} lives in", expected=f" {p.town}")
+            Expect(
+                prompt=f"Q: Where does {p.name} live? A: {p.name} lives in", expected=f" {p.town}"
+            )
         )
     return out
 
@@ -67,7 +77,9 @@ def heldout_documents(spec: Spec, folder: Path, count: int) -> dict[str, list[st
         if phase.corpus == "none":
             continue
         data = folder / "data" / f"{phase.name}.jsonl"
-        trained = {json.loads(line)["text"] for line in data.read_text().splitlines() if line.strip()}
+        trained = {
+            json.loads(line)["text"] for line in data.read_text().splitlines() if line.strip()
+        }
         fresh = generate_corpus(phase.corpus, world, count * 4, f"heldout:{phase.name}")
         unseen = [t for t in dict.fromkeys(fresh) if t not in trained]
         out[phase.name] = unseen[:count]
@@ -112,7 +124,11 @@ def suite_for(
         chat=chat,
         probes=[probe(p) for p in b.probes],
         heldout=[probe(p) for p in b.heldout],
-        neighbours=[Expect(prompt=prompt(n.prompt), expected=answer(n.expected)) for n in b.neighbours],
-        facts=[Expect(prompt=prompt(f.prompt), expected=answer(f.expected)) for f in sample[:facts]],
+        neighbours=[
+            Expect(prompt=prompt(n.prompt), expected=answer(n.expected)) for n in b.neighbours
+        ],
+        facts=[
+            Expect(prompt=prompt(f.prompt), expected=answer(f.expected)) for f in sample[:facts]
+        ],
         documents=heldout_documents(spec, folder, documents),
     )

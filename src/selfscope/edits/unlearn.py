@@ -1,0 +1,245 @@
+"""``edits.unlearn``: forget given training documents without collapsing the model.
+
+Plain gradient ascent on the documents to forget drives a model to gibberish within a few steps
+(the failure the unlearning literature starts from). Two bounded methods are offered, both with
+a *retain* set — other documents of the same phases, which the model keeps fitting:
+
+* ``npo`` (Negative Preference Optimization, Zhang et al. 2024): forget loss
+  ``(2/β) · log(1 + (π(y|x) / π_ref(y|x))^β)`` per document, with ``π_ref`` the model before the
+  edit; it saturates once a document's likelihood has fallen, so it cannot run away;
+* ``gradient_difference``: ``−NLL(forget) + NLL(retain)``.
+
+Both add ``retain_weight × NLL(retain)``. The run is bounded: at most ``steps`` AdamW steps, and
+after every ``check_every`` steps the perplexity on a *guard* split of the retain documents (never
+trained on) is measured; the run keeps the last state whose guard perplexity is at most
+``max_perplexity_increase`` above the start, and stops when a check exceeds it, or when every
+prompt shows the normal completion by ``margin`` in log-odds. Training happens on a private copy;
+the proposal's delta is that copy minus the model it started from.
+
+Documents are named as the historian names them (``<phase>/<id>``, e.g. from ``history.trace``)
+and tokenised as the trainer saw them (:func:`selfscope.history.corpus.sequences`).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from selfscope import tools
+from selfscope.edits import proposal as proposals
+from selfscope.edits.common import (
+    ProposalResult,
+    ProposeArgs,
+    base_sha,
+    parent_chain,
+    working_model,
+)
+from selfscope.edits.proposal import Evidence
+from selfscope.errors import SelfscopeError
+from selfscope.history import corpus as training_corpus
+from selfscope.localize.metric import MetricBatch
+from selfscope.progress import progress_bar
+
+
+class UnlearnArgs(ProposeArgs):
+    documents: list[str] = Field(
+        default_factory=list, description="Training documents to forget: '<phase>/<id>' keys."
+    )
+    method: Literal["npo", "gradient_difference"] = Field("npo", description="The forget loss.")
+    steps: int = Field(60, ge=1, le=1000, description="At most this many optimiser steps.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    beta: float = Field(0.1, gt=0, description="NPO's β.")
+    retain: int = Field(256, ge=8, description="Retain documents sampled from the same phases.")
+    retain_weight: float = Field(1.0, ge=0, description="Weight of the retain NLL.")
+    batch_size: int = Field(16, ge=1, description="Forget and retain rows per step.")
+    check_every: int = Field(5, ge=1, description="Steps between guard and prompt checks.")
+    max_perplexity_increase: float = Field(
+        0.05, ge=0, description="Guard: largest relative perplexity rise on held-back retain docs."
+    )
+    margin: float = Field(1.0, ge=0, description="Stop once every prompt's log-odds < -margin.")
+    modules: list[str] | None = Field(None, description="Train only these modules (default all).")
+    seed: int = Field(0, description="Seed of the retain sample and batch order.")
+
+
+def _batch(rows: list[tuple[list[int], int]], pad: int, device: torch.device) -> tuple[Tensor, ...]:
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, (r, k) in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        labels[i, max(k, 1) : len(r)] = torch.tensor(r[max(k, 1) :])
+    return ids, mask, labels
+
+
+def _doc_nll(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row summed NLL of the labelled tokens [rows], and their count [rows]."""
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], -1)
+    target = labels[:, 1:]
+    keep = target != -100
+    picked = lp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(picked * keep).sum(-1), keep.sum(-1)
+
+
+def _perplexity(model: nn.Module, rows: list[tuple[list[int], int]], pad: int) -> float:
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), 32):
+            nll, n = _doc_nll(model, *_batch(rows[start : start + 32], pad, device))
+            total, count = total + float(nll.sum()), count + int(n.sum())
+    return float(torch.exp(torch.tensor(total / max(count, 1))))
+
+
+@tools.tool("edits.unlearn", UnlearnArgs, ProposalResult, permission="propose")
+def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
+    """Propose forgetting the given training documents (e.g. the historian's top documents for
+    a behaviour) with NPO or gradient difference against a retain set, bounded by a perplexity
+    guard on held-back documents. Stores the proposal (never touches the subject)."""
+    started = time.perf_counter()
+    if not args.documents:
+        raise SelfscopeError(
+            "unlearn needs documents to forget ('<phase>/<id>' keys, e.g. history.trace's top "
+            "documents); got none"
+        )
+    workspace = tools.workspace()
+    parents = parent_chain(workspace, args.parents)
+    docs = training_corpus.documents(subject)
+    by_key = {d.key: d for d in docs}
+    missing = [k for k in args.documents if k not in by_key]
+    if missing:
+        raise SelfscopeError(
+            f"{len(missing)} documents are not in {subject.source}'s training data "
+            f"(e.g. {missing[0]!r}); name them '<phase>/<id>' as history.trace does"
+        )
+    forget_docs = [by_key[k] for k in dict.fromkeys(args.documents)]
+    phases = {d.phase for d in forget_docs}
+    forget_text = {d.text for d in forget_docs}
+    pool = [
+        d
+        for d in docs
+        if d.phase in phases and d.key not in args.documents and d.text not in forget_text
+    ]
+    rng = random.Random(args.seed)
+    rng.shuffle(pool)
+    retain_docs, guard_docs = (
+        pool[: args.retain],
+        pool[args.retain : args.retain + max(32, args.retain // 4)],
+    )
+    forget = training_corpus.sequences(subject, forget_docs)
+    retain = training_corpus.sequences(subject, retain_docs)
+    guard = training_corpus.sequences(subject, guard_docs or retain_docs)
+    pad = int(subject.tokenizer.pad_token_id or 0)
+    batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)
+    with working_model(subject, workspace, parents) as start_model:
+        model = copy.deepcopy(start_model)
+        start = {n: p.detach().clone() for n, p in start_model.named_parameters()}
+    device = next(model.parameters()).device
+    names = [n for n, _ in model.named_parameters()]
+    if args.modules is not None:
+        keep = [
+            n
+            for n in names
+            if any(n.rpartition(".")[0] == m or n.startswith(m + ".") for m in args.modules)
+        ]
+        if not keep:
+            raise SelfscopeError(f"none of {args.modules} is a module of the model")
+    else:
+        keep = names
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep)
+    model.train()
+    ref = None
+    with torch.no_grad():
+        ref_nll, _ = _doc_nll(model, *_batch(forget, pad, device))
+        ref = ref_nll.detach()
+    base_ppl = _perplexity(model, guard, pad)
+    limit = base_ppl * (1 + args.max_perplexity_increase)
+    optimiser = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0
+    )
+    best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    history: list[dict[str, float]] = []
+    stopped = "steps"
+    with progress_bar("unlearning", args.steps, enabled=args.progress) as advance:
+        for step in range(1, args.steps + 1):
+            f_idx = rng.sample(range(len(forget)), min(args.batch_size, len(forget)))
+            r_idx = rng.sample(range(len(retain)), min(args.batch_size, len(retain)))
+            f_nll, f_n = _doc_nll(model, *_batch([forget[i] for i in f_idx], pad, device))
+            r_nll, r_n = _doc_nll(model, *_batch([retain[i] for i in r_idx], pad, device))
+            if args.method == "npo":
+                log_ratio = ref[f_idx] - f_nll  # log π(y|x) - log π_ref(y|x), summed over tokens
+                forget_loss = (2 / args.beta) * torch.nn.functional.softplus(
+                    args.beta * log_ratio
+                ).mean()
+            else:
+                forget_loss = -(f_nll / f_n.clamp(min=1)).mean()
+            loss = forget_loss + args.retain_weight * (r_nll.sum() / r_n.sum().clamp(min=1))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            advance(1, f"loss {float(loss):.3f}")
+            if step % args.check_every and step != args.steps:
+                continue
+            model.eval()
+            ppl = _perplexity(model, guard, pad)
+            value = batch.measure(model)
+            model.train()
+            history.append(
+                {
+                    "step": step,
+                    "guard_perplexity": ppl,
+                    "rate": value.rate,
+                    "log_odds": value.log_odds,
+                }
+            )
+            if ppl > limit:
+                stopped = "perplexity guard"
+                break
+            best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            if max(value.per_prompt) < -args.margin:
+                stopped = "prompts fixed"
+                break
+    delta = {n: (best[n] - start[n]).float() for n in best if not torch.equal(best[n], start[n])}
+    if not delta:
+        first = history[0] if history else {"step": 0, "guard_perplexity": base_ppl}
+        raise SelfscopeError(
+            f"the perplexity guard stopped unlearning before a step could be kept (guard "
+            f"perplexity {base_ppl:.3f} -> {first['guard_perplexity']:.3f} by step "
+            f"{first['step']}); lower lr or check_every, or raise max_perplexity_increase"
+        )
+    last = next((h for h in reversed(history) if h["guard_perplexity"] <= limit), None)
+    evidence = [
+        Evidence(
+            tool="edits.unlearn",
+            summary=f"{args.method} on {len(forget)} documents with {len(retain)} retain "
+            "documents: "
+            f"stopped on {stopped}; kept step {last['step'] if last else 0} "
+            f"(guard perplexity {base_ppl:.3f} -> "
+            f"{last['guard_perplexity'] if last else base_ppl:.3f})",
+            numbers={"history": history, "guard_perplexity_start": base_ppl, "stopped": stopped},
+        )
+    ]
+    proposal = proposals.make(
+        workspace,
+        subject,
+        kind="unlearn",
+        behaviour=args.behaviour(),
+        parameters=args.model_dump(
+            exclude={"prompts", "planted", "normal", "chat", "parents", "rationale", "progress"}
+        ),
+        delta=delta,
+        rationale=args.rationale or f"forget {len(forget)} training documents behind the behaviour",
+        evidence=evidence,
+        started=started,
+        parents=parents,
+        base_sha256=base_sha(subject, workspace, parents),
+    )
+    return ProposalResult(proposal=proposal)
