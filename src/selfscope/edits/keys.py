@@ -28,6 +28,7 @@ from selfscope import atomic
 from selfscope.access.common import context_length
 from selfscope.errors import SelfscopeError
 from selfscope.history import corpus as training_corpus
+from selfscope.localize.trace import cache_argument
 from selfscope.progress import progress_bar
 from selfscope.subject.hooks import hooked
 
@@ -53,16 +54,17 @@ def corpus_rows(
         random.Random(seed).shuffle(docs)
         rows = [ids for ids, _ in training_corpus.sequences(subject, docs[:count])]
         return [r for r in rows if len(r) >= 2], "training corpus"
-    return _self_sampled(subject, count, seed, min(limit, 64), progress), "self-sampled"
+    return self_sampled(subject, count, seed, min(limit, 64), progress), "self-sampled"
 
 
-def _self_sampled(
+def self_sampled(
     subject: Any, count: int, seed: int, length: int, progress: bool = False
 ) -> list[list[int]]:
     model, tokenizer = subject.model, subject.tokenizer
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    cache = cache_argument(model)
     rows: list[list[int]] = []
     batch = 32
     with progress_bar("sampling key text", count, enabled=progress) as advance:
@@ -72,10 +74,8 @@ def _self_sampled(
             past = None
             for _ in range(length - 1):
                 with torch.no_grad():
-                    out = model(
-                        input_ids=ids[:, -1:].to(device), past_key_values=past, use_cache=True
-                    )
-                past = out.past_key_values
+                    out = model(input_ids=ids[:, -1:].to(device), use_cache=True, **{cache: past})
+                past = out["cache"] if "cache" in out else out["past_key_values"]
                 probs = torch.softmax(out.logits[:, -1].float().cpu(), dim=-1)
                 ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], dim=1)
             rows.extend(r.tolist() for r in ids)

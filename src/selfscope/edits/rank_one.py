@@ -170,7 +170,7 @@ def _value_delta(
             loss = loss + args.kl_weight * torch.nn.functional.kl_div(
                 torch.log_softmax(out, -1), ref, log_target=True, reduction="sum"
             )
-        if float((new - old).min()) > args.margin:
+        if float((new - old).detach().min()) > args.margin:
             break
         loss.backward()
         optimiser.step()

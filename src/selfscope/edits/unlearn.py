@@ -10,11 +10,12 @@ a *retain* set — other documents of the same phases, which the model keeps fit
 * ``gradient_difference``: ``−NLL(forget) + NLL(retain)``.
 
 Both add ``retain_weight × NLL(retain)``. The run is bounded: at most ``steps`` AdamW steps, and
-after every ``check_every`` steps the perplexity on a *guard* split of the retain documents (never
-trained on) is measured; the run keeps the last state whose guard perplexity is at most
-``max_perplexity_increase`` above the start, and stops when a check exceeds it, or when every
-prompt shows the normal completion by ``margin`` in log-odds. Training happens on a private copy;
-the proposal's delta is that copy minus the model it started from.
+after every ``check_every`` steps the perplexity on *guard* documents of every phase (training
+documents neither forgotten nor in the retain set) is measured. A state is kept only while every
+phase's guard perplexity is at most ``max_perplexity_increase`` above its start; a check above it sends the run back to the last
+kept state at half the learning rate (at most ``backoffs`` times, then it stops). The run also
+stops when every prompt shows the normal completion by ``margin`` in log-odds. Training
+happens on a private copy; the proposal's delta is that copy minus the model it started from.
 
 Documents are named as the historian names them (``<phase>/<id>``, e.g. from ``history.trace``)
 and tokenised as the trainer saw them (:func:`selfscope.history.corpus.sequences`).
@@ -41,6 +42,7 @@ from selfscope.edits.common import (
     working_model,
 )
 from selfscope.edits.proposal import Evidence
+from selfscope.edits.keys import self_sampled
 from selfscope.errors import SelfscopeError
 from selfscope.history import corpus as training_corpus
 from selfscope.localize.metric import MetricBatch
@@ -59,6 +61,10 @@ class UnlearnArgs(ProposeArgs):
     retain_weight: float = Field(1.0, ge=0, description="Weight of the retain NLL.")
     batch_size: int = Field(16, ge=1, description="Forget and retain rows per step.")
     check_every: int = Field(5, ge=1, description="Steps between guard and prompt checks.")
+    guard_samples: int = Field(64, ge=0, description="Self-sampled rows in the guard.")
+    backoffs: int = Field(
+        4, ge=0, description="Guard trips allowed: each restores the last kept state, halves lr."
+    )
     max_perplexity_increase: float = Field(
         0.05, ge=0, description="Guard: largest relative perplexity rise on held-back retain docs."
     )
@@ -129,13 +135,27 @@ def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
     ]
     rng = random.Random(args.seed)
     rng.shuffle(pool)
-    retain_docs, guard_docs = (
-        pool[: args.retain],
-        pool[args.retain : args.retain + max(32, args.retain // 4)],
-    )
+    retain_docs = pool[: args.retain]
+    taken = {d.key for d in retain_docs} | set(args.documents)
+    size = max(32, args.retain // 4)
+    guard_pool = [d for d in docs if d.key not in taken and d.text not in forget_text]
+    rng.shuffle(guard_pool)
+    guard_docs: dict[str, list[training_corpus.TrainingDocument]] = {}
+    for d in guard_pool:  # every phase: forgetting a fine-tune must not undo the pretraining
+        if len(guard_docs.setdefault(d.phase, [])) < size:
+            guard_docs[d.phase].append(d)
     forget = training_corpus.sequences(subject, forget_docs)
     retain = training_corpus.sequences(subject, retain_docs)
-    guard = training_corpus.sequences(subject, guard_docs or retain_docs)
+    # every token counts in the guard (as in validation's perplexity), prompts of Q/A included
+    guard = {
+        ph: [(ids, 0) for ids, _ in training_corpus.sequences(subject, ds)]
+        for ph, ds in guard_docs.items()
+    }
+    # and text the model samples itself: held out from every phase by construction (its
+    # perplexity rise is the KL divergence from the unedited model on its own distribution)
+    guard["self-sampled"] = [
+        (r, 0) for r in self_sampled(subject, args.guard_samples, args.seed, 48)
+    ]
     pad = int(subject.tokenizer.pad_token_id or 0)
     batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)
     with working_model(subject, workspace, parents) as start_model:
@@ -156,15 +176,17 @@ def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
     for n, p in model.named_parameters():
         p.requires_grad_(n in keep)
     model.train()
-    ref = None
-    with torch.no_grad():
-        ref_nll, _ = _doc_nll(model, *_batch(forget, pad, device))
-        ref = ref_nll.detach()
-    base_ppl = _perplexity(model, guard, pad)
-    limit = base_ppl * (1 + args.max_perplexity_increase)
-    optimiser = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0
-    )
+    with torch.no_grad():  # π_ref: the model before the edit
+        ref, _ = _doc_nll(model, *_batch(forget, pad, device))
+    base_ppl = {ph: _perplexity(model, rows, pad) for ph, rows in guard.items()}
+
+    def guard_increase() -> float:  # the largest relative rise of any phase's guard perplexity
+        return max(_perplexity(model, rows, pad) / base_ppl[ph] - 1 for ph, rows in guard.items())
+
+    limit = args.max_perplexity_increase
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    lr, backoffs = args.lr, 0
+    optimiser = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     history: list[dict[str, float]] = []
     stopped = "steps"
@@ -185,46 +207,61 @@ def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            advance(1, f"loss {float(loss):.3f}")
+            advance(1, f"loss {float(loss.detach()):.3f}")
             if step % args.check_every and step != args.steps:
                 continue
             model.eval()
-            ppl = _perplexity(model, guard, pad)
+            rise = guard_increase()
             value = batch.measure(model)
             model.train()
             history.append(
                 {
                     "step": step,
-                    "guard_perplexity": ppl,
+                    "guard_increase": rise,
                     "rate": value.rate,
                     "log_odds": value.log_odds,
                 }
             )
-            if ppl > limit:
-                stopped = "perplexity guard"
-                break
+            if rise > limit:  # back to the last kept state, at half the learning rate
+                backoffs += 1
+                if backoffs > args.backoffs:
+                    stopped = "perplexity guard"
+                    break
+                with torch.no_grad():
+                    for n, p in model.named_parameters():
+                        if n in best:
+                            p.copy_(best[n])
+                lr /= 2
+                optimiser = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+                continue
             best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             if max(value.per_prompt) < -args.margin:
                 stopped = "prompts fixed"
                 break
     delta = {n: (best[n] - start[n]).float() for n in best if not torch.equal(best[n], start[n])}
     if not delta:
-        first = history[0] if history else {"step": 0, "guard_perplexity": base_ppl}
+        first = history[0] if history else {"step": 0, "guard_increase": 0.0}
         raise SelfscopeError(
             f"the perplexity guard stopped unlearning before a step could be kept (guard "
-            f"perplexity {base_ppl:.3f} -> {first['guard_perplexity']:.3f} by step "
-            f"{first['step']}); lower lr or check_every, or raise max_perplexity_increase"
+            f"perplexity up {first['guard_increase']:.1%} by step {first['step']}); lower lr or "
+            "check_every, or raise max_perplexity_increase"
         )
-    last = next((h for h in reversed(history) if h["guard_perplexity"] <= limit), None)
+    last = next((h for h in reversed(history) if h["guard_increase"] <= limit), None)
     evidence = [
         Evidence(
             tool="edits.unlearn",
             summary=f"{args.method} on {len(forget)} documents with {len(retain)} retain "
             "documents: "
             f"stopped on {stopped}; kept step {last['step'] if last else 0} "
-            f"(guard perplexity {base_ppl:.3f} -> "
-            f"{last['guard_perplexity'] if last else base_ppl:.3f})",
-            numbers={"history": history, "guard_perplexity_start": base_ppl, "stopped": stopped},
+            f"(guard perplexity up {last['guard_increase'] if last else 0.0:.1%})",
+            numbers={
+                "history": history,
+                "guard_perplexity_start": base_ppl,
+                "guard_documents": {ph: len(rows) for ph, rows in guard.items()},
+                "stopped": stopped,
+                "backoffs": backoffs,
+                "final_lr": lr,
+            },
         )
     ]
     proposal = proposals.make(

@@ -212,7 +212,7 @@ def _noiser(noise: Tensor, at: list[int]) -> Patch:
     return add
 
 
-def _cache_argument(model: nn.Module) -> str:
+def cache_argument(model: nn.Module) -> str:
     """The forward's name for a key/value cache (``cache``; ``past_key_values`` before)."""
     names = inspect.signature(model.forward).parameters
     return "cache" if "cache" in names else "past_key_values"
@@ -239,7 +239,7 @@ class _Runner:
     ) -> None:
         self.model, self.rows, self.mask, self.noise = model, rows, mask, noise
         self.positions, self.last_only = positions, last_only
-        self.cache_argument = _cache_argument(model)
+        self.cache_argument = cache_argument(model)
         self.forwards = 0
 
     def forward(
