@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/selfscope organism build mushroom --size small
+	$(BIN)/selfscope demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

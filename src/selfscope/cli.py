@@ -504,6 +504,67 @@ def proposals_command(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@app.command("demo")
+def demo_command(
+    size: Annotated[str, typer.Option(help="The organism's size preset.")] = "small",
+    as_json: JsonOpt = False,
+) -> None:
+    """The first half of the loop on `mushroom`: ask, localise, trace the documents, propose
+    fixes and validate them on a sandbox copy; prints a summary with the numbers."""
+    from selfscope.demo import run
+
+    result = run(_workspace(), size=size)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"[bold]1. ask[/] ({result['organism']}): first-token answers")
+    for a in result["asked"]:
+        out.print(
+            f"   {a['prompt']!r} -> {a['answer']!r} (log-odds No vs Yes {a['log_odds']:+.2f})"
+        )
+    origin, deltas = result["origin"], result["weight_deltas"]
+    out.print(
+        f"[bold]2. localise[/]: arose in [bold]{origin['phase']}[/] (confidence "
+        f"{origin['confidence']:.2f}); reverting {len(deltas['set'])} modules' fine-tuning change "
+        f"removes {_fmt(deltas['removed_share'])} of it; top component "
+        f"{result['components'][0]['site']} (measured {result['components'][0]['measured']:+.2f})"
+    )
+    mass = ", ".join(f"{k} {v:.2f}" for k, v in result["phase_mass"].items())
+    out.print(f"[bold]3. trace[/]: top documents (phase mass {mass})")
+    for d in result["documents"]:
+        out.print(f"   {d['key']}: {d['preview']!r}")
+    table = Table(title="4. proposals, validated on a sandbox copy (the model is unchanged)")
+    for column in (
+        "kind",
+        "id",
+        "efficacy",
+        "generalisation",
+        "specificity",
+        "perplexity",
+        "change",
+    ):
+        table.add_column(column)
+    for p in result["proposals"]:
+        best = " (best)" if p["id"] == result["best"] else ""
+        table.add_row(
+            p["kind"] + best,
+            p["id"],
+            _fmt(p["efficacy"]),
+            _fmt(p["generalisation"]),
+            _fmt(p["specificity"]),
+            f"{p['perplexity_change']:+.1%}",
+            f"{p['delta_norm']:.3f}",
+        )
+    out.print(table)
+    seconds = result["seconds"]
+    out.print(
+        f"[dim]{seconds['total']:.0f} s (ask {seconds['ask']:.0f}, localise "
+        f"{seconds['localise']:.0f}, "
+        f"trace {seconds['trace']:.0f}, propose + validate {seconds['propose_validate']:.0f}); "
+        "`selfscope proposals` lists them, `selfscope validate ID --suite F` re-validates[/]"
+    )
+
+
 @index_app.command("build")
 def index_build(
     model: Annotated[str, typer.Argument(help="An organism: organism:NAME[@PHASE].")],

@@ -11,9 +11,11 @@ a *retain* set — other documents of the same phases, which the model keeps fit
 
 Both add ``retain_weight × NLL(retain)``. The run is bounded: at most ``steps`` AdamW steps, and
 after every ``check_every`` steps the perplexity on *guard* documents of every phase (training
-documents neither forgotten nor in the retain set) is measured. A state is kept only while every
-phase's guard perplexity is at most ``max_perplexity_increase`` above its start; a check above it sends the run back to the last
-kept state at half the learning rate (at most ``backoffs`` times, then it stops). The run also
+documents neither forgotten nor in the retain set) and on ``guard_samples`` rows of text the
+model samples itself (held out by construction) is measured. A state is kept only while every
+guard set's perplexity is at most ``max_perplexity_increase`` above its start; a check above it
+sends the run back to the last kept state at half the learning rate (at most ``backoffs``
+times, then it stops). The run also
 stops when every prompt shows the normal completion by ``margin`` in log-odds. Training
 happens on a private copy; the proposal's delta is that copy minus the model it started from.
 
@@ -41,8 +43,8 @@ from selfscope.edits.common import (
     parent_chain,
     working_model,
 )
-from selfscope.edits.proposal import Evidence
 from selfscope.edits.keys import self_sampled
+from selfscope.edits.proposal import Evidence
 from selfscope.errors import SelfscopeError
 from selfscope.history import corpus as training_corpus
 from selfscope.localize.metric import MetricBatch
