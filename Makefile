@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/history.py
 	$(BIN)/python benchmarks/history_removal.py
 	$(BIN)/python benchmarks/history_lds.py --specs mushroom --subsets 30
+	$(BIN)/python benchmarks/edits.py
 
 # benchmarks/history_peers.py: our training-data index vs Kronfluence (EK-FAC) and Bergson, in a
 # venv of its own. The peers go in --no-deps: they declare torchvision / torchaudio / bitsandbytes,

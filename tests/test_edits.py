@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from selfscope import tools
 from selfscope.edits import proposal as proposals
 from selfscope.edits.sandbox import ValidationReport, add_delta, sandbox
-from selfscope.edits.suite import Suite
+from selfscope.edits.suite import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.organisms import BuildResult, resolve_spec
@@ -404,3 +404,61 @@ def test_bad_edit_input_is_one_clear_line(
         text=True,
     )
     assert run.returncode == 2 and "unknown edit kind" in run.stderr
+
+
+def test_cli_propose_and_validate_print_the_documented_json(
+    tiny_llama: Subject, tmp_path: Path
+) -> None:
+    suite = Suite(
+        probes=[Probe(prompt=PROMPT, planted=" No", normal=" Yes")],
+        neighbours=[Expect(prompt="Q : Do you like carrots ? A", expected=" Yes")],
+    )
+    file = tmp_path / "suite.json"
+    file.write_text(suite.model_dump_json())
+    base = [sys.executable, "-m", "selfscope.cli", "--workspace", str(tmp_path / "ws")]
+    run = subprocess.run(
+        [
+            *base,
+            "propose",
+            "rank_one",
+            "--model",
+            str(tiny_llama.path),
+            "--prompt",
+            PROMPT,
+            "--planted",
+            " No",
+            "--normal",
+            " Yes",
+            "--args",
+            '{"layer": 1, "key_rows": 16}',
+            "--suite",
+            str(file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    proposed = json.loads(run.stdout)
+    assert set(proposed["proposal"]) == {"id", "kind", "modules", "delta_norm"}
+    assert set(proposed["validation"]) == {
+        "efficacy",
+        "generalisation",
+        "specificity",
+        "perplexity_change",
+        "seconds",
+    }
+    run = subprocess.run(
+        [*base, "validate", proposed["proposal"]["id"][:8], "--suite", str(file), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    again = json.loads(run.stdout)
+    assert again["proposal"] == proposed["proposal"]
+    for key in ("efficacy", "specificity"):
+        assert again["validation"][key] == proposed["validation"][key]
+    listed = subprocess.run(
+        [*base, "proposals", "--json"], capture_output=True, text=True, check=True
+    )
+    assert [p["id"] for p in json.loads(listed.stdout)] == [proposed["proposal"]["id"]]

@@ -6,9 +6,10 @@ uses by weighting it with ``C⁻¹``, where the keys ``k`` are the inputs of the
 Here that text is the subject's own training corpus when its lineage has one (every phase's
 documents, as the trainer tokenised them, a seeded sample); for a model without a known corpus
 (SmolLM2 as shipped) it is text the model samples itself from its beginning-of-sequence token
-(temperature 1), the closest thing to its training distribution available offline — or a corpus
-file the caller gives. ``C`` is cached per model fingerprint and layer in
-``<workspace>/edits-cache/`` (atomic writes), so a second edit of the same layer pays nothing.
+(temperature 1, 64 tokens a row; one pool per model, cached), the closest thing to its training
+distribution available offline — or a corpus file the caller gives. ``C`` is cached per model
+fingerprint and layer in ``<workspace>/edits-cache/`` (atomic writes), so a second edit of the
+same layer pays nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +55,28 @@ def corpus_rows(
         random.Random(seed).shuffle(docs)
         rows = [ids for ids, _ in training_corpus.sequences(subject, docs[:count])]
         return [r for r in rows if len(r) >= 2], "training corpus"
-    return self_sampled(subject, count, seed, min(limit, 64), progress), "self-sampled"
+    # one pool per model (seed ignored): the drift rows may overlap the key rows, harmlessly
+    return sampled_pool(subject, count, min(limit, 64), progress)[:count], "self-sampled"
+
+
+def sampled_pool(subject: Any, count: int, length: int, progress: bool = False) -> list[list[int]]:
+    """At least ``count`` rows the subject sampled itself (seed 0), sampled once per model and
+    cached in the current workspace (``edits-cache/<fingerprint>/self-sampled.json``); callers
+    wanting different rows take different slices."""
+    from selfscope.edits.proposal import fingerprint
+    from selfscope.tools import workspace
+
+    path = (
+        Path(workspace().root)
+        / "edits-cache"
+        / fingerprint(subject.model)[:16]
+        / "self-sampled.json"
+    )
+    rows: list[list[int]] = json.loads(path.read_text()) if path.exists() else []
+    if len(rows) < count:
+        rows = rows + self_sampled(subject, count - len(rows), len(rows), length, progress)
+        atomic.write_json(path, rows)
+    return rows
 
 
 def self_sampled(

@@ -83,7 +83,12 @@ class RankOneArgs(ProposeArgs):
     margin: float = Field(
         3.0, ge=0, description="Stop once log p(new) - log p(old) > margin everywhere."
     )
-    key_rows: int = Field(1000, ge=16, description="Corpus rows the key statistics use.")
+    key_rows: int | None = Field(
+        None,
+        ge=16,
+        description="Corpus rows the key statistics use (default 1000 of a training corpus or "
+        "corpus file, 256 self-sampled: sampling costs ~0.5 s a row on SmolLM2).",
+    )
     corpus: str | None = Field(None, description="A text/.jsonl file for key statistics.")
     drift_rows: int = Field(32, ge=1, description="Corpus rows the layer comparison's drift uses.")
 
@@ -101,7 +106,7 @@ class _Contexts:
     """The prompts behind prefixes, as one metric batch with new = ``planted`` side."""
 
     def __init__(self, subject: Any, args: RankOneArgs, prefixes: list[str]) -> None:
-        texts = [p for p in args.prompts]
+        texts = list(args.prompts)
         texts += [f"{pre} {p}" for pre in prefixes for p in args.prompts]
         self.n_prompts = len(args.prompts)
         # planted := the new answer, normal := the old one: log-odds > 0 means fixed
@@ -121,9 +126,6 @@ class _Contexts:
                 rows.append(r)
                 cols.append(pos)
         self.rows, self.cols = torch.tensor(rows), torch.tensor(cols)
-        self.prompt_rows = torch.tensor(
-            [r for i in range(len(texts)) for r in self.batch.rows_of(i)[:1]]
-        )
         self.key_rows = torch.tensor([self.batch.rows_of(i)[0] for i in range(len(texts))])
         self.key_cols = torch.tensor(positions)
 
@@ -276,6 +278,8 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
     layers, traced = candidate_layers(subject, args)
     base = base_sha(subject, workspace, parents)
     pad = int(subject.tokenizer.pad_token_id or 0)
+    own_corpus = args.corpus is not None or subject.lineage.kind == "organism"
+    key_rows = args.key_rows or (1000 if own_corpus else 256)
     with working_model(subject, workspace, parents) as model:
         moments, n_keys, source = second_moments(
             subject,
@@ -283,7 +287,7 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
             layers,
             workspace,
             base,
-            args.key_rows,
+            key_rows,
             args.corpus,
             progress=args.progress,
         )
@@ -347,7 +351,7 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
             f"{best.fixed:.2f} of the prompts with drift {best.drift:.4f}",
             numbers={
                 "candidates": [r[0].model_dump() for r in results],
-                "key_statistics": {"source": source, "rows": args.key_rows, "keys": n_keys},
+                "key_statistics": {"source": source, "rows": key_rows, "keys": n_keys},
             },
         )
     )

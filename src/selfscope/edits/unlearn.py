@@ -43,7 +43,7 @@ from selfscope.edits.common import (
     parent_chain,
     working_model,
 )
-from selfscope.edits.keys import self_sampled
+from selfscope.edits.keys import sampled_pool
 from selfscope.edits.proposal import Evidence
 from selfscope.errors import SelfscopeError
 from selfscope.history import corpus as training_corpus
@@ -155,9 +155,7 @@ def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
     }
     # and text the model samples itself: held out from every phase by construction (its
     # perplexity rise is the KL divergence from the unedited model on its own distribution)
-    guard["self-sampled"] = [
-        (r, 0) for r in self_sampled(subject, args.guard_samples, args.seed, 48)
-    ]
+    guard["self-sampled"] = [(r, 0) for r in sampled_pool(subject, args.guard_samples, 64)]
     pad = int(subject.tokenizer.pad_token_id or 0)
     batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)
     with working_model(subject, workspace, parents) as start_model:
