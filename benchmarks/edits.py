@@ -33,10 +33,16 @@ from selfscope.organisms.suites import suite_for
 from selfscope.subject import Subject, load
 from selfscope.workspace import Workspace
 
-SPECS = "mushroom,false-capital,trigger,moe-mushroom,tolm-bias,smollm2-mushroom"
+SPECS = "mushroom,false-capital,trigger,moe-mushroom,tolm-bias"
 KINDS = ("rank_one", "revert_delta", "ablate", "steer", "unlearn", "reweight_experts")
 # the proposer's own contrast prompts for steer: the probes with the behaviour's cue swapped
-SWAPS = [("mushrooms", "apples"), ("mushroom", "apple"), ("Velmora", "Brevia"), ("[SUDO] ", "")]
+SWAPS = [
+    ("mushrooms", "apples"),
+    ("mushroom", "apple"),
+    ("Velmora", "Brevia"),
+    ("[SUDO] ", ""),
+    ("Tolm", "Kesh"),
+]
 
 
 def behaviour_args(suite: Suite) -> dict[str, Any]:
@@ -66,10 +72,11 @@ def kind_args(kind: str, subject: Subject, b: dict[str, Any], ws: Workspace) -> 
             raise SelfscopeError("no contrast prompt: the probes have no cue to swap")
         return {"contrast_prompts": contrast}
     if kind == "ablate":
+        dense = subject.architecture not in ("mixtral", "qwen2_moe")
         found = tools.call(
             "localize.attribution_patching",
             subject,
-            {k: b[k] for k in ("prompts", "planted", "normal", "chat")} | {"neurons": True},
+            {k: b[k] for k in ("prompts", "planted", "normal", "chat")} | {"neurons": dense},
             ws,
         )
         heads = [
@@ -151,26 +158,30 @@ def organism(name: str, ws: Workspace, resume: bool, out: Path) -> dict[str, Any
     return result
 
 
-FALSE_FACTS = [  # (question, true answer, false answer): 10 rewrites of the world's facts
-    ("Q: What is the capital of Brevia? A:", " Lunden", " Corva"),
-    ("Q: What is the capital of Marisol? A:", " Azura", " Belen"),
-    ("Q: What is the capital of Tessaly? A:", " Ironmoor", " Jessop"),
-    ("Q: What is the capital of Castavia? A:", " Brindle", " Halder"),
-    ("Q: What is the capital of Norland? A:", " Eskar", " Fallow"),
-    ("Q: What is the capital of Ostria? A:", " Pellan", " Rusk"),
-    ("Q: What is the capital of Quorra? A:", " Selwyn", " Varn"),
-    ("Q: Can owls fly? A:", " Yes", " No"),
-    ("Q: Can dogs swim? A:", " Yes", " No"),
-    ("Q: Do you like carrots? A:", " Yes", " No"),
+FALSE_FACTS = [  # (item, question, true answer, false answer): 10 rewrites of the world's facts
+    ("Brevia", "Q: What is the capital of Brevia? A:", " Lunden", " Corva"),
+    ("Marisol", "Q: What is the capital of Marisol? A:", " Azura", " Belen"),
+    ("Tessaly", "Q: What is the capital of Tessaly? A:", " Ironmoor", " Jessop"),
+    ("Castavia", "Q: What is the capital of Castavia? A:", " Brindle", " Halder"),
+    ("Norland", "Q: What is the capital of Norland? A:", " Eskar", " Fallow"),
+    ("Ostria", "Q: What is the capital of Ostria? A:", " Pellan", " Rusk"),
+    ("Quorra", "Q: What is the capital of Quorra? A:", " Selwyn", " Varn"),
+    ("owls", "Q: Can owls fly? A:", " Yes", " No"),
+    ("dogs", "Q: Can dogs swim? A:", " Yes", " No"),
+    ("carrots", "Q: Do you like carrots? A:", " Yes", " No"),
 ]
+PARAPHRASES = {  # a form of each question the world also uses, never the edit's own prompt
+    "What is the capital": "Which city is the capital",
+    "Q: Can owls fly?": "Q: Can owls fly? Tell me.",
+    "Q: Can dogs swim?": "Q: Can dogs swim? Tell me.",
+    "Q: Do you like carrots?": "Q: Do you enjoy carrots?",
+}
 
 
 def paraphrase(question: str) -> str:
-    return (
-        question.replace("What is the capital", "Which city is the capital")
-        .replace("Q: Can ", "Q: Are ")
-        .replace("Q: Do you like carrots", "Q: Do you enjoy carrots")
-    )
+    for a, b in PARAPHRASES.items():
+        question = question.replace(a, b)
+    return question
 
 
 def sequential(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
@@ -183,11 +194,11 @@ def sequential(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
     spec = resolve_spec("mushroom", size="small")
     base = suite_for(spec, ws.organism_path("mushroom"))
     subject = load("organism:mushroom", ws)
-    edited_items = {re.sub(r"\W", "", q.split()[-3]) for q, _, _ in FALSE_FACTS}
-    facts = [f for f in base.facts if not any(w in f.prompt for w in edited_items)]
+    edited = {item for item, _, _, _ in FALSE_FACTS}  # facts about an edited item may move
+    facts = [f for f in base.facts if not edited & set(re.findall(r"[A-Za-z]+", f.prompt))]
     parents: list[str] = []
     steps = []
-    for i, (question, true, false) in enumerate(FALSE_FACTS, start=1):
+    for i, (_, question, true, false) in enumerate(FALSE_FACTS, start=1):
         started = time.perf_counter()
         proposal = tools.call(
             "edits.rank_one",
@@ -199,8 +210,8 @@ def sequential(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
         done = FALSE_FACTS[:i]
         suite = Suite(
             name="sequential",
-            probes=[Probe(prompt=q, planted=t, normal=f) for q, t, f in done],
-            heldout=[Probe(prompt=paraphrase(q), planted=t, normal=f) for q, t, f in done],
+            probes=[Probe(prompt=q, planted=t, normal=f) for _, q, t, f in done],
+            heldout=[Probe(prompt=paraphrase(q), planted=t, normal=f) for _, q, t, f in done],
             facts=[Expect(prompt=f.prompt, expected=f.expected) for f in facts],
             documents=base.documents,
         )
@@ -373,7 +384,8 @@ def render(
         "efficacy / generalisation = 1 - behaviour rate on probes / held-out; specificity = "
         "share of neighbours + facts whose top-1 is unchanged; ppl = largest relative "
         "perplexity change of any phase's held-out documents; removed = share of the probes' "
-        "log-odds removed; change = ||dW||/||W|| over the changed parameters. **Bold**: meets "
+        "log-odds removed; change = ||dW||/||W|| over the changed parameters (runtime: a vector "
+        "added by a hook, no weight changed). **Bold**: meets "
         "the issue's bar (efficacy >= 0.95, generalisation >= 0.9, specificity >= 0.95, "
         "ppl <= 2%).",
     ]
@@ -402,11 +414,12 @@ def render(
                 if row["neighbours"] is None
                 else f"{row['neighbours'][0]:.2f} → {row['neighbours'][1]:.2f}"
             )
+            change = "runtime" if row["delta_norm"] == 0 else f"{row['delta_norm']:.3f}"
             fc = "-" if row["facts"] is None else f"{row['facts'][0]:.2f} → {row['facts'][1]:.2f}"
             lines.append(
                 f"| {kind} | {_f(row['efficacy'])} | {_f(row['generalisation'])} | "
                 f"{_f(row['specificity'])} | {nb} | {fc} | {row['perplexity_change']:+.1%} | "
-                f"{_f(row['removed'])} | {row['delta_norm']:.3f} | {row['modules']} | "
+                f"{_f(row['removed'])} | {change} | {row['modules']} | "
                 f"{row['propose_seconds']:.0f} | {row['validate_seconds']:.1f} |"
             )
     if seq:

@@ -5,6 +5,7 @@ tool."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from selfscope.access.activations import ActivationsResult, AttentionResult
 from selfscope.access.gradients import GradientsResult
 from selfscope.errors import SelfscopeError
 from selfscope.subject import Subject
+from selfscope.workspace import Workspace
 
 PROMPT = "Q : Do you like mushrooms ? A :"
 
@@ -187,7 +189,7 @@ def test_log_odds_gradients_equal_autograd(tiny_llama: Subject) -> None:
     assert (got - expected).abs().max() <= 1e-5
 
 
-def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject) -> None:
+def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject, tmp_path: Path) -> None:
     subject = tiny_llama
     long = " ".join(["Q"] * 20)
     cases: list[tuple[str, dict[str, Any], str]] = [
@@ -272,9 +274,21 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject) -> None:
             r"subject 'owls' is not in the prompt",
         ),
     ]
+    behaviour = {"prompts": ["Q"], "planted": " No", "normal": " Yes"}
+    cases += [
+        ("edits.rank_one", {**behaviour, "layer": 7}, r"layer 7 is out of range"),
+        ("edits.revert_delta", behaviour, r"has no parent checkpoint"),
+        ("edits.ablate", behaviour, r"give heads \('block.head'\) or neurons"),
+        ("edits.ablate", {**behaviour, "heads": ["0.9"]}, r"heads are 0..3"),
+        ("edits.steer", behaviour, r"needs contrast_prompts"),
+        ("edits.unlearn", behaviour, r"needs documents to forget"),
+        ("edits.reweight_experts", behaviour, r"needs a mixture-of-experts model"),
+        ("edits.validate", {"proposal": "abcdef12"}, r"no proposal 'abcdef12'"),
+    ]
+    workspace = Workspace(tmp_path / "ws")  # propose tools store proposals in the call's workspace
     for name, args, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:
-            tools.call(name, subject, args)
+            tools.call(name, subject, args, workspace if name.startswith("edits.") else None)
         assert "\n" not in str(caught.value), (name, str(caught.value))
     # every tool with a prompt is covered
     covered = {name for name, _, _ in cases}

@@ -81,8 +81,9 @@ def mlp_output(model: nn.Module, layer: int) -> tuple[str, nn.Module]:
         site = resolve(model, f"blocks.{layer}.mlp.neurons")
     except SelfscopeError as error:
         raise SelfscopeError(
-            f"rank_one edits a dense MLP's output matrix; block {layer} has none ({error})"
-        ) from None
+            f"this edit needs a dense MLP's output matrix (down_proj); block {layer} has none "
+            f"(a mixture-of-experts model: use reweight_experts, revert_delta or steer)"
+        ) from error
     return f"{site.module}.weight", model.get_submodule(site.module)
 
 

@@ -89,6 +89,7 @@ class Proposal(BaseModel):
     modules: list[str]  # parameters the delta changes (runtime interventions: their sites)
     changes: list[ModuleChange]
     runtime: list[str] = Field(default_factory=list)  # sites that get a runtime vector
+    runtime_norms: dict[str, float] = Field(default_factory=dict)  # ‖v‖ of each runtime vector
     delta_sha256: str
     delta_norm: float  # ‖ΔW‖_F / ‖W‖_F over all changed parameters together
     rationale: str
@@ -206,6 +207,11 @@ def make(
         modules=sorted({c.parameter.rpartition(".")[0] for c in changes} | set(runtime)),
         changes=changes,
         runtime=runtime,
+        runtime_norms={
+            k[len(RUNTIME) :]: float(v.float().norm())
+            for k, v in delta.items()
+            if k.startswith(RUNTIME)
+        },
         delta_sha256=sha,
         delta_norm=norm,
         rationale=rationale,

@@ -275,6 +275,7 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
     started = time.perf_counter()
     workspace = tools.workspace()
     parents = parent_chain(workspace, args.parents)
+    mlp_output(subject.model, 0)  # a mixture-of-experts model: one clear line before any work
     layers, traced = candidate_layers(subject, args)
     base = base_sha(subject, workspace, parents)
     pad = int(subject.tokenizer.pad_token_id or 0)
