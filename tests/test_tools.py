@@ -33,15 +33,20 @@ def test_registry_schemas_are_valid_json_schema() -> None:
         "weights.stats",
         "weights.diff",
     } <= set(registry)
-    assert all(t.permission == "read" for t in registry.values())
+    # the surgeon's tools create proposals; everything else only reads
+    for name, t in registry.items():
+        assert t.permission == ("propose" if name.startswith("edits.") else "read"), name
     for entry in tools.openai_schema():
         assert entry["type"] == "function"
         function = entry["function"]
-        assert "." not in function["name"] and function["description"].startswith("[read]")
+        permission = "propose" if function["name"].startswith("edits_") else "read"
+        assert "." not in function["name"]
+        assert function["description"].startswith(f"[{permission}]")
         jsonschema.Draft202012Validator.check_schema(function["parameters"])
         if function["name"].startswith(("lens", "tokens")):
             assert function["parameters"]["properties"]["prompt"]["type"] == "string"
     for entry in tools.mcp_tools():
+        assert entry["annotations"]["readOnlyHint"] == (not entry["name"].startswith("edits."))
         jsonschema.Draft202012Validator.check_schema(entry["inputSchema"])
         jsonschema.Draft202012Validator.check_schema(entry["outputSchema"])
     assert tools.get("lens_logit").name == "lens.logit"

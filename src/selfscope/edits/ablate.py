@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from selfscope import tools
 from selfscope.edits import proposal as proposals
+from selfscope.edits.batching import batches
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -78,13 +79,7 @@ def _means(
     device = next(model.parameters()).device
     sums: dict[str, Tensor] = {}
     count = 0
-    for start in range(0, len(rows), 16):
-        chunk = rows[start : start + 16]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(chunk):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    for ids, mask in batches(rows, pad, device):
         with torch.no_grad(), hooked(model, capture=sites) as store:
             model(input_ids=ids, attention_mask=mask)
         for site in sites:

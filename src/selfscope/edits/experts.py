@@ -26,6 +26,7 @@ from torch.func import functional_call
 from selfscope import tools
 from selfscope.access.common import prompt_text
 from selfscope.edits import proposal as proposals
+from selfscope.edits.batching import batches
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -147,13 +148,7 @@ def propose_reweight(subject: Any, args: ReweightArgs) -> ProposalResult:
         rows, _ = corpus_rows(subject, args.key_rows, seed=4)
         second: dict[int, Tensor] = {}
         count = 0
-        for start in range(0, len(rows), 16):
-            chunk = rows[start : start + 16]
-            width = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(chunk):
-                ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        for ids, mask in batches(rows, pad, device):
             for b, x in _router_inputs(model, gates, ids, mask).items():
                 x = x[mask.bool()].double()
                 second[b] = second.get(b, 0) + x.T @ x

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from selfscope import atomic
 from selfscope.access.common import context_length
+from selfscope.edits.batching import batches
 from selfscope.errors import SelfscopeError
 from selfscope.history import corpus as training_corpus
 from selfscope.localize.trace import cache_argument
@@ -144,13 +145,7 @@ def second_moments(
     totals: dict[int, Tensor] = {}
     n = 0
     with progress_bar(f"key statistics, layers {missing}", len(rows), enabled=progress) as advance:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            width = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), width), int(pad), dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(chunk):
-                ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        for ids, mask in batches(rows, int(pad), device, batch_size):
             with torch.no_grad(), hooked(model, capture=list(sites.values())) as store:
                 model(input_ids=ids, attention_mask=mask)
             for layer, site in sites.items():
@@ -158,7 +153,7 @@ def second_moments(
                 part = keys.T @ keys
                 totals[layer] = part if layer not in totals else totals[layer] + part
             n += int(mask.sum())
-            advance(len(chunk), "")
+            advance(ids.shape[0], "")
     if not n:
         raise SelfscopeError("the key corpus is empty; give a corpus with text")
     for layer, total in totals.items():

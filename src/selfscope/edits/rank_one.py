@@ -33,6 +33,7 @@ proposal's evidence. The proposer sees only its own prompts and corpus, never a 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ from torch.func import functional_call
 from selfscope import tools
 from selfscope.access.common import prompt_text
 from selfscope.edits import proposal as proposals
+from selfscope.edits.batching import drift
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -183,21 +185,15 @@ def _value_delta(
     return delta.detach(), steps
 
 
-def _drift(model: nn.Module, swap: dict[str, Tensor], rows: list[list[int]], pad: int) -> float:
-    device = next(model.parameters()).device
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-    with torch.no_grad():
-        base = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+def _swapped(model: nn.Module, swap: dict[str, Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    def run(ids: Tensor, mask: Tensor) -> Tensor:
         out = functional_call(
             model, swap, args=(), kwargs={"input_ids": ids, "attention_mask": mask}
         )
-        edited = torch.log_softmax(out.logits.float(), -1)
-    kl = (base.exp() * (base - edited)).sum(-1)
-    return float(kl[mask.bool()].mean())
+        logits: Tensor = out.logits
+        return logits
+
+    return run
 
 
 def candidate_layers(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence | None]:
@@ -335,7 +331,7 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
                         layer=layer,
                         fixed=float((per > 0).float().mean()),
                         log_odds=float(per.mean()),
-                        drift=_drift(model, swap, drift_rows, pad),
+                        drift=drift(model, drift_rows, pad, _swapped(model, swap)),
                         delta_norm=float(change.norm() / weight.double().norm()),
                         steps=steps,
                     ),

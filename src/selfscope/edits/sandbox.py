@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from selfscope.access.common import context_length, prompt_text
 from selfscope.edits import proposal as proposals
+from selfscope.edits.batching import batches
 from selfscope.edits.proposal import RUNTIME, ModuleChange, Proposal
 from selfscope.edits.suite import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
@@ -223,18 +224,12 @@ def perplexity(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(len(r) for r in chunk)
-        ids = torch.full((len(chunk), width), int(pad), dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(chunk):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    for ids, mask in batches(rows, int(pad), device, batch_size):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-        ).view(len(chunk), width - 1)
+        ).view(ids.shape[0], ids.shape[1] - 1)
         keep = mask[:, 1:].bool()
         total += float(nll[keep].sum())
         count += int(keep.sum())

@@ -18,6 +18,7 @@ version will carry).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from selfscope import tools
 from selfscope.access.common import prompt_text
 from selfscope.edits import proposal as proposals
+from selfscope.edits.batching import drift
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -71,18 +73,13 @@ def _last_resid(
     return {i: torch.stack(v).mean(0) for i, v in out.items()}
 
 
-def _kl(model: nn.Module, patch: dict[str, Any], rows: list[list[int]], pad: int) -> float:
-    device = next(model.parameters()).device
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-    with torch.no_grad():
-        base = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+def _hooked(model: nn.Module, patch: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
+    def run(ids: Tensor, mask: Tensor) -> Tensor:
         with hooked(model, patch=patch):
-            edited = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    return float((base.exp() * (base - edited)).sum(-1)[mask.bool()].mean())
+            logits: Tensor = model(input_ids=ids, attention_mask=mask).logits
+        return logits
+
+    return run
 
 
 @tools.tool("edits.steer", SteerArgs, ProposalResult, permission="propose")
@@ -129,7 +126,7 @@ def propose_steer(subject: Any, args: SteerArgs) -> ProposalResult:
                             "alpha": alpha,
                             "rate": value.rate,
                             "log_odds": value.log_odds,
-                            "drift": _kl(model, patch, rows, pad),
+                            "drift": drift(model, rows, pad, _hooked(model, patch)),
                             "vector": vector,
                         }
                     )

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from selfscope import tools
 from selfscope.edits import proposal as proposals
+from selfscope.edits.batching import padded
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -76,13 +77,11 @@ class UnlearnArgs(ProposeArgs):
 
 
 def _batch(rows: list[tuple[list[int], int]], pad: int, device: torch.device) -> tuple[Tensor, ...]:
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    """Padded ids, mask, and labels: the tokens after the ``k`` context-only ones (-100 else)."""
+    ids, mask = padded([r for r, _ in rows], pad, device)
     labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
     for i, (r, k) in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        labels[i, max(k, 1) : len(r)] = torch.tensor(r[max(k, 1) :])
+        labels[i, max(k, 1) : len(r)] = ids[i, max(k, 1) : len(r)]
     return ids, mask, labels
 
 
