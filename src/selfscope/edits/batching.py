@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 
 def padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -39,3 +40,17 @@ def drift(
         base = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
         after = torch.log_softmax(edited(ids, mask).float(), -1)
     return float((base.exp() * (base - after)).sum(-1)[mask.bool()].mean())
+
+
+def with_weights(model: nn.Module, swap: dict[str, Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``run(ids, mask) -> logits`` of ``model`` with the ``swap`` parameters in place of its own
+    (``torch.func.functional_call``: the model's tensors are never written)."""
+
+    def run(ids: Tensor, mask: Tensor) -> Tensor:
+        out = functional_call(
+            model, swap, args=(), kwargs={"input_ids": ids, "attention_mask": mask}
+        )
+        logits: Tensor = out.logits
+        return logits
+
+    return run

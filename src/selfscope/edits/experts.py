@@ -21,12 +21,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from selfscope import tools
 from selfscope.access.common import prompt_text
 from selfscope.edits import proposal as proposals
-from selfscope.edits.batching import batches
+from selfscope.edits.batching import batches, with_weights
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -189,14 +188,7 @@ def propose_reweight(subject: Any, args: ReweightArgs) -> ProposalResult:
                 delta[name] = change
             params = dict(model.named_parameters())
             swap = {n: params[n].detach() + d for n, d in delta.items()}
-            with torch.no_grad():
-                out = functional_call(
-                    model,
-                    swap,
-                    args=(),
-                    kwargs={"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
-                )
-            value = batch.value(out.logits)
+            value = batch.measure_with(with_weights(model, swap))
             tried[bias] = {"rate": value.rate, "log_odds": value.log_odds}
             chosen = bias
             if value.log_odds <= (1 - args.target) * before.log_odds:

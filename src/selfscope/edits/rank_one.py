@@ -33,18 +33,16 @@ proposal's evidence. The proposer sees only its own prompts and corpus, never a 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from selfscope import tools
 from selfscope.access.common import prompt_text
 from selfscope.edits import proposal as proposals
-from selfscope.edits.batching import drift
+from selfscope.edits.batching import drift, with_weights
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -185,17 +183,6 @@ def _value_delta(
     return delta.detach(), steps
 
 
-def _swapped(model: nn.Module, swap: dict[str, Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    def run(ids: Tensor, mask: Tensor) -> Tensor:
-        out = functional_call(
-            model, swap, args=(), kwargs={"input_ids": ids, "attention_mask": mask}
-        )
-        logits: Tensor = out.logits
-        return logits
-
-    return run
-
-
 def candidate_layers(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence | None]:
     """The blocks to compare, and the tracing evidence that chose them (if any)."""
     if args.module is not None:
@@ -315,23 +302,15 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
             own: Tensor = module.weight  # type: ignore[assignment]
             swap = {name: own.detach() + delta_w}
             with torch.no_grad():
-                out = functional_call(
-                    model,
-                    swap,
-                    args=(),
-                    kwargs={
-                        "input_ids": ctx.batch.input_ids,
-                        "attention_mask": ctx.batch.attention_mask,
-                    },
-                )
-            per = ctx.batch.log_odds(out.logits)[: ctx.n_prompts]
+                logits = with_weights(model, swap)(ctx.batch.input_ids, ctx.batch.attention_mask)
+            per = ctx.batch.log_odds(logits)[: ctx.n_prompts]
             results.append(
                 (
                     Candidate(
                         layer=layer,
                         fixed=float((per > 0).float().mean()),
                         log_odds=float(per.mean()),
-                        drift=drift(model, drift_rows, pad, _swapped(model, swap)),
+                        drift=drift(model, drift_rows, pad, with_weights(model, swap)),
                         delta_norm=float(change.norm() / weight.double().norm()),
                         steps=steps,
                     ),

@@ -22,10 +22,10 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from selfscope import tools
 from selfscope.edits import proposal as proposals
+from selfscope.edits.batching import with_weights
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -138,14 +138,7 @@ def propose_revert(subject: Any, args: RevertArgs) -> ProposalResult:
         chosen = fractions[-1]
         for f in fractions:
             swap = {n: mine[n].detach() + f * d for n, d in full.items()}
-            with torch.no_grad():
-                out = functional_call(
-                    model,
-                    swap,
-                    args=(),
-                    kwargs={"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
-                )
-            value = batch.value(out.logits)
+            value = batch.measure_with(with_weights(model, swap))
             tried[f] = {"rate": value.rate, "log_odds": value.log_odds}
             if value.rate == 0:
                 chosen = f
