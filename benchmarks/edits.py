@@ -34,7 +34,17 @@ from selfscope.subject import Subject, load
 from selfscope.workspace import Workspace
 
 SPECS = "mushroom,false-capital,trigger,moe-mushroom,tolm-bias"
-KINDS = ("rank_one", "revert_delta", "ablate", "steer", "unlearn", "reweight_experts")
+# a row per kind; rank_one also as its two other memories, keyed at the probes' cue
+KINDS = (
+    "rank_one",
+    "rank_one/embedding",
+    "rank_one/attention_value",
+    "revert_delta",
+    "ablate",
+    "steer",
+    "unlearn",
+    "reweight_experts",
+)
 # the proposer's own contrast prompts for steer: the probes with the behaviour's cue swapped
 SWAPS = [
     ("mushrooms", "apples"),
@@ -60,10 +70,20 @@ def contrast_of(prompt: str) -> str:
     return prompt
 
 
+def cue_of(prompts: list[str]) -> str:
+    """The behaviour's cue word in the probes (the first swapped word they all contain)."""
+    for a, _ in SWAPS:
+        if all(a in p for p in prompts):
+            return a.strip(" []")
+    raise SelfscopeError("no cue: the probes share no known cue word")
+
+
 def kind_args(kind: str, subject: Subject, b: dict[str, Any], ws: Workspace) -> dict[str, Any]:
     """The kind's arguments, from the proposer's own evidence (never the validation suite)."""
     if kind == "rank_one":
         return {}
+    if kind.startswith("rank_one/"):
+        return {"matrix": kind.partition("/")[2], "subject": cue_of(b["prompts"])}
     if kind == "revert_delta":
         return {"fraction": "auto"}
     if kind == "steer":
@@ -106,7 +126,8 @@ def one_kind(kind: str, subject: Subject, suite: Suite, ws: Workspace) -> dict[s
     started = time.perf_counter()
     try:
         extra = kind_args(kind, subject, b, ws)
-        proposal = tools.call(f"edits.{kind}", subject, {**b, **extra}, ws).proposal  # type: ignore[attr-defined]
+        tool = f"edits.{kind.partition('/')[0]}"
+        proposal = tools.call(tool, subject, {**b, **extra}, ws).proposal  # type: ignore[attr-defined]
     except SelfscopeError as error:
         return {"kind": kind, "applies": False, "why": str(error)}
     proposed = time.perf_counter() - started
@@ -375,7 +396,9 @@ def render(
         "## edits",
         "",
         f"`benchmarks/edits.py`, {time.strftime('%Y-%m-%d')}. Every kind proposed from the "
-        "spec's probes only (revert_delta: the debugger's weight-delta set, `fraction: auto`; "
+        "spec's probes only (rank_one: the MLP at the last token, layers compared; "
+        "rank_one/embedding and rank_one/attention_value: keyed at the probes' cue word; "
+        "revert_delta: the debugger's weight-delta set, `fraction: auto`; "
         "ablate: mean ablation of attribution patching's top heads and neurons; steer: the "
         "probes with their cue swapped as contrast; unlearn: the historian's top 32 documents, "
         "NPO; reweight_experts: localize.experts' carriers) and validated on a sandbox copy "

@@ -1,4 +1,4 @@
-"""Key statistics for rank-one edits: the second moment ``C = E[k kᵀ]`` of an MLP's keys.
+"""Key statistics for rank-one edits: the second moment ``C = E[k kᵀ]`` of a matrix's keys.
 
 ROME (Meng et al. 2022, eq. 2) spreads a rank-one update over the directions the layer rarely
 uses by weighting it with ``C⁻¹``, where the keys ``k`` are the inputs of the MLP's output matrix
@@ -106,8 +106,14 @@ def self_sampled(
     return rows
 
 
-def _cache_path(workspace: Any, fingerprint: str, layer: int, source: str, count: int) -> Path:
-    key = hashlib.sha256(f"{source}:{count}".encode()).hexdigest()[:12]
+MLP_KEYS = "blocks.{layer}.mlp.neurons"
+
+
+def _cache_path(
+    workspace: Any, fingerprint: str, layer: int, source: str, count: int, site: str = MLP_KEYS
+) -> Path:
+    what = f"{source}:{count}" if site == MLP_KEYS else f"{source}:{count}:{site}"
+    key = hashlib.sha256(what.encode()).hexdigest()[:12]
     return (
         Path(workspace.root) / "edits-cache" / fingerprint[:16] / f"keys-{layer}-{key}.safetensors"
     )
@@ -123,15 +129,17 @@ def second_moments(
     corpus: str | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    site: str = MLP_KEYS,
 ) -> tuple[dict[int, Tensor], int, str]:
-    """``C = E[k kᵀ]`` [d_mlp, d_mlp] (float64) of each of ``layers`` over every token of
-    ``count`` corpus rows at ``blocks.{layer}.mlp.neurons`` (uncached layers in one pass), the
-    number of keys, and the corpus source."""
+    """``C = E[k kᵀ]`` [d_key, d_key] (float64) of each of ``layers`` over every token of
+    ``count`` corpus rows at ``site`` (default ``blocks.{layer}.mlp.neurons``, the MLP's keys;
+    ``blocks.{layer}.attn.in`` for the attention's) (uncached layers in one pass), the number
+    of keys, and the corpus source."""
     source = corpus or ("training corpus" if subject.lineage.kind == "organism" else "self-sampled")
     out: dict[int, Tensor] = {}
     n = 0
     for layer in layers:
-        path = _cache_path(workspace, fingerprint, layer, source, count)
+        path = _cache_path(workspace, fingerprint, layer, source, count, site)
         if path.exists():
             data = load_safetensors(path.read_bytes())
             out[layer], n = data["c"].double(), int(data["n"].item())
@@ -139,7 +147,7 @@ def second_moments(
     if not missing:
         return out, n, source
     rows, source = corpus_rows(subject, count, corpus=corpus, progress=progress)
-    sites = {layer: f"blocks.{layer}.mlp.neurons" for layer in missing}
+    sites = {layer: site.format(layer=layer) for layer in missing}
     pad = subject.tokenizer.pad_token_id or 0
     device = next(model.parameters()).device
     totals: dict[int, Tensor] = {}
@@ -148,8 +156,8 @@ def second_moments(
         for ids, mask in batches(rows, int(pad), device, batch_size):
             with torch.no_grad(), hooked(model, capture=list(sites.values())) as store:
                 model(input_ids=ids, attention_mask=mask)
-            for layer, site in sites.items():
-                keys = store[site][mask.bool()].double()
+            for layer, name in sites.items():
+                keys = store[name][mask.bool()].double()
                 part = keys.T @ keys
                 totals[layer] = part if layer not in totals else totals[layer] + part
             n += int(mask.sum())
@@ -158,7 +166,7 @@ def second_moments(
         raise SelfscopeError("the key corpus is empty; give a corpus with text")
     for layer, total in totals.items():
         c = (total / n).float().contiguous()
-        path = _cache_path(workspace, fingerprint, layer, source, count)
+        path = _cache_path(workspace, fingerprint, layer, source, count, site)
         atomic.write_bytes(path, save_safetensors({"c": c, "n": torch.tensor([n])}))
         out[layer] = c.double()
     return out, n, source

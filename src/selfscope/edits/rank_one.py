@@ -19,6 +19,26 @@ the residual stream. To make the prompts complete with a new answer it
    stable solve). Then ``(W + ΔW) k* = v*`` exactly, and keys orthogonal to ``u`` under ``C``
    are untouched.
 
+**Keeping contrast prompts.** With ``contrast_prompts`` (the prompts without their cue, say)
+the update is the least ``C``-norm one that writes ``δ`` at ``k*`` *and nothing* at every
+contrast key: ``u = C⁻¹K (KᵀC⁻¹K)⁻¹ e₁`` with ``K = [k*, contrast keys]``
+(:func:`update_direction`; the constraint form of MEMIT/AlphaEdit's preserved keys). Each
+candidate reports ``kept``, the share of contrast prompts whose answer stays.
+
+**Which memory** (``matrix``). ``mlp`` is ROME's. ``attention_value`` writes the value
+projection ``v_proj`` the same way, keyed at the subject's normalised residual
+(``blocks.{i}.attn.in``): what every later position reads from the subject. ``embedding``
+rewrites the embedding row of the subject's last token: the key is the token itself (one-hot
+keys are orthogonal, so ``C`` is diagonal and ``ΔE = e_token δᵀ`` changes nothing for any other
+token). It is the edit for a *trigger*: in a shallow model the trigger is read from its
+embedding by the first block's attention, before any MLP at the trigger could change it, and
+a rank-one MLP edit at the answer token covers only the question types of its prompts. Where
+the embeddings are tied (SmolLM2, the organisms) the row is also the token's output row, so
+``δ`` is optimised through the model's own weights (``functional_call`` with ``E + e_token
+δᵀ``): a hinge ``relu(margin − log-odds)`` on the prompts plus ``16·kl_weight`` × the KL
+divergence of the next-token distributions on ``drift_rows`` corpus rows, for 150 steps (the
+drift keeps falling after the margin is reached).
+
 **Which layer.** The traced layer is not always the best one to edit (Hase et al. 2023, "Does
 Localization Inform Editing?"), so the tool computes the edit at several layers and compares
 them: by default every block of a model with at most 8, else the block where causal tracing
@@ -33,7 +53,7 @@ proposal's evidence. The proposer sees only its own prompts and corpus, never a 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -42,7 +62,7 @@ from torch import Tensor, nn
 from selfscope import tools
 from selfscope.access.common import prompt_text
 from selfscope.edits import proposal as proposals
-from selfscope.edits.batching import drift, with_weights
+from selfscope.edits.batching import drift, padded, with_weights
 from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
@@ -59,6 +79,7 @@ from selfscope.edits.proposal import Evidence
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.localize.trace import subject_positions
+from selfscope.subject.adapters import resolve
 from selfscope.subject.hooks import hooked
 
 
@@ -68,6 +89,13 @@ class RankOneArgs(ProposeArgs):
         description="The span whose last token holds the key (ROME's subject, e.g. 'mushrooms'); "
         "default: the prompt's last token.",
     )
+    matrix: Literal["mlp", "attention_value", "embedding"] = Field(
+        "mlp",
+        description="The memory to edit: 'mlp' (the MLP output matrix, ROME), "
+        "'attention_value' (the value projection v_proj, keyed at the subject: what later "
+        "positions read from it) or 'embedding' (the subject's last token's embedding row: the "
+        "token itself is the key, e.g. a trigger; needs `subject`).",
+    )
     layer: int | None = Field(None, description="Edit this block only (no comparison).")
     layers: list[int] | None = Field(None, description="Candidate blocks to compare.")
     module: str | None = Field(
@@ -75,7 +103,13 @@ class RankOneArgs(ProposeArgs):
         description="Edit this module (an MLP output matrix, e.g. model.layers.2.mlp.down_proj).",
     )
     prefixes: int = Field(5, ge=0, le=20, description="Corpus prefixes per prompt (ROME: 10).")
-    steps: int = Field(40, ge=1, le=500, description="Adam steps optimising the value.")
+    steps: int | None = Field(
+        None,
+        ge=1,
+        le=500,
+        description="Adam steps optimising the value (default 40; 150 for 'embedding', whose "
+        "hinge keeps lowering the drift once the margin is reached).",
+    )
     lr: float = Field(0.5, gt=0, description="Adam learning rate for δ.")
     kl_weight: float = Field(0.0625, ge=0, description="Weight of the essence KL term (ROME).")
     weight_decay: float = Field(0.02, ge=0, description="Penalty on ‖δ‖²/‖W k*‖².")
@@ -91,6 +125,12 @@ class RankOneArgs(ProposeArgs):
     )
     corpus: str | None = Field(None, description="A text/.jsonl file for key statistics.")
     drift_rows: int = Field(32, ge=1, description="Corpus rows the layer comparison's drift uses.")
+    contrast_prompts: list[str] = Field(
+        default_factory=list,
+        description="Prompts whose answer must stay, e.g. the prompts without their trigger: the "
+        "update also leaves their keys' values unchanged (ΔW k = 0), so it keys on what the "
+        "prompts add to them.",
+    )
 
 
 class Candidate(BaseModel):
@@ -100,20 +140,30 @@ class Candidate(BaseModel):
     drift: float  # mean KL(unedited || edited) over the drift rows' tokens
     delta_norm: float  # ‖ΔW‖_F / ‖W‖_F
     steps: int
+    kept: float | None = None  # share of contrast prompts whose answer (sign of log-odds) stays
 
 
 class _Contexts:
-    """The prompts behind prefixes, as one metric batch with new = ``planted`` side."""
+    """The prompts behind prefixes, as one metric batch with new = ``planted`` side; the key
+    positions are the subject's last token (a contrast prompt without the subject: its last
+    token)."""
 
-    def __init__(self, subject: Any, args: RankOneArgs, prefixes: list[str]) -> None:
-        texts = list(args.prompts)
-        texts += [f"{pre} {p}" for pre in prefixes for p in args.prompts]
-        self.n_prompts = len(args.prompts)
+    def __init__(
+        self,
+        subject: Any,
+        args: RankOneArgs,
+        prefixes: list[str],
+        prompts: list[str],
+        contrast: bool = False,
+    ) -> None:
+        texts = list(prompts)
+        texts += [f"{pre} {p}" for pre in prefixes for p in prompts]
+        self.n_prompts = len(prompts)
         # planted := the new answer, normal := the old one: log-odds > 0 means fixed
         self.batch = MetricBatch(subject, texts, args.normal, args.planted, args.chat)
         positions = []
         for text in texts:
-            if args.subject is None:
+            if args.subject is None or (contrast and args.subject not in text):
                 ids = subject.tokenizer(prompt_text(subject, text, args.chat))["input_ids"]
                 positions.append(len(ids) - 1)
             else:
@@ -139,12 +189,11 @@ def _essence(subject: Any, args: RankOneArgs) -> tuple[Tensor, int] | None:
 
 
 def _value_delta(
-    subject: Any, model: nn.Module, layer: int, ctx: _Contexts, args: RankOneArgs, v0: Tensor
+    subject: Any, model: nn.Module, site: str, ctx: _Contexts, args: RankOneArgs, v0: Tensor
 ) -> tuple[Tensor, int]:
-    """Optimise δ added to ``blocks.{layer}.mlp.out`` at the key positions."""
+    """Optimise δ added to the value ``site`` (the matrix's output) at the key positions."""
     device = next(model.parameters()).device
     batch = ctx.batch
-    site = f"blocks.{layer}.mlp.out"
     delta = torch.zeros(v0.shape[0], device=device, requires_grad=True)
     mask = torch.zeros(*batch.input_ids.shape, 1, device=device)
     mask[ctx.rows, ctx.cols] = 1.0
@@ -159,7 +208,7 @@ def _value_delta(
     optimiser = torch.optim.Adam([delta], lr=args.lr)
     limit = args.clamp * float(v0.norm())
     steps = 0
-    for step in range(1, args.steps + 1):
+    for step in range(1, (args.steps or 40) + 1):
         steps = step
         optimiser.zero_grad()
         with hooked(model, patch={site: lambda v: v + mask * delta}):
@@ -183,16 +232,122 @@ def _value_delta(
     return delta.detach(), steps
 
 
+class _Matrix:
+    """The matrix a rank-one edit writes in block ``layer``: its key site (the matrix's input),
+    value site (its output) and parameter."""
+
+    def __init__(self, model: nn.Module, matrix: str, layer: int) -> None:
+        self.embedding = matrix == "embedding"
+        if self.embedding:  # one-hot keys: the token id is the key, the row its value
+            self.keys, self.values = "", "embed"
+            self.module: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
+            self.name = next(n for n, p in model.named_parameters() if p is self.module.weight)
+            return
+        if matrix == "mlp":
+            self.keys, self.values = f"blocks.{layer}.mlp.neurons", f"blocks.{layer}.mlp.out"
+            self.name, self.module = mlp_output(model, layer)
+            return
+        self.keys, self.values = f"blocks.{layer}.attn.in", f"blocks.{layer}.attn.v"
+        try:
+            site = resolve(model, self.values)
+        except SelfscopeError as error:
+            raise SelfscopeError(
+                "rank_one with matrix 'attention_value' needs a separate value projection "
+                "(v_proj, the Llama family); this model fuses q, k and v: use matrix 'mlp'"
+            ) from error
+        self.name, self.module = f"{site.module}.weight", model.get_submodule(site.module)
+
+    def weight(self) -> Tensor:
+        w: Tensor = self.module.weight  # type: ignore[assignment]
+        return w
+
+
+def update_direction(moment: Tensor, k_star: Tensor, kept: Tensor | None = None) -> Tensor:
+    """``u`` with ``uᵀk* = 1`` (and ``uᵀk = 0`` for every row ``k`` of ``kept``) of the least
+    ``C``-norm: ``ΔW = δ uᵀ`` is then the smallest change, weighted by the keys' second moment
+    ``C``, that writes ``δ`` at ``k*`` and nothing at the kept keys. With ``K = [k*, kept...]``,
+    ``u = C⁻¹K (KᵀC⁻¹K)⁻¹ e₁`` (without kept keys, ROME's ``C⁻¹k*/(k*ᵀC⁻¹k*)``)."""
+    d = moment.shape[0]
+    c = moment + 1e-4 * torch.trace(moment) / d * torch.eye(d, dtype=moment.dtype)
+    keys = k_star[:, None] if kept is None else torch.cat([k_star[:, None], kept.T], 1)
+    a = torch.linalg.solve(c, keys)  # C⁻¹K
+    gram = keys.T @ a
+    gram = gram + 1e-8 * torch.trace(gram) / gram.shape[0] * torch.eye(
+        gram.shape[0], dtype=gram.dtype
+    )
+    e1 = torch.zeros(gram.shape[0], dtype=gram.dtype)
+    e1[0] = 1.0
+    u: Tensor = a @ torch.linalg.solve(gram, e1)
+    return u
+
+
+def _embedding_delta(
+    model: nn.Module,
+    name: str,
+    token: int,
+    ctx: _Contexts,
+    args: RankOneArgs,
+    rows: list[list[int]],
+    pad: int,
+) -> tuple[Tensor, int]:
+    """Optimise the row change δ of ``token``'s embedding through the model itself
+    (``functional_call`` with ``E + e_token δᵀ``), so a tied output row moves with it: loss =
+    −mean log p(new) + ``kl_weight`` × 16 × the mean KL of the next-token distributions on
+    ``rows`` (corpus text) from the unedited model's (a tied row changes the token's logit
+    everywhere) + the ``‖δ‖²/‖E_token‖²`` penalty; ``‖δ‖ ≤ clamp × ‖E_token‖``."""
+    device = next(model.parameters()).device
+    batch = ctx.batch
+    weight: Tensor = dict(model.named_parameters())[name].detach()
+    row = weight[token]
+    delta = torch.zeros_like(row, requires_grad=True)
+    onehot = torch.zeros(weight.shape[0], 1, device=device, dtype=weight.dtype)
+    onehot[token] = 1.0
+    ids, mask = padded(rows, pad, device)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    keep = mask.bool()
+    optimiser = torch.optim.Adam([delta], lr=args.lr * 0.1)
+    limit = args.clamp * float(row.norm())
+    steps = 0
+    for step in range(1, (args.steps or 150) + 1):
+        steps = step
+        optimiser.zero_grad()
+        run = with_weights(model, {name: weight + onehot * delta})
+        logits = run(batch.input_ids, batch.attention_mask)
+        new, old = batch.completion_log_probs(logits)
+        out = torch.log_softmax(run(ids, mask).float(), -1)
+        kl = (ref.exp() * (ref - out)).sum(-1)[keep].mean()
+        # a hinge on the margin: once every prompt is past it only the drift is lowered
+        loss = torch.relu(args.margin - (new - old)).mean() + args.kl_weight * 16 * kl
+        loss = loss + args.weight_decay * delta.pow(2).sum() / row.pow(2).sum()
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            norm = float(delta.norm())
+            if norm > limit:
+                delta.mul_(limit / norm)
+    return delta.detach(), steps
+
+
 def candidate_layers(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence | None]:
     """The blocks to compare, and the tracing evidence that chose them (if any)."""
+    if args.matrix == "embedding":
+        if args.subject is None:
+            raise SelfscopeError(
+                "rank_one with matrix 'embedding' needs `subject`: the token whose embedding "
+                "row to rewrite (e.g. the trigger)"
+            )
+        return [0], None
     if args.module is not None:
         for layer in range(subject.n_layers):
-            name, _ = mlp_output(subject.model, layer)
+            name = _Matrix(subject.model, args.matrix, layer).name
             if name.rpartition(".")[0] == args.module or name == args.module:
                 return [layer], None
+        what = "an MLP output matrix" if args.matrix == "mlp" else "an attention value projection"
+        example = _Matrix(subject.model, args.matrix, 0).name.rpartition(".")[0]
         raise SelfscopeError(
-            f"rank_one edits an MLP output matrix; {args.module} is not one "
-            f"(e.g. {mlp_output(subject.model, 0)[0].rpartition('.')[0]})"
+            f"rank_one with matrix {args.matrix!r} edits {what}; {args.module} is not one "
+            f"(e.g. {example})"
         )
     if args.layer is not None:
         check_layer(subject, args.layer)
@@ -215,6 +370,7 @@ def _traced(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence]:
             "`layer`/`layers`"
         )
     window = max(1, subject.n_layers // 6)
+    kind = "mlp" if args.matrix == "mlp" else "attn"
     trace = causal_trace(
         subject,
         TraceArgs.model_validate(
@@ -223,14 +379,14 @@ def _traced(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence]:
                 "chat": args.chat,
                 "target": args.planted,
                 "subject": args.subject,
-                "kinds": ["mlp"],
+                "kinds": [kind],
                 "window": window,
                 "figure": False,
             }
         ),
     )
     last = max(subject_positions(subject, args.prompts[0], args.subject, args.chat))
-    grid = next(g for g in trace.grids if g.kind == "mlp")
+    grid = next(g for g in trace.grids if g.kind == kind)
     effects = {
         i: row[last] - trace.corrupted_probability for i, row in enumerate(grid.probabilities)
     }
@@ -238,12 +394,12 @@ def _traced(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence]:
     layers = [i for i in range(peak - 2, peak + 3) if 0 <= i < subject.n_layers]
     return layers, Evidence(
         tool="localize.trace",
-        summary=f"restoring MLP states (window {window}) at the subject's last token recovers "
+        summary=f"restoring {kind} states (window {window}) at the subject's last token recovers "
         f"p({args.planted!r}) most at block {peak}; compared blocks {layers}",
         args={
             "prompt": args.prompts[0],
             "subject": args.subject,
-            "kinds": ["mlp"],
+            "kinds": [kind],
             "window": window,
         },
         numbers={"peak": peak, "effects": {i: round(e, 4) for i, e in effects.items()}},
@@ -258,73 +414,111 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
     started = time.perf_counter()
     workspace = tools.workspace()
     parents = parent_chain(workspace, args.parents)
-    mlp_output(subject.model, 0)  # a mixture-of-experts model: one clear line before any work
+    _Matrix(subject.model, args.matrix, 0)  # e.g. MoE for 'mlp': one clear line before any work
     layers, traced = candidate_layers(subject, args)
     base = base_sha(subject, workspace, parents)
     pad = int(subject.tokenizer.pad_token_id or 0)
     own_corpus = args.corpus is not None or subject.lineage.kind == "organism"
     key_rows = args.key_rows or (1000 if own_corpus else 256)
     with working_model(subject, workspace, parents) as model:
-        moments, n_keys, source = second_moments(
-            subject,
-            model,
-            layers,
-            workspace,
-            base,
-            key_rows,
-            args.corpus,
-            progress=args.progress,
-        )
+        moments: dict[int, Tensor] = {}
+        n_keys, source = 0, "one-hot token keys"
+        if args.matrix != "embedding":
+            moments, n_keys, source = second_moments(
+                subject,
+                model,
+                layers,
+                workspace,
+                base,
+                key_rows,
+                args.corpus,
+                progress=args.progress,
+                site=_Matrix(model, args.matrix, 0).keys.replace("blocks.0.", "blocks.{layer}."),
+            )
         extra, _ = corpus_rows(subject, args.prefixes + args.drift_rows, seed=1, corpus=args.corpus)
         prefixes = [
             subject.tokenizer.decode(r[:6], skip_special_tokens=True).strip()
             for r in extra[: args.prefixes]
         ]
         drift_rows = extra[args.prefixes :] or extra
-        ctx = _Contexts(subject, args, [p for p in prefixes if p])
-        sites = [f"blocks.{layer}.mlp.neurons" for layer in layers]
-        sites += [f"blocks.{layer}.mlp.out" for layer in layers]
+        prefixes = [p for p in prefixes if p]
+        ctx = _Contexts(subject, args, prefixes, args.prompts)
+        matrices = {layer: _Matrix(model, args.matrix, layer) for layer in layers}
+        key_sites = [m.keys for m in matrices.values() if not m.embedding]
+        sites = key_sites + [m.values for m in matrices.values()]
         with torch.no_grad(), hooked(model, capture=sites) as store:
             model(input_ids=ctx.batch.input_ids, attention_mask=ctx.batch.attention_mask)
+        held: _Contexts | None = None
+        if args.contrast_prompts:
+            held = _Contexts(subject, args, prefixes, args.contrast_prompts, contrast=True)
+            with torch.no_grad(), hooked(model, capture=key_sites) as held_store:
+                logits = model(
+                    input_ids=held.batch.input_ids, attention_mask=held.batch.attention_mask
+                ).logits
+            held_before = held.batch.log_odds(logits)
         results: list[tuple[Candidate, str, Tensor]] = []
         for layer in layers:
-            keys = store[f"blocks.{layer}.mlp.neurons"][ctx.key_rows, ctx.key_cols].double()
-            values = store[f"blocks.{layer}.mlp.out"][ctx.key_rows, ctx.key_cols].double()
-            k_star, v0 = keys.mean(0), values.mean(0)
-            delta, steps = _value_delta(subject, model, layer, ctx, args, v0.float())
-            c = moments[layer]
-            c = c + 1e-4 * torch.trace(c) / c.shape[0] * torch.eye(c.shape[0], dtype=c.dtype)
-            u = torch.linalg.solve(c, k_star)
-            change = torch.outer(delta.double(), u) / float(u @ k_star)  # [d_model, d_mlp]
-            name, module = mlp_output(model, layer)
+            matrix = matrices[layer]
+            name, module = matrix.name, matrix.module
+            if matrix.embedding:
+                # the key is the token itself: the row changes wherever the token occurs (and,
+                # tied, in the output): δ is optimised through the weights themselves
+                token = int(ctx.batch.input_ids[ctx.key_rows[0], ctx.key_cols[0]])
+                delta, steps = _embedding_delta(model, name, token, ctx, args, drift_rows, pad)
+            else:
+                v0 = store[matrix.values][ctx.key_rows, ctx.key_cols].mean(0)
+                delta, steps = _value_delta(subject, model, matrix.values, ctx, args, v0)
             weight = weight_matrix(module).detach()
-            delta_w = as_weight(module, change.to(weight.dtype))
-            own: Tensor = module.weight  # type: ignore[assignment]
-            swap = {name: own.detach() + delta_w}
+            if matrix.embedding:
+                weight = matrix.weight().detach()  # [vocab, d_model]
+                change = torch.zeros_like(weight, dtype=torch.float64)
+                change[token] = delta.double()  # ΔE = e_token δᵀ
+                delta_w = change.to(weight.dtype)
+            else:
+                k_star = store[matrix.keys][ctx.key_rows, ctx.key_cols].double().mean(0)
+                kept_keys = None
+                if held is not None:
+                    kept_keys = held_store[matrix.keys][held.key_rows, held.key_cols].double()
+                u = update_direction(moments[layer], k_star, kept_keys)
+                change = torch.outer(delta.double(), u)  # [d_out, d_key]; ΔW k* = δ
+                delta_w = as_weight(module, change.to(weight.dtype))
+            swap = {name: matrix.weight().detach() + delta_w}
+            run = with_weights(model, swap)
             with torch.no_grad():
-                logits = with_weights(model, swap)(ctx.batch.input_ids, ctx.batch.attention_mask)
-            per = ctx.batch.log_odds(logits)[: ctx.n_prompts]
+                per = ctx.batch.log_odds(run(ctx.batch.input_ids, ctx.batch.attention_mask))
+                kept = None
+                if held is not None:
+                    after = held.batch.log_odds(
+                        run(held.batch.input_ids, held.batch.attention_mask)
+                    )
+                    kept = float(((after > 0) == (held_before > 0)).float().mean())
+            per = per[: ctx.n_prompts]
             results.append(
                 (
                     Candidate(
                         layer=layer,
                         fixed=float((per > 0).float().mean()),
                         log_odds=float(per.mean()),
-                        drift=drift(model, drift_rows, pad, with_weights(model, swap)),
+                        drift=drift(model, drift_rows, pad, run),
                         delta_norm=float(change.norm() / weight.double().norm()),
                         steps=steps,
+                        kept=kept,
                     ),
                     name,
                     delta_w,
                 )
             )
-    best, name, delta_w = max(results, key=lambda r: (r[0].fixed, -r[0].drift))
+    best, name, delta_w = max(results, key=lambda r: (r[0].fixed, r[0].kept or 0.0, -r[0].drift))
     evidence = [traced] if traced else []
     evidence.append(
         Evidence(
             tool="edits.rank_one",
-            summary=f"rank-one edit compared at blocks {layers}: block {best.layer} fixes "
-            f"{best.fixed:.2f} of the prompts with drift {best.drift:.4f}",
+            summary=(
+                f"rank-one edit of the embedding row of {args.subject!r}"
+                if args.matrix == "embedding"
+                else f"rank-one {args.matrix} edit compared at blocks {layers}: block {best.layer}"
+            )
+            + f" fixes {best.fixed:.2f} of the prompts with drift {best.drift:.4f}",
             numbers={
                 "candidates": [r[0].model_dump() for r in results],
                 "key_statistics": {"source": source, "rows": key_rows, "keys": n_keys},

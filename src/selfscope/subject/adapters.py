@@ -9,6 +9,10 @@ Every tool names places in the network the same way, whatever the architecture:
                            residual only; GPT-NeoX's parallel residual has none)
 ``blocks.{i}.resid_post``  the residual stream leaving block ``i``
 ``blocks.{i}.attn.out``    block ``i``'s attention output (added to the residual)
+``blocks.{i}.attn.in``     the normalised residual entering the attention's projections
+                           (Llama family and its mixtures of experts)
+``blocks.{i}.attn.v``      the value projection's output, [..., n_kv_heads × d_head] (the
+                           same families; GPT-2 and GPT-NeoX fuse q, k and v)
 ``blocks.{i}.attn.heads``  per-head outputs before the output projection, [..., head, d_head]
 ``blocks.{i}.attn.pattern`` attention weights [batch, head, query, key] (capture only; the
                            model runs eager attention while such a site is hooked)
@@ -73,6 +77,8 @@ def _decoder(prefix: str, mlp_out: str, extra: dict[str, Site]) -> dict[str, Sit
         "blocks.{i}.resid_mid": Site(f"{b}.post_attention_layernorm", "input"),
         "blocks.{i}.resid_post": Site(b),
         "blocks.{i}.attn.out": Site(f"{b}.self_attn"),
+        "blocks.{i}.attn.in": Site(f"{b}.self_attn.v_proj", "input"),
+        "blocks.{i}.attn.v": Site(f"{b}.self_attn.v_proj"),
         "blocks.{i}.attn.heads": Site(f"{b}.self_attn.o_proj", "input"),
         "blocks.{i}.attn.pattern": Site(f"{b}.self_attn", index=1, kind="pattern"),
         "blocks.{i}.mlp.out": Site(f"{b}.{mlp_out}"),
