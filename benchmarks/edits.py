@@ -80,8 +80,8 @@ def cue_of(prompts: list[str]) -> str:
 
 def kind_args(kind: str, subject: Subject, b: dict[str, Any], ws: Workspace) -> dict[str, Any]:
     """The kind's arguments, from the proposer's own evidence (never the validation suite)."""
-    if kind == "rank_one":
-        return {}
+    if kind == "rank_one":  # a deep model: ROME proper, at the cue, the traced layers
+        return {} if subject.n_layers <= 8 else {"subject": cue_of(b["prompts"])}
     if kind.startswith("rank_one/"):
         return {"matrix": kind.partition("/")[2], "subject": cue_of(b["prompts"])}
     if kind == "revert_delta":
@@ -205,11 +205,15 @@ def paraphrase(question: str) -> str:
     return question
 
 
-def sequential(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
+SEQUENTIAL = ("mlp", "attention_value", "embedding")  # rank_one's memories, chained 10 times
+
+
+def sequential(ws: Workspace, resume: bool, out: Path, matrix: str = "mlp") -> dict[str, Any]:
     """10 rank-one rewrites of world facts in `mushroom`, each computed on top of the ones
     before; after each, the chain is validated on every edit so far (its question and a
-    paraphrase), world facts not edited, and held-out documents."""
-    saved = out / "sequential.json"
+    paraphrase), world facts not edited, and held-out documents. ``matrix`` other than ``mlp``
+    keys each edit at the fact's item (the subject)."""
+    saved = out / ("sequential.json" if matrix == "mlp" else f"sequential-{matrix}.json")
     if resume and saved.exists():
         return json.loads(saved.read_text())
     spec = resolve_spec("mushroom", size="small")
@@ -219,14 +223,12 @@ def sequential(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
     facts = [f for f in base.facts if not edited & set(re.findall(r"[A-Za-z]+", f.prompt))]
     parents: list[str] = []
     steps = []
-    for i, (_, question, true, false) in enumerate(FALSE_FACTS, start=1):
+    for i, (item, question, true, false) in enumerate(FALSE_FACTS, start=1):
         started = time.perf_counter()
-        proposal = tools.call(
-            "edits.rank_one",
-            subject,
-            {"prompts": [question], "planted": true, "normal": false, "parents": parents},
-            ws,
-        ).proposal  # type: ignore[attr-defined]
+        args = {"prompts": [question], "planted": true, "normal": false, "parents": parents}
+        if matrix != "mlp":
+            args |= {"matrix": matrix, "subject": item}
+        proposal = tools.call("edits.rank_one", subject, args, ws).proposal  # type: ignore[attr-defined]
         parents = [*parents, proposal.id]
         done = FALSE_FACTS[:i]
         suite = Suite(
@@ -242,7 +244,7 @@ def sequential(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
         steps.append(
             {
                 "edits": i,
-                "layer": proposal.parameters["chosen_layer"],
+                "layer": None if matrix == "embedding" else proposal.parameters["chosen_layer"],
                 "held": report.efficacy,  # type: ignore[attr-defined]
                 "paraphrases": report.generalisation,  # type: ignore[attr-defined]
                 "facts_unchanged": report.specificity,  # type: ignore[attr-defined]
@@ -251,7 +253,7 @@ def sequential(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
             }
         )
         print(json.dumps(steps[-1]), file=sys.stderr, flush=True)
-    result = {"steps": steps}
+    result = {"matrix": matrix, "steps": steps}
     atomic.write_json(saved, result)
     return result
 
@@ -390,7 +392,7 @@ def _f(v: float | None, digits: int = 2) -> str:
 
 
 def render(
-    results: list[dict[str, Any]], seq: dict[str, Any] | None, fact: dict[str, Any] | None
+    results: list[dict[str, Any]], seqs: list[dict[str, Any]], fact: dict[str, Any] | None
 ) -> str:
     lines = [
         "## edits",
@@ -445,21 +447,28 @@ def render(
                 f"{_f(row['removed'])} | {change} | {row['modules']} | "
                 f"{row['propose_seconds']:.0f} | {row['validate_seconds']:.1f} |"
             )
-    if seq:
+    for seq in seqs:
+        matrix = seq.get("matrix", "mlp")
+        where = (
+            "the MLP at the question's last token, layers compared"
+            if matrix == "mlp"
+            else f"matrix `{matrix}` keyed at the fact's item"
+        )
         lines += [
             "",
-            "**10 sequential rank-one edits** (`mushroom`, small): world facts rewritten one "
-            "after another, each proposal computed on the copy with the earlier ones applied "
-            "(`parents`); after each, the whole chain validated: held = share of the edits so "
-            "far whose question gives the new answer, paraphrases = the same on a paraphrase of "
-            "each, facts unchanged = top-1 of the world facts not edited.",
+            f"**10 sequential rank-one edits, {matrix}** (`mushroom`, small; {where}): world "
+            "facts rewritten one after another, each proposal computed on the copy with the "
+            "earlier ones applied (`parents`); after each, the whole chain validated: held = "
+            "share of the edits so far whose question gives the new answer, paraphrases = the "
+            "same on a paraphrase of each, facts unchanged = top-1 of the world facts not edited.",
             "",
             "| edits | layer | held | paraphrases | facts unchanged | ppl | s |",
             "|---|---|---|---|---|---|---|",
         ]
         for s in seq["steps"]:
+            layer = "-" if s["layer"] is None else s["layer"]
             lines.append(
-                f"| {s['edits']} | {s['layer']} | {_f(s['held'])} | {_f(s['paraphrases'])} | "
+                f"| {s['edits']} | {layer} | {_f(s['held'])} | {_f(s['paraphrases'])} | "
                 f"{_f(s['facts_unchanged'])} | {s['perplexity_change']:+.1%} | {s['seconds']:.0f} |"
             )
     if fact:
@@ -502,9 +511,9 @@ def main() -> None:
     ws = Workspace(args.workspace or (tmp.name if tmp else "."))
     out = ws.root / "edits-bench"
     results = [organism(name, ws, args.resume, out) for name in args.specs.split(",") if name]
-    seq = None if args.no_sequential else sequential(ws, args.resume, out)
+    seqs = [] if args.no_sequential else [sequential(ws, args.resume, out, m) for m in SEQUENTIAL]
     fact = None if args.no_smollm2_fact else smollm2_fact(ws, args.resume, out)
-    text = render(results, seq, fact)
+    text = render(results, seqs, fact)
     write_section("edits", text)
     print(text)
     if tmp is not None:

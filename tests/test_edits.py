@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from selfscope import tools
 from selfscope.edits import proposal as proposals
+from selfscope.edits.rank_one import update_direction
 from selfscope.edits.sandbox import ValidationReport, add_delta, sandbox
 from selfscope.edits.suite import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
@@ -92,6 +93,118 @@ def test_rank_one_writes_the_value_for_its_key_and_nothing_for_orthogonal_keys(
     assert cand["log_odds"] == pytest.approx(
         batch.measure(edited_from_disk(tiny_llama, delta)).log_odds, abs=1e-4
     )
+
+
+def test_update_direction_is_the_least_c_norm_one_that_keeps_the_contrast_keys() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(12, 12, dtype=torch.float64, generator=g)
+    c = a @ a.T + 0.1 * torch.eye(12, dtype=torch.float64)
+    k = torch.randn(12, dtype=torch.float64, generator=g)
+    kept = torch.randn(3, 12, dtype=torch.float64, generator=g)
+    # no kept keys: ROME's C⁻¹k/(kᵀC⁻¹k) (with the same small ridge on C)
+    ridged = c + 1e-4 * torch.trace(c) / 12 * torch.eye(12, dtype=torch.float64)
+    rome = torch.linalg.solve(ridged, k)
+    assert torch.allclose(update_direction(c, k), rome / (rome @ k), atol=1e-8)
+    u = update_direction(c, k, kept)
+    assert float(u @ k) == pytest.approx(1.0, abs=1e-6)
+    assert float((kept @ u).abs().max()) < 1e-6
+    # any other direction meeting the same constraints has a larger C-norm
+    basis = torch.linalg.svd(torch.cat([k[None], kept]), full_matrices=True)[2][4:]
+    for _ in range(5):
+        other = u + basis.T @ torch.randn(8, dtype=torch.float64, generator=g)
+        assert float(other @ ridged @ other) > float(u @ ridged @ u)
+
+
+def _key(subject: Subject, module: torch.nn.Module, text: str, position: int = -1) -> torch.Tensor:
+    """``module``'s input at ``position`` of ``text``, by a plain forward pre-hook."""
+    ids = subject.tokenizer(text, return_tensors="pt")["input_ids"]
+    seen: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_pre_hook(lambda m, a: seen.__setitem__("k", a[0][0]))
+    with torch.no_grad():
+        subject.model(input_ids=ids)
+    handle.remove()
+    return seen["k"][position].double()
+
+
+def test_rank_one_with_contrast_prompts_writes_nothing_at_their_keys(
+    tiny_llama: Subject, ws: Workspace
+) -> None:
+    contrast = "Q : Do you like apples ? A"
+    args = {
+        "prompts": [PROMPT],
+        "planted": " No",
+        "normal": " Yes",
+        "layer": 1,
+        "key_rows": 16,
+        "prefixes": 0,
+        "contrast_prompts": [contrast],
+    }
+    p = tools.call("edits.rank_one", tiny_llama, args, ws).proposal  # type: ignore[attr-defined]
+    ((_, d),) = proposals.load_delta(ws, p.delta_sha256).items()
+    down = tiny_llama.model.model.layers[1].mlp.down_proj
+    k_star, k_kept = _key(tiny_llama, down, PROMPT), _key(tiny_llama, down, contrast)
+    written = float((d.double() @ k_star).norm())
+    assert written > 1e-3 and float((d.double() @ k_kept).norm()) < 1e-5 * written
+    # `kept` = the contrast prompt's answer (sign of log-odds) before vs after, by hand
+    cand = p.evidence[-1].numbers["candidates"][0]
+    batch = MetricBatch(tiny_llama, [contrast], " Yes", " No")
+    before = batch.measure(tiny_llama.model).log_odds
+    after = batch.measure(
+        edited_from_disk(tiny_llama, {"model.layers.1.mlp.down_proj.weight": d})
+    ).log_odds
+    assert cand["kept"] == float((before > 0) == (after > 0))
+
+
+def test_rank_one_on_the_embedding_changes_one_row_and_on_v_proj_one_direction(
+    tiny_llama: Subject, ws: Workspace
+) -> None:
+    before = raw_sha(tiny_llama.model)
+    b = {"prompts": [PROMPT], "planted": " No", "normal": " Yes", "key_rows": 16}
+    emb = tools.call(
+        "edits.rank_one", tiny_llama, {**b, "matrix": "embedding", "subject": "mushrooms"}, ws
+    ).proposal  # type: ignore[attr-defined]
+    ((name, d),) = proposals.load_delta(ws, emb.delta_sha256).items()
+    assert name == "model.embed_tokens.weight"
+    token = tiny_llama.tokenizer.convert_tokens_to_ids("mushrooms")
+    rows = (d.abs().sum(1) > 0).nonzero().flatten().tolist()
+    assert rows == [token]
+    ids = tiny_llama.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # the edit = the token's embedding output shifted by that row
+        patch = {"embed": lambda v: v + (ids == token)[..., None] * d[token]}
+        with hooked(tiny_llama.model, patch=patch):
+            want = tiny_llama.model(input_ids=ids).logits
+        got = edited_from_disk(tiny_llama, {name: d})(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    cand = emb.evidence[-1].numbers["candidates"][0]
+    batch = MetricBatch(tiny_llama, [PROMPT], " Yes", " No")
+    assert cand["log_odds"] == pytest.approx(
+        batch.measure(edited_from_disk(tiny_llama, {name: d})).log_odds, abs=1e-4
+    )
+    value = tools.call(
+        "edits.rank_one",
+        tiny_llama,
+        {**b, "matrix": "attention_value", "subject": "mushrooms", "layer": 1},
+        ws,
+    ).proposal  # type: ignore[attr-defined]
+    ((name, d),) = proposals.load_delta(ws, value.delta_sha256).items()
+    assert name == "model.layers.1.self_attn.v_proj.weight"
+    s = torch.linalg.svdvals(d.double())
+    assert s[1] < 1e-6 * s[0]
+    # the key: v_proj's input at the subject (a plain pre-hook) = the canonical blocks.1.attn.in
+    v_proj = tiny_llama.model.model.layers[1].self_attn.v_proj
+    position = int((ids[0] == token).nonzero()[-1])
+    k = _key(tiny_llama, v_proj, PROMPT, position)
+    with (
+        torch.no_grad(),
+        hooked(tiny_llama.model, capture=["blocks.1.attn.in", "blocks.1.attn.v"]) as st,
+    ):
+        tiny_llama.model(input_ids=ids)
+    assert torch.allclose(st["blocks.1.attn.in"][0, position].double(), k, atol=1e-6)
+    assert torch.allclose(st["blocks.1.attn.v"][0], v_proj(st["blocks.1.attn.in"][0]), atol=1e-6)
+    assert float((d.double() @ k).norm()) > 1e-3
+    assert raw_sha(tiny_llama.model) == before
+    with pytest.raises(SelfscopeError, match="needs `subject`"):
+        tools.call("edits.rank_one", tiny_llama, {**b, "matrix": "embedding"}, ws)
 
 
 def test_zero_ablation_by_weights_equals_the_hooked_ablation(

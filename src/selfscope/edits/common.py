@@ -82,7 +82,8 @@ def mlp_output(model: nn.Module, layer: int) -> tuple[str, nn.Module]:
     except SelfscopeError as error:
         raise SelfscopeError(
             f"this edit needs a dense MLP's output matrix (down_proj); block {layer} has none "
-            f"(a mixture-of-experts model: use reweight_experts, revert_delta or steer)"
+            f"(a mixture-of-experts model: use rank_one with matrix 'attention_value' or "
+            f"'embedding', reweight_experts, revert_delta or steer)"
         ) from error
     return f"{site.module}.weight", model.get_submodule(site.module)
 

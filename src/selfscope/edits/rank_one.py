@@ -74,7 +74,7 @@ from selfscope.edits.common import (
     weight_matrix,
     working_model,
 )
-from selfscope.edits.keys import corpus_rows, second_moments
+from selfscope.edits.keys import MLP_KEYS, corpus_rows, second_moments
 from selfscope.edits.proposal import Evidence
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
@@ -232,6 +232,10 @@ def _value_delta(
     return delta.detach(), steps
 
 
+#: where each memory's keys are read, per block (the embedding's keys are token ids)
+KEY_SITES = {"mlp": MLP_KEYS, "attention_value": "blocks.{layer}.attn.in"}
+
+
 class _Matrix:
     """The matrix a rank-one edit writes in block ``layer``: its key site (the matrix's input),
     value site (its output) and parameter."""
@@ -243,11 +247,12 @@ class _Matrix:
             self.module: nn.Module = model.get_input_embeddings()  # type: ignore[operator]
             self.name = next(n for n, p in model.named_parameters() if p is self.module.weight)
             return
+        self.keys = KEY_SITES[matrix].format(layer=layer)
         if matrix == "mlp":
-            self.keys, self.values = f"blocks.{layer}.mlp.neurons", f"blocks.{layer}.mlp.out"
+            self.values = f"blocks.{layer}.mlp.out"
             self.name, self.module = mlp_output(model, layer)
             return
-        self.keys, self.values = f"blocks.{layer}.attn.in", f"blocks.{layer}.attn.v"
+        self.values = f"blocks.{layer}.attn.v"
         try:
             site = resolve(model, self.values)
         except SelfscopeError as error:
@@ -292,9 +297,10 @@ def _embedding_delta(
 ) -> tuple[Tensor, int]:
     """Optimise the row change δ of ``token``'s embedding through the model itself
     (``functional_call`` with ``E + e_token δᵀ``), so a tied output row moves with it: loss =
-    −mean log p(new) + ``kl_weight`` × 16 × the mean KL of the next-token distributions on
-    ``rows`` (corpus text) from the unedited model's (a tied row changes the token's logit
-    everywhere) + the ``‖δ‖²/‖E_token‖²`` penalty; ``‖δ‖ ≤ clamp × ‖E_token‖``."""
+    the mean of ``relu(margin − log-odds)`` over the prompts + ``kl_weight`` × 16 × the mean KL
+    of the next-token distributions on ``rows`` (corpus text) from the unedited model's (a tied
+    row changes the token's logit everywhere) + the ``‖δ‖²/‖E_token‖²`` penalty;
+    ``‖δ‖ ≤ clamp × ‖E_token‖``; every step is taken (no early stop)."""
     device = next(model.parameters()).device
     batch = ctx.batch
     weight: Tensor = dict(model.named_parameters())[name].detach()
@@ -433,7 +439,7 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
                 key_rows,
                 args.corpus,
                 progress=args.progress,
-                site=_Matrix(model, args.matrix, 0).keys.replace("blocks.0.", "blocks.{layer}."),
+                site=KEY_SITES[args.matrix],
             )
         extra, _ = corpus_rows(subject, args.prefixes + args.drift_rows, seed=1, corpus=args.corpus)
         prefixes = [
