@@ -169,13 +169,18 @@ def organism(name: str, ws: Workspace, resume: bool, out: Path) -> dict[str, Any
         build(spec, ws)
     suite = suite_for(spec, ws.organism_path(name))
     subject = load(f"organism:{name}", ws)
-    rows = []
-    for kind in KINDS:
+    partial = out / f"{name}.partial.json"  # rows so far: a killed run resumes at the next kind
+    rows: list[dict[str, Any]] = (
+        json.loads(partial.read_text()) if resume and partial.exists() else []
+    )
+    for kind in KINDS[len(rows) :]:
         print(f"{name}: {kind} ...", file=sys.stderr, flush=True)
         rows.append(one_kind(kind, subject, suite, ws))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        atomic.write_json(partial, rows)
     result = {"name": name, "rows": rows}
     atomic.write_json(saved, result)
+    partial.unlink(missing_ok=True)
     return result
 
 
