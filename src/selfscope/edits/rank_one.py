@@ -188,6 +188,16 @@ def _essence(subject: Any, args: RankOneArgs) -> tuple[Tensor, int] | None:
     return ids, ids.shape[1] - 1
 
 
+def _clamped_step(loss: Tensor, optimiser: Any, delta: Tensor, limit: float) -> None:
+    """One Adam step on ``delta``, then ``‖delta‖`` clamped to ``limit``."""
+    loss.backward()
+    optimiser.step()
+    with torch.no_grad():
+        norm = float(delta.norm())
+        if norm > limit:
+            delta.mul_(limit / norm)
+
+
 def _value_delta(
     subject: Any, model: nn.Module, site: str, ctx: _Contexts, args: RankOneArgs, v0: Tensor
 ) -> tuple[Tensor, int]:
@@ -223,12 +233,7 @@ def _value_delta(
             )
         if float((new - old).detach().min()) > args.margin:
             break
-        loss.backward()
-        optimiser.step()
-        with torch.no_grad():
-            norm = float(delta.norm())
-            if norm > limit:
-                delta.mul_(limit / norm)
+        _clamped_step(loss, optimiser, delta, limit)
     return delta.detach(), steps
 
 
@@ -326,12 +331,7 @@ def _embedding_delta(
         # a hinge on the margin: once every prompt is past it only the drift is lowered
         loss = torch.relu(args.margin - (new - old)).mean() + args.kl_weight * 16 * kl
         loss = loss + args.weight_decay * delta.pow(2).sum() / row.pow(2).sum()
-        loss.backward()
-        optimiser.step()
-        with torch.no_grad():
-            norm = float(delta.norm())
-            if norm > limit:
-                delta.mul_(limit / norm)
+        _clamped_step(loss, optimiser, delta, limit)
     return delta.detach(), steps
 
 
