@@ -450,10 +450,15 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
         prefixes = [p for p in prefixes if p]
         ctx = _Contexts(subject, args, prefixes, args.prompts)
         matrices = {layer: _Matrix(model, args.matrix, layer) for layer in layers}
-        key_sites = [m.keys for m in matrices.values() if not m.embedding]
-        sites = key_sites + [m.values for m in matrices.values()]
-        with torch.no_grad(), hooked(model, capture=sites) as store:
-            model(input_ids=ctx.batch.input_ids, attention_mask=ctx.batch.attention_mask)
+        dense = [m for m in matrices.values() if not m.embedding]  # embedding keys: token ids
+        key_sites = [m.keys for m in dense]
+        store: dict[str, Tensor] = {}
+        if dense:
+            with (
+                torch.no_grad(),
+                hooked(model, capture=[*key_sites, *(m.values for m in dense)]) as store,
+            ):
+                model(input_ids=ctx.batch.input_ids, attention_mask=ctx.batch.attention_mask)
         held: _Contexts | None = None
         if args.contrast_prompts:
             held = _Contexts(subject, args, prefixes, args.contrast_prompts, contrast=True)
@@ -471,16 +476,14 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
                 # tied, in the output): δ is optimised through the weights themselves
                 token = int(ctx.batch.input_ids[ctx.key_rows[0], ctx.key_cols[0]])
                 delta, steps = _embedding_delta(model, name, token, ctx, args, drift_rows, pad)
-            else:
-                v0 = store[matrix.values][ctx.key_rows, ctx.key_cols].mean(0)
-                delta, steps = _value_delta(subject, model, matrix.values, ctx, args, v0)
-            weight = weight_matrix(module).detach()
-            if matrix.embedding:
                 weight = matrix.weight().detach()  # [vocab, d_model]
                 change = torch.zeros_like(weight, dtype=torch.float64)
                 change[token] = delta.double()  # ΔE = e_token δᵀ
                 delta_w = change.to(weight.dtype)
             else:
+                v0 = store[matrix.values][ctx.key_rows, ctx.key_cols].mean(0)
+                delta, steps = _value_delta(subject, model, matrix.values, ctx, args, v0)
+                weight = weight_matrix(module).detach()
                 k_star = store[matrix.keys][ctx.key_rows, ctx.key_cols].double().mean(0)
                 kept_keys = None
                 if held is not None:
