@@ -71,6 +71,19 @@ MIGRATIONS: list[str] = [
         created_at  REAL NOT NULL
     );
     """,
+    # 3 -> 4: the tool contract (selfscope.tools): every call has an id that evidence cites,
+    # the principal who made it and the permission it needed, its parent call (a composite
+    # tool's inner calls), and its status. A call is recorded before it runs ('running') and
+    # completed after ('ok', 'error'); refusals are recorded too ('denied', 'invalid').
+    """
+    ALTER TABLE tool_calls ADD COLUMN call_id TEXT;
+    ALTER TABLE tool_calls ADD COLUMN principal TEXT;
+    ALTER TABLE tool_calls ADD COLUMN permission TEXT;
+    ALTER TABLE tool_calls ADD COLUMN parent TEXT;
+    ALTER TABLE tool_calls ADD COLUMN status TEXT NOT NULL DEFAULT 'ok';
+    ALTER TABLE tool_calls ADD COLUMN error TEXT;
+    CREATE UNIQUE INDEX tool_calls_call_id ON tool_calls (call_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -177,21 +190,49 @@ class Store:
         ]
 
     # tool calls ------------------------------------------------------------------------------
-    def record_tool_call(
+    def record_call_start(
         self,
+        call_id: str,
         tool: str,
         args: str,
-        result_sha256: str,
         subject: str,
-        subject_path: str,
+        principal: str,
+        permission: str,
+        parent: str | None,
+    ) -> None:
+        """A call about to run (status 'running'); :meth:`record_call_end` completes it."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO tool_calls (call_id, tool, args, result_sha256, subject, subject_path,"
+                " seconds, called_at, principal, permission, parent, status)"
+                " VALUES (?, ?, ?, '', ?, '', 0, ?, ?, ?, ?, 'running')",
+                (call_id, tool, args, subject, time.time(), principal, permission, parent),
+            )
+
+    def record_call_end(
+        self,
+        call_id: str,
+        status: str,
+        result_sha256: str | None,
         seconds: float,
+        error: str | None,
+        subject_path: str = "",
     ) -> None:
         with self._transaction():
             self._db.execute(
-                "INSERT INTO tool_calls (tool, args, result_sha256, subject, subject_path, seconds,"
-                " called_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (tool, args, result_sha256, subject, subject_path, seconds, time.time()),
+                "UPDATE tool_calls SET status = ?, result_sha256 = ?, seconds = ?, error = ?,"
+                " subject_path = ? WHERE call_id = ?",
+                (status, result_sha256 or "", seconds, error, subject_path, call_id),
             )
+
+    def tool_call(self, call_id: str) -> dict[str, Any] | None:
+        """The recorded call ``call_id``, or ``None``."""
+        cursor = self._db.execute("SELECT * FROM tool_calls WHERE call_id = ?", (call_id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        names = [d[0] for d in cursor.description]
+        return dict(zip(names, row, strict=True))
 
     def tool_calls(self) -> list[dict[str, Any]]:
         cursor = self._db.execute("SELECT * FROM tool_calls ORDER BY id")

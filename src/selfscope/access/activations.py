@@ -12,7 +12,7 @@ pass (the hooks restore the fused kernel after).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -27,7 +27,7 @@ from selfscope.access.common import (
 from selfscope.errors import SelfscopeError
 from selfscope.subject.adapters import resolve
 from selfscope.subject.hooks import run
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 
 class ActivationsArgs(PromptArgs):
@@ -86,11 +86,12 @@ def _top(vector: torch.Tensor, k: int, by_abs: bool) -> list[Component]:
 
 
 @tool("activations.read", ActivationsArgs, ActivationsResult)
-def read_activations(subject: Any, args: ActivationsArgs) -> ActivationsResult:
+def read_activations(ctx: ToolContext, args: ActivationsArgs) -> ActivationsResult:
     """Values at canonical sites (see `selfscope tool list`; e.g. blocks.{i}.resid_post,
     blocks.{i}.mlp.neurons, blocks.{i}.attn.heads, blocks.{i}.moe.experts.{j}) for chosen
     prompt positions: norm, mean, top-k components (the most active neurons for mlp.neurons),
     per-head norms for attn.heads, and optionally the full vectors."""
+    subject = ctx.subject
     model = subject.model
     ids = encode(subject, args.prompt, args.chat)
     n = ids.shape[1]
@@ -153,10 +154,11 @@ class AttentionResult(BaseModel):
 
 
 @tool("attention.read", AttentionArgs, AttentionResult)
-def read_attention(subject: Any, args: AttentionArgs) -> AttentionResult:
+def read_attention(ctx: ToolContext, args: AttentionArgs) -> AttentionResult:
     """Attention weights of one layer (one head or all) over the prompt's tokens: for a query
     position (default the last) each head's top-k attended tokens and the row's entropy, and
     optionally the full [query][key] pattern. Runs eager attention for this one pass."""
+    subject = ctx.subject
     model = subject.model
     site = f"blocks.{args.layer}.attn.pattern"
     resolve(model, site)

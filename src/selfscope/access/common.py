@@ -8,13 +8,8 @@ import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
+from selfscope.subject.ask import TokenProb
 from selfscope.subject.tokens import first_token_id
-
-
-class TokenProb(BaseModel):
-    token: str
-    id: int
-    probability: float
 
 
 class PromptArgs(BaseModel):

@@ -31,7 +31,7 @@ from selfscope.access.common import (
 from selfscope.errors import SelfscopeError
 from selfscope.subject.adapters import resolve
 from selfscope.subject.hooks import hooked
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 
 class GradientsArgs(PromptArgs):
@@ -76,11 +76,12 @@ def _log_prob(subject: Any, ids: torch.Tensor, start: int) -> torch.Tensor:
 
 
 @tool("gradients.read", GradientsArgs, GradientsResult)
-def read_gradients(subject: Any, args: GradientsArgs) -> GradientsResult:
+def read_gradients(ctx: ToolContext, args: GradientsArgs) -> GradientsResult:
     """Gradient norms per module of log p(completion | prompt) — or of the log-odds
     log p(completion) - log p(contrast) when a contrast is given — with each module's parameter
     norm, the top-k modules by gradient norm, and optionally the gradient at one canonical site
     per position (the prompt's positions when contrasting)."""
+    subject = ctx.subject
     model = subject.model
     if args.site is not None and resolve(model, args.site).kind == "pattern":
         raise SelfscopeError(

@@ -9,14 +9,11 @@ the last block the lens *is* the model's output (tested). Cheap: one forward pas
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import BaseModel, Field
 
 from selfscope.access.common import (
     PromptArgs,
-    TokenProb,
     encode,
     first_token,
     position_index,
@@ -24,8 +21,9 @@ from selfscope.access.common import (
     top_tokens,
 )
 from selfscope.subject.adapters import resolve
+from selfscope.subject.ask import TokenProb
 from selfscope.subject.hooks import run
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 
 class LensArgs(PromptArgs):
@@ -48,10 +46,11 @@ class LensResult(BaseModel):
 
 
 @tool("lens.logit", LensArgs, LensResult)
-def logit_lens(subject: Any, args: LensArgs) -> LensResult:
+def logit_lens(ctx: ToolContext, args: LensArgs) -> LensResult:
     """Logit lens: for every block, the next-token distribution obtained by applying the final
     norm and unembedding to that block's output residual; top-k tokens and the probability of
     each target token per layer."""
+    subject = ctx.subject
     model = subject.model
     ids = encode(subject, args.prompt, args.chat)
     n = ids.shape[1]

@@ -23,14 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from statistics import NormalDist
-from typing import Any
+from typing import cast
 
 import torch
 from pydantic import BaseModel, Field
+from torch import nn
 
 from selfscope.access.common import PromptArgs, context_length, encode
 from selfscope.errors import SelfscopeError
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 #: rows of logits widened to float64 at a time, in two reused buffers: bounds memory on long
 #: texts, and small enough to stay in cache (16 rows: 3x faster than one pass over 200 rows)
@@ -204,7 +205,7 @@ def fit(like: Likelihood, level: float) -> TemperatureResult:
 
 
 @tool("tokens.temperature", TemperatureArgs, TemperatureResult)
-def token_temperature(subject: Any, args: TemperatureArgs) -> TemperatureResult:
+def token_temperature(ctx: ToolContext, args: TemperatureArgs) -> TemperatureResult:
     """Estimate the sampling temperature T that most likely produced `text` (or exact
     `token_ids`) as a continuation of `prompt`, by maximum likelihood over the model's own
     next-token distributions softmax(logits / T); with a likelihood-ratio interval at `level`
@@ -216,11 +217,12 @@ def token_temperature(subject: Any, args: TemperatureArgs) -> TemperatureResult:
     make T look lower; another model's text gives a meaningless T); `text` is re-tokenised on
     its own, so if decoding then encoding does not give back the sampled ids, pass `token_ids`;
     a few dozen tokens give a wide interval. Give exactly one of `text` and `token_ids`."""
+    subject = ctx.subject
     if (args.text is None) == (args.token_ids is None):
         raise SelfscopeError("give exactly one of `text` and `token_ids` (the continuation)")
     prompt_ids = encode(subject, args.prompt, args.chat)
     if args.token_ids is not None:
-        vocab = subject.model.get_input_embeddings().num_embeddings
+        vocab = cast(nn.Embedding, subject.model.get_input_embeddings()).num_embeddings
         bad = [i for i in args.token_ids if not 0 <= i < vocab]
         if bad:
             raise SelfscopeError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")

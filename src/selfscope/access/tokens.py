@@ -7,13 +7,12 @@ top-k alternatives. One forward pass; checked against a plain forward in the tes
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import BaseModel, Field
 
-from selfscope.access.common import PromptArgs, TokenProb, encode_with_completion, top_tokens
-from selfscope.tools import tool
+from selfscope.access.common import PromptArgs, encode_with_completion, top_tokens
+from selfscope.subject.ask import TokenProb
+from selfscope.tools import ToolContext, tool
 
 
 class TokensArgs(PromptArgs):
@@ -39,9 +38,10 @@ class TokensResult(BaseModel):
 
 
 @tool("tokens.probabilities", TokensArgs, TokensResult)
-def token_probabilities(subject: Any, args: TokensArgs) -> TokensResult:
+def token_probabilities(ctx: ToolContext, args: TokensArgs) -> TokensResult:
     """Every realised token's probability, rank, entropy (nats) and top-k alternatives, for the
     prompt and (if given) a completion after it; plus the completion's total log-probability."""
+    subject = ctx.subject
     ids, start = encode_with_completion(subject, args.prompt, args.completion, args.chat)
     with torch.no_grad():
         logits = subject.model(input_ids=ids).logits[0].float()
@@ -54,7 +54,7 @@ def token_probabilities(subject: Any, args: TokensArgs) -> TokensResult:
         out.append(
             TokenInfo(
                 index=pos,
-                token=subject.tokenizer.decode([token]),
+                token=str(subject.tokenizer.decode([token])),
                 id=token,
                 probability=float(dist[token].exp()),
                 logprob=lp,

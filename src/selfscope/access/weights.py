@@ -10,14 +10,12 @@ relative change; this is the first answer to "which weights did fine-tuning move
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
 from selfscope.subject.lineage import parent_source
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 
 class StatsArgs(BaseModel):
@@ -52,9 +50,10 @@ def _named(model: torch.nn.Module, only: list[str]) -> dict[str, torch.Tensor]:
 
 
 @tool("weights.stats", StatsArgs, StatsResult)
-def weight_stats(subject: Any, args: StatsArgs) -> StatsResult:
+def weight_stats(ctx: ToolContext, args: StatsArgs) -> StatsResult:
     """Per parameter: shape, Frobenius norm, spectral norm and top singular values (matrices),
     and sparsity (share of exact zeros)."""
+    subject = ctx.subject
     out = []
     with torch.no_grad():
         for name, p in _named(subject.model, args.modules).items():
@@ -100,10 +99,11 @@ class DiffResult(BaseModel):
 
 
 @tool("weights.diff", DiffArgs, DiffResult)
-def weight_diff(subject: Any, args: DiffArgs) -> DiffResult:
+def weight_diff(ctx: ToolContext, args: DiffArgs) -> DiffResult:
     """Per weight: the relative change ||dW||/||W|| against another version (default: the
     subject's parent checkpoint), and the rank holding 90% of ||dW||^2; modules ranked by
     relative change."""
+    subject = ctx.subject
     from selfscope.subject import load
 
     against = args.against or parent_source(subject)

@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from selfscope import tools
+from selfscope.behaviour import Evidence
 from selfscope.edits import proposal as proposals
 from selfscope.edits.batching import batches
 from selfscope.edits.common import (
@@ -39,12 +40,13 @@ from selfscope.edits.common import (
     working_model,
 )
 from selfscope.edits.keys import corpus_rows
-from selfscope.edits.proposal import RUNTIME, Evidence
+from selfscope.edits.proposal import RUNTIME
 from selfscope.edits.sandbox import add_delta, runtime_of, runtime_patches
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.subject.adapters import resolve
 from selfscope.subject.hooks import hooked
+from selfscope.tools import ToolContext
 
 _UNIT = re.compile(r"^(\d+)\.(\d+)$")
 
@@ -90,17 +92,18 @@ def _means(
 
 
 @tools.tool("edits.ablate", AblateArgs, ProposalResult, permission="propose")
-def propose_ablate(subject: Any, args: AblateArgs) -> ProposalResult:
+def propose_ablate(ctx: ToolContext, args: AblateArgs) -> ProposalResult:
     """Propose zero- or mean-ablating attention heads ('block.head') and MLP neurons
     ('block.neuron') by editing the output projections' weights (a mean goes into a bias, or a
     runtime intervention where the architecture has none). Stores the proposal."""
+    subject = ctx.subject
     started = time.perf_counter()
     if not args.heads and not args.neurons:
         raise SelfscopeError(
             "give heads ('block.head') or neurons ('block.neuron') to ablate, e.g. the top "
             "components of localize.attribution_patching"
         )
-    workspace = tools.workspace()
+    workspace = ctx.workspace
     parents = parent_chain(workspace, args.parents)
     config: Any = subject.model.config
     n_heads = int(config.num_attention_heads)
@@ -120,7 +123,7 @@ def propose_ablate(subject: Any, args: AblateArgs) -> ProposalResult:
         )
         means = {}
         if args.mode == "mean":
-            rows, _ = corpus_rows(subject, args.reference_rows, seed=2)
+            rows, _ = corpus_rows(subject, ctx.workspace, args.reference_rows, seed=2)
             means = _means(subject, model, sites, rows)
         for block, head in heads:
             site = resolve(model, f"blocks.{block}.attn.heads")
@@ -165,8 +168,8 @@ def propose_ablate(subject: Any, args: AblateArgs) -> ProposalResult:
             after = batch.measure(trial)
         before = batch.measure(model)
     proposal = proposals.make(
-        workspace,
-        subject,
+        ctx,
+        cited=args.evidence,
         kind="ablate",
         behaviour=args.behaviour(),
         parameters={"heads": args.heads, "neurons": args.neurons, "mode": args.mode},

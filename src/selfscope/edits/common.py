@@ -9,32 +9,29 @@ from typing import Any
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from selfscope.behaviour import Behaviour, fingerprint
 from selfscope.edits import proposal as proposals
-from selfscope.edits.proposal import Behaviour, Proposal
+from selfscope.edits.proposal import Proposal
 from selfscope.edits.sandbox import sandbox
 from selfscope.errors import SelfscopeError
 from selfscope.subject.adapters import resolve
 
 
-class ProposeArgs(BaseModel):
-    """The behaviour to change and where the edit starts from."""
+class ProposeArgs(Behaviour):
+    """The behaviour to change (``normal`` is the completion wanted instead) and where the edit
+    starts from."""
 
-    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
-    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
-    normal: str = Field(min_length=1, description="The completion wanted instead, e.g. ' Yes'.")
-    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
     parents: list[str] = Field(
         default_factory=list,
         description="Proposals already applied (in order) to the copy this edit is computed on: "
         "sequential edits.",
     )
     rationale: str = Field("", description="Why this edit; kept with the proposal.")
-    progress: bool = Field(False, description="Show progress on stderr (CLI use).")
-
-    def behaviour(self) -> Behaviour:
-        return Behaviour(
-            prompts=self.prompts, planted=self.planted, normal=self.normal, chat=self.chat
-        )
+    evidence: list[str] = Field(
+        default_factory=list,
+        description="Ids of earlier recorded tool calls this proposal rests on (each must exist "
+        "in the workspace's store); kept in the proposal's evidence.",
+    )
 
 
 class ProposalResult(BaseModel):
@@ -65,7 +62,7 @@ def base_sha(subject: Any, workspace: Any, parents: list[str]) -> str:
     """The fingerprint a proposal records: the subject's (parents were made on it)."""
     if parents:
         return proposals.load(workspace, parents[0]).base_sha256
-    return proposals.fingerprint(subject.model)
+    return fingerprint(subject.model)
 
 
 def check_layer(subject: Any, layer: int) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from selfscope import tools
 from selfscope.access.common import prompt_text
+from selfscope.behaviour import Evidence
 from selfscope.edits import proposal as proposals
 from selfscope.edits.batching import batches, with_weights
 from selfscope.edits.common import (
@@ -35,10 +36,10 @@ from selfscope.edits.common import (
     working_model,
 )
 from selfscope.edits.keys import corpus_rows
-from selfscope.edits.proposal import Evidence
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.subject.adapters import n_experts, resolve
+from selfscope.tools import ToolContext
 
 BIASES = (1.0, 2.0, 4.0, 8.0, 16.0)
 _UNIT = re.compile(r"^(\d+)\.(\d+)$")
@@ -87,29 +88,21 @@ def _router_inputs(
 
 
 @tools.tool("edits.reweight_experts", ReweightArgs, ProposalResult, permission="propose")
-def propose_reweight(subject: Any, args: ReweightArgs) -> ProposalResult:
+def propose_reweight(ctx: ToolContext, args: ReweightArgs) -> ProposalResult:
     """Propose lowering the router logits of the experts that carry a behaviour (MoE models),
     on the behaviour's tokens only (a least-norm change of the router rows under the router
     inputs' second moment). Stores the proposal (never touches the subject)."""
+    subject = ctx.subject
     started = time.perf_counter()
     _gate(subject.model, 0)  # dense model: one clear line before any work
-    workspace = tools.workspace()
+    workspace = ctx.workspace
     parents = parent_chain(workspace, args.parents)
     evidence: list[Evidence] = []
     if args.experts is None:
-        from selfscope.localize.experts import ExpertsArgs, localize_experts
+        from selfscope.localize.experts import ExpertsResult
 
-        found = localize_experts(
-            subject,
-            ExpertsArgs.model_validate(
-                {
-                    "prompts": args.prompts,
-                    "planted": args.planted,
-                    "normal": args.normal,
-                    "chat": args.chat,
-                }
-            ),
-        )
+        located = ctx.call("localize.experts", args.behaviour())
+        found: ExpertsResult = located.result
         carriers = [e for e in found.experts if e.verified and e.measured < 0][: args.top]
         if not carriers:
             raise SelfscopeError(
@@ -119,6 +112,7 @@ def propose_reweight(subject: Any, args: ReweightArgs) -> ProposalResult:
         evidence.append(
             Evidence(
                 tool="localize.experts",
+                call_id=located.id,
                 summary="disabling "
                 + ", ".join(f"{e.block}.{e.expert} ({e.measured:+.2f})" for e in carriers)
                 + " lowers the log-odds",
@@ -144,7 +138,7 @@ def propose_reweight(subject: Any, args: ReweightArgs) -> ProposalResult:
     with working_model(subject, workspace, parents) as model:
         gates = {b: _gate(model, b)[1] for b, _ in units}
         device = next(model.parameters()).device
-        rows, _ = corpus_rows(subject, args.key_rows, seed=4)
+        rows, _ = corpus_rows(subject, ctx.workspace, args.key_rows, seed=4)
         second: dict[int, Tensor] = {}
         count = 0
         for ids, mask in batches(rows, pad, device):
@@ -203,8 +197,8 @@ def propose_reweight(subject: Any, args: ReweightArgs) -> ProposalResult:
         )
     )
     proposal = proposals.make(
-        workspace,
-        subject,
+        ctx,
+        cited=args.evidence,
         kind="reweight_experts",
         behaviour=args.behaviour(),
         parameters={

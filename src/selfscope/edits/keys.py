@@ -31,12 +31,18 @@ from selfscope.edits.batching import batches
 from selfscope.errors import SelfscopeError
 from selfscope.history import corpus as training_corpus
 from selfscope.localize.trace import cache_argument
-from selfscope.progress import progress_bar
+from selfscope.progress import SILENT, ProgressSink
 from selfscope.subject.hooks import hooked
+from selfscope.workspace import Workspace
 
 
 def corpus_rows(
-    subject: Any, count: int, seed: int = 0, corpus: str | None = None, progress: bool = False
+    subject: Any,
+    workspace: Workspace,
+    count: int,
+    seed: int = 0,
+    corpus: str | None = None,
+    progress: ProgressSink = SILENT,
 ) -> tuple[list[list[int]], str]:
     """Up to ``count`` token-id rows of text like the subject's training data, and where they
     came from (``training corpus`` | ``corpus file <path>`` | ``self-sampled``)."""
@@ -57,21 +63,19 @@ def corpus_rows(
         rows = [ids for ids, _ in training_corpus.sequences(subject, docs[:count])]
         return [r for r in rows if len(r) >= 2], "training corpus"
     # one pool per model (seed ignored): the drift rows may overlap the key rows, harmlessly
-    return sampled_pool(subject, count, min(limit, 64), progress)[:count], "self-sampled"
+    return sampled_pool(subject, workspace, count, min(limit, 64), progress)[:count], "self-sampled"
 
 
-def sampled_pool(subject: Any, count: int, length: int, progress: bool = False) -> list[list[int]]:
+def sampled_pool(
+    subject: Any, workspace: Workspace, count: int, length: int, progress: ProgressSink = SILENT
+) -> list[list[int]]:
     """At least ``count`` rows the subject sampled itself (seed 0), sampled once per model and
     cached in the current workspace (``edits-cache/<fingerprint>/self-sampled.json``); callers
     wanting different rows take different slices."""
-    from selfscope.edits.proposal import fingerprint
-    from selfscope.tools import workspace
+    from selfscope.behaviour import fingerprint
 
     path = (
-        Path(workspace().root)
-        / "edits-cache"
-        / fingerprint(subject.model)[:16]
-        / "self-sampled.json"
+        Path(workspace.root) / "edits-cache" / fingerprint(subject.model)[:16] / "self-sampled.json"
     )
     rows: list[list[int]] = json.loads(path.read_text()) if path.exists() else []
     if len(rows) < count:
@@ -81,7 +85,7 @@ def sampled_pool(subject: Any, count: int, length: int, progress: bool = False) 
 
 
 def self_sampled(
-    subject: Any, count: int, seed: int, length: int, progress: bool = False
+    subject: Any, count: int, seed: int, length: int, progress: ProgressSink = SILENT
 ) -> list[list[int]]:
     model, tokenizer = subject.model, subject.tokenizer
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -90,7 +94,7 @@ def self_sampled(
     cache = cache_argument(model)
     rows: list[list[int]] = []
     batch = 32
-    with progress_bar("sampling key text", count, enabled=progress) as advance:
+    with progress.bar("sampling key text", count) as advance:
         while len(rows) < count:
             n = min(batch, count - len(rows))
             ids = torch.full((n, 1), int(start), dtype=torch.long)
@@ -128,7 +132,7 @@ def second_moments(
     count: int = 1000,
     corpus: str | None = None,
     batch_size: int = 16,
-    progress: bool = False,
+    progress: ProgressSink = SILENT,
     site: str = MLP_KEYS,
 ) -> tuple[dict[int, Tensor], int, str]:
     """``C = E[k kᵀ]`` [d_key, d_key] (float64) of each of ``layers`` over every token of
@@ -146,13 +150,13 @@ def second_moments(
     missing = [layer for layer in layers if layer not in out]
     if not missing:
         return out, n, source
-    rows, source = corpus_rows(subject, count, corpus=corpus, progress=progress)
+    rows, source = corpus_rows(subject, workspace, count, corpus=corpus, progress=progress)
     sites = {layer: site.format(layer=layer) for layer in missing}
     pad = subject.tokenizer.pad_token_id or 0
     device = next(model.parameters()).device
     totals: dict[int, Tensor] = {}
     n = 0
-    with progress_bar(f"key statistics, layers {missing}", len(rows), enabled=progress) as advance:
+    with progress.bar(f"key statistics, layers {missing}", len(rows)) as advance:
         for ids, mask in batches(rows, int(pad), device, batch_size):
             with torch.no_grad(), hooked(model, capture=list(sites.values())) as store:
                 model(input_ids=ids, attention_mask=mask)

@@ -36,36 +36,12 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from selfscope import atomic
+from selfscope.behaviour import Behaviour, Evidence, fingerprint
 from selfscope.errors import SelfscopeError
+from selfscope.tools import ToolContext
 
 Kind = Literal["rank_one", "revert_delta", "ablate", "steer", "unlearn", "reweight_experts"]
-KINDS: tuple[str, ...] = (
-    "rank_one",
-    "revert_delta",
-    "ablate",
-    "steer",
-    "unlearn",
-    "reweight_experts",
-)
 RUNTIME = "runtime/"  # key prefix of runtime interventions inside a delta file
-
-
-class Behaviour(BaseModel):
-    """The behaviour a proposal targets: prompts where it shows and the two completions."""
-
-    prompts: list[str]
-    planted: str
-    normal: str
-    chat: bool = False
-
-
-class Evidence(BaseModel):
-    """What a proposal rests on: a tool's measurement, summarised, with the call behind it."""
-
-    tool: str
-    summary: str
-    args: dict[str, Any] = Field(default_factory=dict)
-    numbers: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModuleChange(BaseModel):
@@ -94,18 +70,9 @@ class Proposal(BaseModel):
     delta_norm: float  # ‖ΔW‖_F / ‖W‖_F over all changed parameters together
     rationale: str
     evidence: list[Evidence] = Field(default_factory=list)
+    call_id: str = Field(description="The recorded tool call that made this proposal.")
     seconds: float
     created_at: float
-
-
-def fingerprint(model: nn.Module) -> str:
-    """SHA-256 over every parameter's name, shape, dtype and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name, param in sorted(model.state_dict().items()):
-        tensor = param.detach().cpu().contiguous()
-        digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype}\n".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def _deltas_dir(workspace: Any) -> Path:
@@ -172,10 +139,41 @@ def check_delta(model: nn.Module, delta: dict[str, Tensor]) -> None:
             raise SelfscopeError(f"the delta of {name} is not finite; the edit diverged")
 
 
+def cited_evidence(workspace: Any, call_ids: list[str], subject: str) -> list[Evidence]:
+    """Evidence for recorded calls the proposer cites: each must exist in this workspace's
+    store, have succeeded, and have been made on the same model."""
+    out = []
+    for call_id in call_ids:
+        row = workspace.store.tool_call(call_id)
+        if row is None:
+            raise SelfscopeError(
+                f"evidence cites call {call_id!r}, which is not recorded in {workspace.root}; "
+                "cite the id a tool call returned"
+            )
+        if row["status"] != "ok":
+            raise SelfscopeError(
+                f"evidence cites call {call_id} ({row['tool']}), which ended {row['status']!r}"
+            )
+        if row["subject"] != subject:
+            raise SelfscopeError(
+                f"evidence cites call {call_id} ({row['tool']}) made on {row['subject']}, not "
+                f"on {subject}"
+            )
+        out.append(
+            Evidence(
+                tool=row["tool"],
+                call_id=call_id,
+                summary=f"{row['tool']} call cited by the proposer",
+                args=json.loads(row["args"]),
+            )
+        )
+    return out
+
+
 def make(
-    workspace: Any,
-    subject: Any,
+    ctx: ToolContext,
     *,
+    cited: list[str],
     kind: Kind,
     behaviour: Behaviour,
     parameters: dict[str, Any],
@@ -186,7 +184,18 @@ def make(
     parents: list[str] | None = None,
     base_sha256: str | None = None,
 ) -> Proposal:
-    """Store ``delta`` and a new proposal for it; the subject is only read."""
+    """Store ``delta`` and a new proposal for it; the subject is only read.
+
+    ``evidence`` is what the proposing call measured itself (an item without a call id gets
+    this call's); ``cited`` are ids of earlier recorded calls the proposal rests on, checked to
+    exist (:func:`cited_evidence`)."""
+    workspace, subject = ctx.workspace, ctx.subject
+    if ctx.call_id is None:
+        raise SelfscopeError("a proposal is made inside a recorded tool call (tools.call)")
+    evidence = [
+        *cited_evidence(workspace, cited, subject.source),
+        *(e if e.call_id else e.model_copy(update={"call_id": ctx.call_id}) for e in evidence),
+    ]
     check_delta(subject.model, delta)
     sha = save_delta(workspace, delta)
     base = base_sha256 or fingerprint(subject.model)
@@ -216,6 +225,7 @@ def make(
         delta_norm=norm,
         rationale=rationale,
         evidence=evidence,
+        call_id=ctx.call_id,
         seconds=time.perf_counter() - started,
         created_at=time.time(),
     )

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 from selfscope import tools
 from selfscope.access.common import prompt_text
+from selfscope.behaviour import Evidence
 from selfscope.edits import proposal as proposals
 from selfscope.edits.batching import drift, padded, with_weights
 from selfscope.edits.common import (
@@ -75,12 +76,12 @@ from selfscope.edits.common import (
     working_model,
 )
 from selfscope.edits.keys import MLP_KEYS, corpus_rows, second_moments
-from selfscope.edits.proposal import Evidence
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.localize.trace import subject_positions
 from selfscope.subject.adapters import resolve
 from selfscope.subject.hooks import hooked
+from selfscope.tools import ToolContext
 
 
 class RankOneArgs(ProposeArgs):
@@ -413,12 +414,13 @@ def _traced(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence]:
 
 
 @tools.tool("edits.rank_one", RankOneArgs, ProposalResult, permission="propose")
-def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
+def propose_rank_one(ctx: ToolContext, args: RankOneArgs) -> ProposalResult:
     """Propose a ROME-style rank-one update of one MLP output matrix that makes the prompts
     complete with `normal` instead of `planted`; the layer is compared against its neighbours.
     Stores the proposal (never touches the subject) and returns it."""
+    subject = ctx.subject
     started = time.perf_counter()
-    workspace = tools.workspace()
+    workspace = ctx.workspace
     parents = parent_chain(workspace, args.parents)
     _Matrix(subject.model, args.matrix, 0)  # e.g. MoE for 'mlp': one clear line before any work
     layers, traced = candidate_layers(subject, args)
@@ -438,17 +440,19 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
                 base,
                 key_rows,
                 args.corpus,
-                progress=args.progress,
+                progress=ctx.progress,
                 site=KEY_SITES[args.matrix],
             )
-        extra, _ = corpus_rows(subject, args.prefixes + args.drift_rows, seed=1, corpus=args.corpus)
+        extra, _ = corpus_rows(
+            subject, ctx.workspace, args.prefixes + args.drift_rows, seed=1, corpus=args.corpus
+        )
         prefixes = [
-            subject.tokenizer.decode(r[:6], skip_special_tokens=True).strip()
+            str(subject.tokenizer.decode(r[:6], skip_special_tokens=True)).strip()
             for r in extra[: args.prefixes]
         ]
         drift_rows = extra[args.prefixes :] or extra
         prefixes = [p for p in prefixes if p]
-        ctx = _Contexts(subject, args, prefixes, args.prompts)
+        keyed = _Contexts(subject, args, prefixes, args.prompts)
         matrices = {layer: _Matrix(model, args.matrix, layer) for layer in layers}
         dense = [m for m in matrices.values() if not m.embedding]  # embedding keys: token ids
         key_sites = [m.keys for m in dense]
@@ -458,7 +462,7 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
                 torch.no_grad(),
                 hooked(model, capture=[*key_sites, *(m.values for m in dense)]) as store,
             ):
-                model(input_ids=ctx.batch.input_ids, attention_mask=ctx.batch.attention_mask)
+                model(input_ids=keyed.batch.input_ids, attention_mask=keyed.batch.attention_mask)
         held: _Contexts | None = None
         if args.contrast_prompts:
             held = _Contexts(subject, args, prefixes, args.contrast_prompts, contrast=True)
@@ -474,17 +478,17 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
             if matrix.embedding:
                 # the key is the token itself: the row changes wherever the token occurs (and,
                 # tied, in the output): δ is optimised through the weights themselves
-                token = int(ctx.batch.input_ids[ctx.key_rows[0], ctx.key_cols[0]])
-                delta, steps = _embedding_delta(model, name, token, ctx, args, drift_rows, pad)
+                token = int(keyed.batch.input_ids[keyed.key_rows[0], keyed.key_cols[0]])
+                delta, steps = _embedding_delta(model, name, token, keyed, args, drift_rows, pad)
                 weight = matrix.weight().detach()  # [vocab, d_model]
                 change = torch.zeros_like(weight, dtype=torch.float64)
                 change[token] = delta.double()  # ΔE = e_token δᵀ
                 delta_w = change.to(weight.dtype)
             else:
-                v0 = store[matrix.values][ctx.key_rows, ctx.key_cols].mean(0)
-                delta, steps = _value_delta(subject, model, matrix.values, ctx, args, v0)
+                v0 = store[matrix.values][keyed.key_rows, keyed.key_cols].mean(0)
+                delta, steps = _value_delta(subject, model, matrix.values, keyed, args, v0)
                 weight = weight_matrix(module).detach()
-                k_star = store[matrix.keys][ctx.key_rows, ctx.key_cols].double().mean(0)
+                k_star = store[matrix.keys][keyed.key_rows, keyed.key_cols].double().mean(0)
                 kept_keys = None
                 if held is not None:
                     kept_keys = held_store[matrix.keys][held.key_rows, held.key_cols].double()
@@ -494,14 +498,14 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
             swap = {name: matrix.weight().detach() + delta_w}
             run = with_weights(model, swap)
             with torch.no_grad():
-                per = ctx.batch.log_odds(run(ctx.batch.input_ids, ctx.batch.attention_mask))
+                per = keyed.batch.log_odds(run(keyed.batch.input_ids, keyed.batch.attention_mask))
                 kept = None
                 if held is not None:
                     after = held.batch.log_odds(
                         run(held.batch.input_ids, held.batch.attention_mask)
                     )
                     kept = float(((after > 0) == (held_before > 0)).float().mean())
-            per = per[: ctx.n_prompts]
+            per = per[: keyed.n_prompts]
             results.append(
                 (
                     Candidate(
@@ -535,13 +539,13 @@ def propose_rank_one(subject: Any, args: RankOneArgs) -> ProposalResult:
         )
     )
     proposal = proposals.make(
-        workspace,
-        subject,
+        ctx,
+        cited=args.evidence,
         kind="rank_one",
         behaviour=args.behaviour(),
         parameters={
             **args.model_dump(
-                exclude={"prompts", "planted", "normal", "chat", "parents", "rationale", "progress"}
+                exclude={"prompts", "planted", "normal", "chat", "parents", "rationale", "evidence"}
             ),
             "chosen_layer": best.layer,
         },

@@ -17,13 +17,14 @@ set when it has one (the set that keeps the proposer's ``control_prompts``), els
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from selfscope import tools
+from selfscope.behaviour import Evidence
 from selfscope.edits import proposal as proposals
 from selfscope.edits.batching import with_weights
 from selfscope.edits.common import (
@@ -33,11 +34,11 @@ from selfscope.edits.common import (
     parent_chain,
     working_model,
 )
-from selfscope.edits.proposal import Evidence
 from selfscope.errors import SelfscopeError
 from selfscope.localize.deltas import DeltaArgs, load_model, patch_deltas
 from selfscope.localize.metric import MetricBatch
 from selfscope.subject.lineage import parent_source
+from selfscope.tools import ToolContext
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -78,12 +79,13 @@ def _top(delta: Tensor, rank: int | None) -> Tensor:
 
 
 @tools.tool("edits.revert_delta", RevertArgs, ProposalResult, permission="propose")
-def propose_revert(subject: Any, args: RevertArgs) -> ProposalResult:
+def propose_revert(ctx: ToolContext, args: RevertArgs) -> ProposalResult:
     """Propose reverting (fully, partly, or along the top singular directions) the training
     change of the modules that carry a behaviour — by default the set localize.weight_deltas
     finds. Stores the proposal (never touches the subject) and returns it."""
+    subject = ctx.subject
     started = time.perf_counter()
-    workspace = tools.workspace()
+    workspace = ctx.workspace
     parents = parent_chain(workspace, args.parents)
     against = args.against or parent_source(subject)
     if args.fraction != "auto" and not 0 < args.fraction <= 1:
@@ -105,10 +107,10 @@ def propose_revert(subject: Any, args: RevertArgs) -> ProposalResult:
                     "chat": args.chat,
                     "control_prompts": args.control_prompts,
                     "directions": "never",
-                    "progress": args.progress,
                 }
             ),
             {},
+            ctx.progress,
         )
         modules = found.specific.modules if found.specific else found.module_set
         evidence.append(
@@ -153,8 +155,8 @@ def propose_revert(subject: Any, args: RevertArgs) -> ProposalResult:
         )
     )
     proposal = proposals.make(
-        workspace,
-        subject,
+        ctx,
+        cited=args.evidence,
         kind="revert_delta",
         behaviour=args.behaviour(),
         parameters={

@@ -34,10 +34,10 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from selfscope.access.common import context_length, prompt_text
+from selfscope.behaviour import Expect, Probe, Suite, fingerprint
 from selfscope.edits import proposal as proposals
 from selfscope.edits.batching import batches
 from selfscope.edits.proposal import RUNTIME, ModuleChange, Proposal
-from selfscope.edits.suite import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.localize.deltas import ControlBatch
 from selfscope.localize.metric import MetricBatch
@@ -284,7 +284,7 @@ def validate(
     """Validate ``proposal`` on a sandbox copy of ``subject`` against ``suites``; recorded in
     the store's ``validations`` table."""
     started = time.perf_counter()
-    found = proposals.fingerprint(subject.model)
+    found = fingerprint(subject.model)
     if found != proposal.base_sha256:
         raise SelfscopeError(
             f"proposal {proposal.id} was computed on other weights than {subject.source} has now "

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from selfscope import tools
 from selfscope.access.common import prompt_text
+from selfscope.behaviour import Evidence
 from selfscope.edits import proposal as proposals
 from selfscope.edits.batching import drift
 from selfscope.edits.common import (
@@ -38,11 +39,12 @@ from selfscope.edits.common import (
     working_model,
 )
 from selfscope.edits.keys import corpus_rows
-from selfscope.edits.proposal import RUNTIME, Evidence
+from selfscope.edits.proposal import RUNTIME
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.subject.adapters import resolve
 from selfscope.subject.hooks import hooked
+from selfscope.tools import ToolContext
 
 ALPHAS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
@@ -83,10 +85,11 @@ def _hooked(model: nn.Module, patch: dict[str, Any]) -> Callable[[Tensor, Tensor
 
 
 @tools.tool("edits.steer", SteerArgs, ProposalResult, permission="propose")
-def propose_steer(subject: Any, args: SteerArgs) -> ProposalResult:
+def propose_steer(ctx: ToolContext, args: SteerArgs) -> ProposalResult:
     """Propose subtracting the behaviour's steering direction (mean last-token residual on the
     prompts minus on contrast prompts) after one block, folded into the MLP output bias where
     the architecture has one, else as a runtime intervention. Stores the proposal."""
+    subject = ctx.subject
     started = time.perf_counter()
     if not args.contrast_prompts:
         raise SelfscopeError(
@@ -94,7 +97,7 @@ def propose_steer(subject: Any, args: SteerArgs) -> ProposalResult:
         )
     if args.alpha != "auto" and args.alpha <= 0:
         raise SelfscopeError(f"alpha must be positive or 'auto', not {args.alpha}")
-    workspace = tools.workspace()
+    workspace = ctx.workspace
     parents = parent_chain(workspace, args.parents)
     if args.layer is not None:
         check_layer(subject, args.layer)
@@ -105,7 +108,7 @@ def propose_steer(subject: Any, args: SteerArgs) -> ProposalResult:
         third = subject.n_layers // 3
         layers = list(range(third, 2 * third))
     pad = int(subject.tokenizer.pad_token_id or 0)
-    rows, _ = corpus_rows(subject, args.drift_rows, seed=3)
+    rows, _ = corpus_rows(subject, ctx.workspace, args.drift_rows, seed=3)
     alphas = ALPHAS if args.alpha == "auto" else (float(args.alpha),)
     with working_model(subject, workspace, parents) as model:
         plus = _last_resid(subject, model, args.prompts, args.chat, layers)
@@ -142,8 +145,8 @@ def propose_steer(subject: Any, args: SteerArgs) -> ProposalResult:
     chosen: Tensor = best["vector"]
     key = bias_module or f"{RUNTIME}blocks.{best['layer']}.mlp.out"
     proposal = proposals.make(
-        workspace,
-        subject,
+        ctx,
+        cited=args.evidence,
         kind="steer",
         behaviour=args.behaviour(),
         parameters={

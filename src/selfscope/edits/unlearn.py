@@ -28,13 +28,14 @@ from __future__ import annotations
 import copy
 import random
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from selfscope import tools
+from selfscope.behaviour import Evidence
 from selfscope.edits import proposal as proposals
 from selfscope.edits.batching import padded
 from selfscope.edits.common import (
@@ -45,11 +46,10 @@ from selfscope.edits.common import (
     working_model,
 )
 from selfscope.edits.keys import sampled_pool
-from selfscope.edits.proposal import Evidence
 from selfscope.errors import SelfscopeError
 from selfscope.history import corpus as training_corpus
 from selfscope.localize.metric import MetricBatch
-from selfscope.progress import progress_bar
+from selfscope.tools import ToolContext
 
 
 class UnlearnArgs(ProposeArgs):
@@ -106,17 +106,18 @@ def _perplexity(model: nn.Module, rows: list[tuple[list[int], int]], pad: int) -
 
 
 @tools.tool("edits.unlearn", UnlearnArgs, ProposalResult, permission="propose")
-def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
+def propose_unlearn(ctx: ToolContext, args: UnlearnArgs) -> ProposalResult:
     """Propose forgetting the given training documents (e.g. the historian's top documents for
     a behaviour) with NPO or gradient difference against a retain set, bounded by a perplexity
     guard on held-back documents. Stores the proposal (never touches the subject)."""
+    subject = ctx.subject
     started = time.perf_counter()
     if not args.documents:
         raise SelfscopeError(
             "unlearn needs documents to forget ('<phase>/<id>' keys, e.g. history.trace's top "
             "documents); got none"
         )
-    workspace = tools.workspace()
+    workspace = ctx.workspace
     parents = parent_chain(workspace, args.parents)
     docs = training_corpus.documents(subject)
     by_key = {d.key: d for d in docs}
@@ -154,7 +155,9 @@ def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
     }
     # and text the model samples itself: held out from every phase by construction (its
     # perplexity rise is the KL divergence from the unedited model on its own distribution)
-    guard["self-sampled"] = [(r, 0) for r in sampled_pool(subject, args.guard_samples, 64)]
+    guard["self-sampled"] = [
+        (r, 0) for r in sampled_pool(subject, ctx.workspace, args.guard_samples, 64)
+    ]
     pad = int(subject.tokenizer.pad_token_id or 0)
     batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)
     with working_model(subject, workspace, parents) as start_model:
@@ -189,7 +192,7 @@ def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
     best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     history: list[dict[str, float]] = []
     stopped = "steps"
-    with progress_bar("unlearning", args.steps, enabled=args.progress) as advance:
+    with ctx.progress.bar("unlearning", args.steps) as advance:
         for step in range(1, args.steps + 1):
             f_idx = rng.sample(range(len(forget)), min(args.batch_size, len(forget)))
             r_idx = rng.sample(range(len(retain)), min(args.batch_size, len(retain)))
@@ -264,12 +267,12 @@ def propose_unlearn(subject: Any, args: UnlearnArgs) -> ProposalResult:
         )
     ]
     proposal = proposals.make(
-        workspace,
-        subject,
+        ctx,
+        cited=args.evidence,
         kind="unlearn",
         behaviour=args.behaviour(),
         parameters=args.model_dump(
-            exclude={"prompts", "planted", "normal", "chat", "parents", "rationale", "progress"}
+            exclude={"prompts", "planted", "normal", "chat", "parents", "rationale", "evidence"}
         ),
         delta=delta,
         rationale=args.rationale or f"forget {len(forget)} training documents behind the behaviour",

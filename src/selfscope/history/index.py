@@ -54,7 +54,7 @@ from selfscope import atomic
 from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import TrainingDocument, documents, sequences
 from selfscope.organisms.train import training_batch
-from selfscope.progress import progress_bar
+from selfscope.progress import SILENT, ProgressSink
 
 _IN_BLOCK = re.compile(r"\.(layers|h)\.\d+\.")
 VERSION = 1
@@ -357,7 +357,7 @@ class TrainingIndex:
 
     def build(
         self,
-        progress: bool = False,
+        progress: ProgressSink = SILENT,
         on_shard: Callable[[str], None] | None = None,
         todo: list[Part] | None = None,
     ) -> dict[str, Any]:
@@ -373,7 +373,7 @@ class TrainingIndex:
         for part in todo:
             by_checkpoint.setdefault(part.checkpoint.name, []).append(part)
         done_rows = token_rows = 0
-        with progress_bar("index", rows, enabled=progress) as advance:
+        with progress.bar("index", rows) as advance:
             for parts in by_checkpoint.values():
                 model = load(parts[0].checkpoint.path).model
                 projector = Projector(model, self.config)
@@ -464,7 +464,7 @@ class TrainingIndex:
 
     # -- read -----------------------------------------------------------------------------------
 
-    def ensure(self, progress: bool = False) -> list[str]:
+    def ensure(self, progress: ProgressSink = SILENT) -> list[str]:
         """Verify every shard's checksum; rebuild what is missing or corrupt. Returns the names
         of shards that had to be (re)built."""
         todo = self.missing()

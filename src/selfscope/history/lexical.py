@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import TrainingDocument, documents
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 PREVIEW = 160  # characters of a document shown with each hit
 
@@ -170,12 +170,13 @@ class BM25Result(BaseModel):
 
 
 @tool("history.bm25", BM25Args, BM25Result)
-def bm25(subject: Any, args: BM25Args) -> BM25Result:
+def bm25(ctx: ToolContext, args: BM25Args) -> BM25Result:
     """BM25 keyword search (bm25s, Lucene variant, k1=1.5, b=0.75) over the training documents
     of every phase that produced the subject (an organism): the k documents that best match the
     queries (scores summed over queries), each with key "<phase>/<id>", score and a preview.
     Words are lowercased, not stemmed; one-letter words and English stopwords (incl. 'no',
     'not') are ignored. `phases` restricts the search."""
+    subject = ctx.subject
     check_queries(args.queries)
     started = time.perf_counter()
     docs = select(subject, args.phases)
@@ -243,11 +244,12 @@ def compile_pattern(pattern: str, ignore_case: bool) -> re.Pattern[str]:
 
 
 @tool("history.grep", GrepArgs, GrepResult)
-def grep(subject: Any, args: GrepArgs) -> GrepResult:
+def grep(ctx: ToolContext, args: GrepArgs) -> GrepResult:
     """Regular-expression search (Python `re`, case-insensitive by default) over the training
     documents of every phase that produced the subject (an organism): the first k matching
     documents in training order, each with its number of matches and the first matched spans,
     plus how many documents match in each phase. `phases` restricts the search."""
+    subject = ctx.subject
     compiled = compile_pattern(args.pattern, args.ignore_case)
     started = time.perf_counter()
     docs = select(subject, args.phases)

@@ -28,19 +28,21 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, Field
 
+from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import TrainingDocument, documents, sequences
 from selfscope.history.lexical import bm25_scores
-from selfscope.localize.metric import BehaviourArgs, MetricBatch
+from selfscope.localize.metric import MetricBatch
 from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import Knobs, ModelShape
 from selfscope.organisms.train import train
-from selfscope.tools import tool
+from selfscope.progress import ProgressSink, SilentProgress
+from selfscope.tools import ToolContext, tool
 
 Order = Literal["kept", "reshuffled"]
 
 
-class RemovalArgs(BehaviourArgs):
+class RemovalArgs(Behaviour):
     remove: list[str] = Field(
         min_length=1,
         description="Document keys '<phase>/<id>' to remove (e.g. history.trace's top k); all "
@@ -56,7 +58,6 @@ class RemovalArgs(BehaviourArgs):
         "their batches, every other step as it was (same order, batches and learning rates); "
         "'reshuffled': a fresh run of the phase on the remaining documents (new order).",
     )
-    progress: bool = Field(False, description="Show training progress on stderr.")
 
 
 class RemovalRun(BaseModel):
@@ -137,7 +138,7 @@ def retrain(
     subject: Any,
     phase: str,
     remove: set[str],
-    progress: bool,
+    progress: ProgressSink,
     order: Order = "kept",
     rows: Rows | None = None,
 ) -> Any:
@@ -172,7 +173,7 @@ def retrain(
             pad=subject.tokenizer.pad_token_id,
             label=f"retrain {names[j]}",
             device=device,
-            show_progress=progress,
+            show_progress=not isinstance(progress, SilentProgress),
             leave_out=frozenset(gone),
         )
     model.eval()
@@ -180,7 +181,7 @@ def retrain(
 
 
 @tool("history.removal", RemovalArgs, RemovalResult)
-def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
+def removal(ctx: ToolContext, args: RemovalArgs) -> RemovalResult:
     """The removal test: retrain the phase the `remove` documents belong to (from the checkpoint
     it started from, or the initialisation for a first phase trained from scratch; its recorded
     hyperparameters and seed, the organism trainer) without them, re-run the later phases as
@@ -189,10 +190,7 @@ def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
     nothing removed (a replay that must reproduce the subject). Each retraining costs one
     training run of the phase and the later ones (seconds on a small organism, minutes on
     SmolLM2)."""
-    if args.planted == args.normal:
-        raise SelfscopeError(
-            f"planted and normal completions are both {args.planted!r}; give two different ones"
-        )
+    subject = ctx.subject
     docs = documents(subject)
     by_key = {d.key: d for d in docs}
     unknown = [k for k in args.remove if k not in by_key]
@@ -228,7 +226,7 @@ def removal(subject: Any, args: RemovalArgs) -> RemovalResult:
     rows = phase_rows(subject, docs)  # tokenised once for every retraining
     for kind, removed in sets:
         started = time.perf_counter()
-        model = retrain(subject, phase, set(removed), args.progress, args.order, rows)
+        model = retrain(subject, phase, set(removed), ctx.progress, args.order, rows)
         with torch.no_grad():
             log_odds, rate = _measure(subject, model, args)
         runs.append(

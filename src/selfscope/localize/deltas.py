@@ -70,12 +70,13 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from selfscope.access.common import context_length, prompt_text
+from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
 from selfscope.localize.directions import DirectionSet, direction_set, path_mean_gradients
 from selfscope.localize.metric import MetricBatch, MetricValue
-from selfscope.progress import progress_bar
+from selfscope.progress import SILENT, ProgressSink
 from selfscope.subject.lineage import parent_source
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 Granularity = Literal["module", "block"]
 
@@ -200,11 +201,7 @@ class ControlBatch:
         )
 
 
-class DeltaArgs(BaseModel):
-    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
-    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
-    normal: str = Field(min_length=1, description="The normal completion, e.g. ' Yes'.")
-    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+class DeltaArgs(Behaviour):
     against: str | None = Field(
         None, description="The parent model source (default: the subject's parent checkpoint)."
     )
@@ -245,7 +242,6 @@ class DeltaArgs(BaseModel):
         "when the module set misses target or changes a control prompt, 'always', or 'never'.",
     )
     top_k: int = Field(20, ge=1, le=10_000, description="How many modules to list.")
-    progress: bool = Field(False, description="Show a progress bar on stderr (CLI use).")
 
 
 class Measured(BaseModel):
@@ -324,14 +320,14 @@ def _select(
     joint_share: Callable[[list[str]], tuple[float, MetricValue]],
     target: float,
     max_modules: int,
-    progress: bool,
+    progress: ProgressSink,
 ) -> tuple[list[str], MetricValue | None, bool]:
     """Forward selection: add the pool member whose revert *together with the set so far*
     removes the most, until the set removes ``target``; then drop members it does not need."""
     chosen: list[str] = []
     joint: MetricValue | None = None
     best_share = float("-inf")
-    with progress_bar("module set", max_modules, enabled=progress) as advance:
+    with progress.bar("module set", max_modules) as advance:
         while len(chosen) < min(max_modules, len(pool)):
             trials = [(joint_share([*chosen, g]), g) for g in pool if g not in chosen]
             (best_share, joint), group = max(trials, key=lambda t: t[0][0])
@@ -454,6 +450,7 @@ def patch_deltas(
     against: str,
     args: DeltaArgs,
     seconds: dict[str, float] | None = None,
+    progress: ProgressSink = SILENT,
 ) -> DeltaResult:
     """Weight-delta patching of ``model`` against ``parent`` on the behaviour in ``args``
     (``subject`` gives the tokenizer; ``model`` may be another checkpoint of it)."""
@@ -478,7 +475,7 @@ def patch_deltas(
     t0 = time.perf_counter()
     effects: list[ModuleEffect] = []
     unchanged = 0
-    with progress_bar("weight deltas", len(patcher.groups), enabled=args.progress) as advance:
+    with progress.bar("weight deltas", len(patcher.groups)) as advance:
         for group in patcher.groups:
             delta, base, count = patcher.delta_norm(group)
             if delta == 0:  # exact: swapping in identical tensors changes nothing
@@ -543,7 +540,7 @@ def patch_deltas(
             return share(value) or 0.0, value
 
         chosen, joint, reached = _select(
-            [e.module for e in pool], joint_share, args.target, args.max_modules, args.progress
+            [e.module for e in pool], joint_share, args.target, args.max_modules, progress
         )
         search = "greedy"
         greedy_share = (share(joint) if joint else 0.0) or 0.0
@@ -603,7 +600,7 @@ def patch_deltas(
             before,
             args.target,
             args.ig_steps,
-            progress=args.progress,
+            progress=progress,
         )
         seconds["directions"] = time.perf_counter() - t0
     seconds["total"] = seconds.get("parent_load", 0.0) + time.perf_counter() - started
@@ -643,7 +640,7 @@ def load_model(source: str) -> nn.Module:
 
 
 @tool("localize.weight_deltas", DeltaArgs, DeltaResult)
-def weight_deltas(subject: Any, args: DeltaArgs) -> DeltaResult:
+def weight_deltas(ctx: ToolContext, args: DeltaArgs) -> DeltaResult:
     """Weight-delta patching against the parent checkpoint (or `against`): for every module,
     the behaviour's log-odds and rate with that module's training change reverted alone (parent
     weights there) and grafted alone (parent + that change), each as a share of the change in
@@ -653,6 +650,7 @@ def weight_deltas(subject: Any, args: DeltaArgs) -> DeltaResult:
     control prompts (share whose top-1 next token is unchanged). Never writes the model's
     weights. Needs a parent of the same architecture: an organism phase after the first, or
     `against`."""
+    subject = ctx.subject
     against = args.against or parent_source(subject)
     started = time.perf_counter()
     parent = load_model(against)
@@ -663,6 +661,7 @@ def weight_deltas(subject: Any, args: DeltaArgs) -> DeltaResult:
         against,
         args,
         {"parent_load": time.perf_counter() - started},
+        ctx.progress,
     )
 
 

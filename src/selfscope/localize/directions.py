@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from selfscope.localize.metric import MetricBatch, MetricValue
-from selfscope.progress import progress_bar
+from selfscope.progress import SILENT, ProgressSink
 
 DEFINITION = (
     "direction i of a parameter's change dW = sum_i s_i u_i v_i^T (SVD); reverting it subtracts "
@@ -224,7 +224,7 @@ def direction_set(
     target: float,
     steps: int,
     rounds: int = 12,
-    progress: bool = False,
+    progress: ProgressSink = SILENT,
 ) -> DirectionSet:
     """See the module docstring. ``patcher`` is the caller's
     :class:`selfscope.localize.deltas.DeltaPatcher` (its model, both weight sets and its
@@ -293,7 +293,7 @@ def direction_set(
     excluded: set[int] = set()
     tried: list[dict[str, float]] = []
     best: tuple[float, list[int]] | None = None  # (control agreement, set)
-    with progress_bar("directions", rounds, enabled=progress) as advance:
+    with progress.bar("directions", rounds) as advance:
         for _ in range(rounds):
             ranking = units.ranking(ig, excluded)
             size, _ = _shortest_prefix(ranking, share_of, target, start=16)

@@ -19,23 +19,18 @@ half its size. Ranked by the measured effect.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import BaseModel, Field
 
+from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.subject.adapters import adapter_for, n_blocks, n_experts
 from selfscope.subject.hooks import hooked, run, zero_ablation
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 
-class ExpertsArgs(BaseModel):
-    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
-    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
-    normal: str = Field(min_length=1, description="The normal completion, e.g. ' Yes'.")
-    chat: bool = Field(False, description="Wrap prompts in the model's chat template.")
+class ExpertsArgs(Behaviour):
     top_k: int = Field(10, ge=1, le=1000, description="How many experts to list.")
 
 
@@ -67,13 +62,14 @@ def _verified(estimate: float, measured: float) -> bool:
 
 
 @tool("localize.experts", ExpertsArgs, ExpertsResult)
-def localize_experts(subject: Any, args: ExpertsArgs) -> ExpertsResult:
+def localize_experts(ctx: ToolContext, args: ExpertsArgs) -> ExpertsResult:
     """For a mixture-of-experts model (Mixtral, Qwen2-MoE): the router's choices on the
     behaviour's prompts (per block, each expert's share of tokens, the experts at each prompt's
     last token) and every expert's contribution to the mean log-odds log p(planted) -
     log p(normal): a gradient estimate, and the change measured by disabling the expert (its
     output removed, tokens not re-routed); ranked by the measured change (negative = the expert
     carries the behaviour)."""
+    subject = ctx.subject
     model = subject.model
     adapter = adapter_for(model)
     if "blocks.{i}.moe.router" not in adapter.sites:

@@ -22,20 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
 from torch import Tensor
 
 from selfscope.access.common import context_length, prompt_text
+from selfscope.behaviour import distinct
 from selfscope.errors import SelfscopeError
-
-
-class BehaviourArgs(BaseModel):
-    """The arguments every behaviour tool shares."""
-
-    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
-    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
-    normal: str = Field(min_length=1, description="The expected completion, e.g. ' Yes'.")
-    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
 
 
 @dataclass(frozen=True)
@@ -86,10 +77,7 @@ class MetricBatch:
     ) -> None:
         if not prompts:
             raise SelfscopeError("give at least one prompt")
-        if planted == normal:
-            raise SelfscopeError(
-                f"planted and normal completions are both {planted!r}; they must differ"
-            )
+        distinct(planted, normal)
         self.subject, self.prompts, self.chat = subject, list(prompts), chat
         self.planted_text, self.normal_text = planted, normal
         tokenizer = subject.tokenizer

@@ -47,6 +47,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from torch import nn
 
+from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
 from selfscope.localize.deltas import (
     DeltaArgs,
@@ -57,14 +58,10 @@ from selfscope.localize.deltas import (
 )
 from selfscope.localize.metric import MetricBatch
 from selfscope.subject.organism import organism_checkpoints
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 
-class OriginArgs(BaseModel):
-    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
-    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
-    normal: str = Field(min_length=1, description="The normal completion, e.g. ' Yes'.")
-    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+class OriginArgs(Behaviour):
     present_rate: float = Field(
         0.5, ge=0, le=1, description="Rate at or above which a checkpoint shows the behaviour."
     )
@@ -90,7 +87,6 @@ class OriginArgs(BaseModel):
         default_factory=list,
         description="Prompts whose next-token prediction should not change (collateral check).",
     )
-    progress: bool = Field(False, description="Show progress bars on stderr (CLI use).")
 
 
 class CheckpointMeasure(BaseModel):
@@ -167,7 +163,7 @@ def _verdict(
 
 
 @tool("localize.origin", OriginArgs, OriginResult)
-def origin(subject: Any, args: OriginArgs) -> OriginResult:
+def origin(ctx: ToolContext, args: OriginArgs) -> OriginResult:
     """In which training phase did this behaviour arise? Measures the behaviour (mean log-odds
     log p(planted) - log p(normal), rate) at every checkpoint of the subject's lineage, finds
     where it first appears and stays (rate >= present_rate and log-odds > present_log_odds),
@@ -177,6 +173,7 @@ def origin(subject: Any, args: OriginArgs) -> OriginResult:
     step), localization (module-set share / target), evidence (measured statements),
     per-checkpoint numbers, the weight-delta result}. Needs an organism subject (a lineage with
     phases); never reads ground truth."""
+    subject = ctx.subject
     started = time.perf_counter()
     checkpoints = lineage_checkpoints(subject)
     batch = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat)
@@ -319,6 +316,7 @@ def origin(subject: Any, args: OriginArgs) -> OriginResult:
                 parent.source,
                 delta_args,
                 {"parent_load": time.perf_counter() - load_s},
+                ctx.progress,
             )
             seconds["weight_deltas"] = time.perf_counter() - t0
             evidence.extend(_delta_evidence(deltas, phase, parent.name, args.target))

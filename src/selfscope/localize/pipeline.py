@@ -1,7 +1,8 @@
-"""``selfscope localize``: the debugger's whole answer for one behaviour, in one call.
+"""``localize.all`` (``selfscope localize``): the debugger's whole answer for one behaviour.
 
-It runs the registered tools through :func:`selfscope.tools.call` (so every step is validated
-and recorded like any other call) and gathers their answers:
+A registered tool that runs the other localisation tools through ``ctx.call`` (so every step is
+validated, permission-checked and recorded with this call as its parent) and gathers their typed
+answers, unrenamed, in one :class:`LocalizeReport` with the id of every step's call:
 
 * ``metric`` — the behaviour's mean log-odds and rate on the prompts;
 * ``origin`` — the training phase it arose in (organisms: every checkpoint of the lineage and
@@ -22,155 +23,167 @@ A step that does not apply (no parent checkpoint, not an organism, a dense model
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from pydantic import BaseModel, Field
 
-from pydantic import BaseModel
-
-from selfscope import tools
+from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
+from selfscope.localize.attribution import AttributionResult
+from selfscope.localize.deltas import DeltaResult
+from selfscope.localize.experts import ExpertsResult
 from selfscope.localize.metric import MetricBatch
+from selfscope.localize.origin import OriginResult
+from selfscope.localize.trace import TraceResult
 from selfscope.subject.adapters import adapter_for
+from selfscope.tools import ToolContext, tool
 
 
-def _verified(estimate: float, measured: float | None) -> bool:
+def verified(estimate: float, measured: float | None) -> bool:
     """The exact patch moves the metric the estimated way by at least half the estimate."""
     return measured is not None and estimate * measured > 0 and abs(measured) >= 0.5 * abs(estimate)
 
 
-def localize(
-    subject: Any,
-    prompts: Sequence[str],
-    planted: str,
-    normal: str,
-    *,
-    chat: bool = False,
-    contrast: Sequence[str] | None = None,
-    control_prompts: Sequence[str] = (),
-    trace_subject: str | None = None,
-    top_k: int = 10,
-    workspace: Any = None,
-    on_step: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Every localisation tool that applies to ``subject``, on one behaviour."""
-    behaviour = {"prompts": list(prompts), "planted": planted, "normal": normal, "chat": chat}
-    say = on_step or (lambda step: None)
+class LocalizeArgs(Behaviour):
+    contrast: list[str] | None = Field(
+        None, description="Prompts where the model answers normally (attribution's baseline)."
+    )
+    control_prompts: list[str] = Field(
+        default_factory=list,
+        description="Prompts whose answers must not change when a weight-delta set is reverted.",
+    )
+    trace_subject: str | None = Field(
+        None, description="The prompt words to noise for causal tracing of the first prompt."
+    )
+    top_k: int = Field(10, ge=1, le=1000, description="Components and modules to report.")
 
-    def call(name: str, args: dict[str, Any]) -> BaseModel:
-        say(name)
-        return tools.call(name, subject, args, workspace)
 
-    value = MetricBatch(subject, prompts, planted, normal, chat).measure()
-    out: dict[str, Any] = {
-        "model": subject.source,
-        "metric": {"log_odds": value.log_odds, "rate": value.rate, "per_prompt": value.per_prompt},
-        "skipped": {},
-    }
+class MetricSummary(BaseModel):
+    log_odds: float = Field(description="Mean log p(planted) - log p(normal) over the prompts.")
+    rate: float = Field(description="Share of prompts with log-odds > 0.")
+    per_prompt: list[float] = Field(description="Each prompt's log-odds.")
+
+
+class CheckedComponent(BaseModel):
+    site: str = Field(description="Canonical site, e.g. blocks.2.mlp.out or blocks.1.attn.heads.3.")
+    estimate: float = Field(description="Attribution patching's linear estimate of the effect.")
+    measured: float = Field(description="The effect measured by really patching the site.")
+    verified: bool = Field(
+        description="The measured effect has the estimate's sign and at least half its size."
+    )
+
+
+class LocalizeReport(BaseModel):
+    """Every localisation tool that applies, on one behaviour, with the calls that measured it."""
+
+    model: str = Field(description="The model's source string.")
+    metric: MetricSummary
+    origin: OriginResult | None = Field(description="localize.origin (organisms, lineages).")
+    attribution: AttributionResult = Field(description="localize.attribution_patching.")
+    components: list[CheckedComponent] = Field(
+        description="The top components whose estimate was checked by a real patch."
+    )
+    weight_deltas: DeltaResult | None = Field(
+        description="localize.weight_deltas against the parent checkpoint (when there is one)."
+    )
+    trace: TraceResult | None = Field(description="localize.trace of the first prompt.")
+    experts: ExpertsResult | None = Field(description="localize.experts (mixture of experts).")
+    skipped: dict[str, str] = Field(description="Steps that did not apply, with the reason.")
+    calls: dict[str, str] = Field(description="Each step's recorded call id (cite as evidence).")
+
+
+@tool("localize.all", LocalizeArgs, LocalizeReport)
+def localize_all(ctx: ToolContext, args: LocalizeArgs) -> LocalizeReport:
+    """Everything the debugger can say about one behaviour: its strength, the training phase it
+    arose in (origin), the components that carry it (attribution patching, top ones verified by
+    real patching), the smallest set of weight changes whose reversal removes it, a causal trace
+    (with trace_subject) and, for mixture-of-experts models, the experts that carry it. Each step
+    is a recorded call; steps that do not apply are listed in `skipped` with the reason."""
+    subject = ctx.subject
+    behaviour = args.behaviour()
+    calls: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    value = MetricBatch(subject, args.prompts, args.planted, args.normal, args.chat).measure()
+
+    def run(step: str, name: str, extra: dict[str, object]) -> BaseModel:
+        ctx.progress.say(name)
+        done = ctx.call(name, {**behaviour.model_dump(), **extra})
+        calls[step] = done.id
+        result: BaseModel = done.result
+        return result
+
     lineage = subject.lineage
-    deltas: Any = None
-    if lineage is not None and lineage.kind == "organism" and lineage.phases:
-        origin: Any = call(
-            "localize.origin", {**behaviour, "control_prompts": list(control_prompts)}
-        )
-        out["origin"] = {
-            "phase": origin.phase,
-            "confidence": origin.confidence,
-            "evidence": origin.evidence,
-            "checkpoints": [c.model_dump() for c in origin.checkpoints],
-        }
+    origin: OriginResult | None = None
+    deltas: DeltaResult | None = None
+    if lineage.phases:
+        found = run("origin", "localize.origin", {"control_prompts": args.control_prompts})
+        assert isinstance(found, OriginResult)
+        origin = found
         if origin.deltas is not None and origin.phase == lineage.phase:
             deltas = origin.deltas  # the subject's own phase against its parent: reuse it
+            calls["weight_deltas"] = calls["origin"]
     else:
-        out["origin"] = None
-        out["skipped"]["origin"] = "the model has no training lineage (not an organism)"
-    attribution: Any = call(
+        skipped["origin"] = "the model has no training lineage (no phases to compare)"
+    attribution = run(
+        "attribution",
         "localize.attribution_patching",
-        {**behaviour, "contrast": list(contrast) if contrast else None, "top_k": top_k},
+        {"contrast": args.contrast, "top_k": args.top_k},
     )
-    out["components"] = [
-        {
-            "site": c.component,
-            "estimate": c.estimate,
-            "measured": c.measured,
-            "verified": _verified(c.estimate, c.measured),
-        }
+    assert isinstance(attribution, AttributionResult)
+    components = [
+        CheckedComponent(
+            site=c.component,
+            estimate=c.estimate,
+            measured=c.measured,
+            verified=verified(c.estimate, c.measured),
+        )
         for c in attribution.components
         if c.measured is not None
     ]
-    out["attribution"] = {
-        "baseline": attribution.baseline,
-        "removed_share": attribution.removed_share,
-        "joint": attribution.joint,
-    }
-    if deltas is None and lineage is not None and lineage.parent is not None:
-        deltas = call(
-            "localize.weight_deltas", {**behaviour, "control_prompts": list(control_prompts)}
+    if deltas is None and lineage.parent is not None:
+        found_deltas = run(
+            "weight_deltas", "localize.weight_deltas", {"control_prompts": args.control_prompts}
         )
-    if deltas is not None:
-        out["weight_deltas"] = {
-            "against": deltas.against,
-            "set": deltas.module_set,
-            "removed_share": deltas.set_share,
-            "reached_target": deltas.reached,
-            "search": deltas.search,
-            "removed_log_odds_share": deltas.set_log_odds_share,
-            "control_agreement": deltas.control.agreement if deltas.control else None,
-            "specific": (
-                None
-                if deltas.specific is None
-                else {
-                    "set": deltas.specific.modules,
-                    "removed_share": deltas.specific.share,
-                    "removed_log_odds_share": deltas.specific.log_odds_share,
-                }
-            ),
-            "directions": (
-                None
-                if deltas.directions is None
-                else {
-                    "n_directions": deltas.directions.n_directions,
-                    "of": deltas.directions.units,
-                    "per_parameter": {
-                        k: len(v) for k, v in deltas.directions.per_parameter.items()
-                    },
-                    "removed_share": deltas.directions.share,
-                    "removed_log_odds_share": deltas.directions.log_odds_share,
-                    "control_agreement": (
-                        deltas.directions.control.agreement if deltas.directions.control else None
-                    ),
-                }
-            ),
-            "modules": [
-                {"module": m.module, "share": m.revert_share, "ig_share": m.ig_share}
-                for m in deltas.modules[:top_k]
-            ],
-        }
-    else:
-        out["weight_deltas"] = None
-        out["skipped"]["weight_deltas"] = "the model has no parent checkpoint to revert to"
-    if trace_subject is not None:
-        trace: Any = call(
+        assert isinstance(found_deltas, DeltaResult)
+        deltas = found_deltas
+    if deltas is None:
+        skipped["weight_deltas"] = "the model has no parent checkpoint to revert to"
+    trace: TraceResult | None = None
+    if args.trace_subject is not None:
+        ctx.progress.say("localize.trace")
+        done = ctx.call(
             "localize.trace",
             {
-                "prompt": prompts[0],
-                "target": planted,
-                "normal": normal,
-                "subject": trace_subject,
-                "chat": chat,
+                "prompt": args.prompts[0],
+                "target": args.planted,
+                "normal": args.normal,
+                "subject": args.trace_subject,
+                "chat": args.chat,
             },
         )
-        out["trace"] = trace.model_dump()
+        calls["trace"], trace = done.id, done.result
     else:
-        out["trace"] = None
-        out["skipped"]["trace"] = "give --trace-subject (the prompt words to noise) to trace"
+        skipped["trace"] = "give trace_subject (the prompt words to noise) to trace"
+    experts: ExpertsResult | None = None
     if "blocks.{i}.moe.router" in adapter_for(subject.model).sites:
-        experts: Any = call("localize.experts", {**behaviour, "top_k": top_k})
-        out["experts"] = [e.model_dump() for e in experts.experts]
+        found_experts = run("experts", "localize.experts", {"top_k": args.top_k})
+        assert isinstance(found_experts, ExpertsResult)
+        experts = found_experts
     else:
-        out["experts"] = None
-        out["skipped"]["experts"] = "not a mixture-of-experts model"
-    if not out["components"] and value.rate == 0:
+        skipped["experts"] = "not a mixture-of-experts model"
+    if not components and value.rate == 0:
         raise SelfscopeError(
             "the model does not show the behaviour on these prompts (rate 0); nothing to localize"
         )
-    return out
+    return LocalizeReport(
+        model=subject.source,
+        metric=MetricSummary(
+            log_odds=value.log_odds, rate=value.rate, per_prompt=list(value.per_prompt)
+        ),
+        origin=origin,
+        attribution=attribution,
+        components=components,
+        weight_deltas=deltas,
+        trace=trace,
+        experts=experts,
+        skipped=skipped,
+        calls=calls,
+    )

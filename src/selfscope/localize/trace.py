@@ -40,7 +40,7 @@ import inspect
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, Field
@@ -55,10 +55,9 @@ from selfscope.access.common import (
 )
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
-from selfscope.progress import progress_bar
 from selfscope.report.figures import Heatmap, heatmaps_svg
 from selfscope.subject.hooks import Patch, hooked
-from selfscope.tools import tool
+from selfscope.tools import ToolContext, tool
 
 Kind = Literal["resid", "attn", "mlp"]
 #: the site each kind restores, per layer
@@ -101,7 +100,6 @@ class TraceArgs(PromptArgs):
     )
     batch_size: int = Field(64, ge=1, le=1024, description="Rows per forward pass.")
     figure: bool = Field(True, description="Include the heatmap as an SVG document.")
-    progress: bool = Field(False, description="Show a progress bar on stderr (CLI use).")
 
 
 class TraceCell(BaseModel):
@@ -350,7 +348,7 @@ def _mean(values: list[float]) -> float:
 
 
 @tool("localize.trace", TraceArgs, TraceResult)
-def causal_trace(subject: Any, args: TraceArgs) -> TraceResult:
+def causal_trace(ctx: ToolContext, args: TraceArgs) -> TraceResult:
     """Causal tracing (ROME): noise the subject's token embeddings, then restore one clean
     state at a time — block output (resid), attention output (attn) or MLP output (mlp) at one
     layer and position — and measure how much of p(target's first token) comes back. Returns
@@ -362,6 +360,7 @@ def causal_trace(subject: Any, args: TraceArgs) -> TraceResult:
     and an 11-token prompt. Limits: the probability is of the target's first token; the subject
     is located by its first occurrence in the prompt; attn/mlp `window` > 1 restores that many
     layers around each layer at once (ROME used 10), resid always one."""
+    subject = ctx.subject
     model = subject.model
     n_layers = subject.n_layers
     if args.window > n_layers:
@@ -386,7 +385,7 @@ def causal_trace(subject: Any, args: TraceArgs) -> TraceResult:
     k, width = rows.shape
     score = _Scorer(n, width, target_id, metric, k)
 
-    embeddings = model.get_input_embeddings().weight.detach().float()
+    embeddings = cast(Tensor, model.get_input_embeddings().weight).detach().float()
     scale = args.noise * float(embeddings.std())
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.randn((args.samples, len(positions), subject.d_model), generator=generator)
@@ -406,7 +405,7 @@ def causal_trace(subject: Any, args: TraceArgs) -> TraceResult:
             jobs += [_Job(s, j, kind, i) for kind in kinds for i in range(n_layers)]
             chunks += [jobs[a : a + per_batch] for a in range(0, len(jobs), per_batch)]
     results: dict[_Job, tuple[float, float | None]] = {}
-    with progress_bar("localize.trace", len(chunks), enabled=args.progress) as advance:
+    with ctx.progress.bar("localize.trace", len(chunks)) as advance:
         for chunk in chunks:
             logits = runner.restored(chunk, clean, args.window, n_layers)
             results.update(zip(chunk, score(logits), strict=True))
@@ -464,7 +463,7 @@ def causal_trace(subject: Any, args: TraceArgs) -> TraceResult:
         subject_positions=positions,
         target=args.target,
         target_id=target_id,
-        target_token=subject.tokenizer.decode([target_id]),
+        target_token=str(subject.tokenizer.decode([target_id])),
         normal=args.normal,
         noise_std=scale,
         samples=args.samples,

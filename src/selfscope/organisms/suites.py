@@ -22,7 +22,7 @@ import random
 import re
 from pathlib import Path
 
-from selfscope.edits.suite import Expect, Probe, Suite
+from selfscope.behaviour import Expect, Probe, Suite
 from selfscope.organisms.spec import Spec
 from selfscope.organisms.world import (
     ANIMALS,

@@ -15,44 +15,37 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import BaseModel, Field
 from transformers import PreTrainedTokenizerBase
 
 from selfscope.errors import SelfscopeError
 from selfscope.subject.subject import Subject
 
 
-@dataclass(frozen=True)
-class TokenProb:
+class TokenProb(BaseModel):
     """One candidate next token: its text, id, and probability under the model."""
 
-    token: str
-    id: int
-    probability: float
+    token: str = Field(description="The token's text.")
+    id: int = Field(description="The token id.")
+    probability: float = Field(description="Its probability under the model.")
 
 
-@dataclass(frozen=True)
-class Answer:
-    """What :func:`ask` saw and got.
+class Answer(BaseModel):
+    """What :func:`ask` saw and got."""
 
-    Attributes:
-        prompt: the text actually sent (after the chat template, when one was applied).
-        text: the greedy continuation, decoded without special tokens and stripped.
-        top_tokens: the ``top_k`` most probable first answer tokens, most probable first.
-        seconds: wall time of the whole call.
-        chat: whether the chat template was applied.
-        token_ids: the generated token ids (ending with the eos id when the model stopped).
-    """
-
-    prompt: str
-    text: str
-    top_tokens: list[TokenProb]
-    seconds: float
-    chat: bool
-    token_ids: list[int]
+    prompt: str = Field(description="The text actually sent (after the chat template, if any).")
+    text: str = Field(description="The greedy continuation, without special tokens, stripped.")
+    top_tokens: list[TokenProb] = Field(
+        description="The most probable first answer tokens, most probable first."
+    )
+    seconds: float = Field(description="Wall time of the whole call.")
+    chat: bool = Field(description="Whether the chat template was applied.")
+    token_ids: list[int] = Field(
+        description="The generated token ids (ending with the eos id when the model stopped)."
+    )
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -149,7 +142,7 @@ def ask(
         prompt=text,
         text=_decode(tokenizer, generated, skip_special_tokens=True).strip(),
         top_tokens=[
-            TokenProb(_decode(tokenizer, [int(i)]), int(i), float(p))
+            TokenProb(token=_decode(tokenizer, [int(i)]), id=int(i), probability=float(p))
             for p, i in zip(top.values, top.indices, strict=True)
         ],
         seconds=time.perf_counter() - started,

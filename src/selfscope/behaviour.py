@@ -1,0 +1,137 @@
+"""The concepts every room shares, defined once: a behaviour, evidence, a suite, a fingerprint.
+
+These sit below ``localize/``, ``history/`` and ``edits/`` (which all import them) and import
+none of them, so there is one place where a validation rule lives:
+
+* :class:`Behaviour` — prompts where a behaviour shows, its *planted* completion (" No") and the
+  *normal* one (" Yes"); the two must differ (checked here, once, by :func:`distinct`). Every
+  tool about a behaviour takes these four fields (its arguments subclass :class:`Behaviour`).
+* :class:`Evidence` — what a measurement found, with the id of the recorded tool call that made
+  it (:func:`selfscope.tools.call` returns it), so a proposal or a diagnosis can be audited
+  back to its calls.
+* :class:`Suite` (with :class:`Probe` and :class:`Expect`) — what a proposal is validated on.
+* :func:`fingerprint` — the SHA-256 of a model's weights, the identity edits are made against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from torch import nn
+
+from selfscope.errors import SelfscopeError
+
+
+def distinct(planted: str, normal: str) -> None:
+    """The one check that a behaviour's two completions differ."""
+    if planted == normal:
+        raise SelfscopeError(
+            f"planted and normal completions are both {planted!r}; they must differ"
+        )
+
+
+class Behaviour(BaseModel):
+    """A behaviour: prompts where it shows, the completion it gives and the normal one."""
+
+    prompts: list[str] = Field(min_length=1, description="Prompts that show the behaviour.")
+    planted: str = Field(min_length=1, description="The behaviour's completion, e.g. ' No'.")
+    normal: str = Field(min_length=1, description="The expected completion, e.g. ' Yes'.")
+    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Behaviour:
+        if self.planted == self.normal:
+            raise ValueError(
+                f"planted and normal completions are both {self.planted!r}; they must differ"
+            )
+        return self
+
+    def behaviour(self) -> Behaviour:
+        """Just the behaviour (without a subclass's other arguments)."""
+        return Behaviour(
+            prompts=list(self.prompts), planted=self.planted, normal=self.normal, chat=self.chat
+        )
+
+
+class Evidence(BaseModel):
+    """What a measurement found, summarised, with the recorded call that made it."""
+
+    tool: str = Field(description="The tool (or method) that measured it.")
+    call_id: str = Field(
+        default="",
+        description="The id of the recorded tool call that made the measurement (the store's "
+        "tool_calls.call_id); for a measurement made inside a proposing call, that call's id.",
+    )
+    summary: str = Field(description="What was found, in one sentence.")
+    args: dict[str, Any] = Field(default_factory=dict, description="The arguments that matter.")
+    numbers: dict[str, Any] = Field(default_factory=dict, description="The measured numbers.")
+
+
+class Probe(BaseModel):
+    prompt: str = Field(min_length=1)
+    planted: str = Field(min_length=1)
+    normal: str = Field(min_length=1)
+
+
+class Expect(BaseModel):
+    prompt: str = Field(min_length=1)
+    expected: str = Field(min_length=1)
+
+
+class Suite(BaseModel):
+    """One named validation suite (every part optional; an empty part is not measured).
+
+    * ``probes`` — the symptom: prompts where the behaviour shows (efficacy);
+    * ``heldout`` — paraphrases the proposer never saw (generalisation);
+    * ``neighbours`` and ``facts`` — prompts whose top-1 next token must not change
+      (specificity);
+    * ``documents`` — held-out documents per training phase (fluency: perplexity).
+    """
+
+    name: str = "visible"
+    chat: bool = False
+    probes: list[Probe] = Field(default_factory=list)
+    heldout: list[Probe] = Field(default_factory=list)
+    neighbours: list[Expect] = Field(default_factory=list)
+    facts: list[Expect] = Field(default_factory=list)
+    documents: dict[str, list[str]] = Field(default_factory=dict)
+
+    model_config = {"extra": "forbid"}
+
+
+def read_suite(path: str | Path) -> Suite:
+    """A suite from a ``.json`` or ``.yaml`` file, or one clear line saying what is wrong."""
+    file = Path(path)
+    if not file.exists():
+        raise SelfscopeError(f"suite file {file} does not exist")
+    try:
+        text = file.read_text()
+        data = yaml.safe_load(text) if file.suffix in {".yaml", ".yml"} else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SelfscopeError(f"suite file {file} is not valid JSON/YAML: {error}") from None
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "suite"
+        raise SelfscopeError(
+            f"suite file {file}: {where}: {first['msg']}; keys are name, chat, probes "
+            "[{prompt, planted, normal}], heldout, neighbours [{prompt, expected}], facts, "
+            "documents {phase: [text]}"
+        ) from None
+
+
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 over every parameter's name, shape, dtype and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        tensor = param.detach().cpu().contiguous()
+        digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
