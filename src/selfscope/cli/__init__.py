@@ -1,0 +1,63 @@
+"""The command line: one Typer app, one module per room, every capability through the tools.
+
+```
+selfscope organism build|list      cli/organisms.py   the lab
+selfscope models list, ask         cli/models.py      what can be loaded, and what it says
+selfscope tool list|run            cli/tools.py       the registry itself (any tool, JSON args)
+selfscope localize                 cli/localize.py    the debugger (localize.all)
+selfscope index build, trace       cli/history.py     the historian
+selfscope propose|validate|proposals  cli/edits.py    the surgeon
+selfscope demo                     cli/demo.py        the loop on the mushroom organism
+```
+
+Bad input is reported as one line on stderr (``error: ...``) with exit status 2, never a
+traceback; ``--json`` prints one JSON object on stdout and keeps progress on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from selfscope.cli import demo, edits, history, localize, models, organisms
+from selfscope.cli import tools as tools_cli
+from selfscope.cli._common import WorkspaceOpt
+from selfscope.errors import SelfscopeError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Hyper-introspection for language models.",
+)
+
+
+@app.callback()
+def _main(ctx: typer.Context, workspace: WorkspaceOpt = None) -> None:
+    ctx.obj = workspace  # read by _common.workspace(); nothing global, no environment writes
+
+
+for room in (organisms, models, tools_cli, localize, history, edits, demo):
+    room.register(app)
+
+
+def main() -> None:
+    """Entry point: one clear line on bad input, exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except SelfscopeError as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; nothing was overwritten\n")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as stop:
+        code = getattr(stop, "exit_code", getattr(stop, "code", 0))
+        sys.exit(code or 0)
+    except click.exceptions.ClickException as error:  # usage errors
+        sys.stderr.write(f"error: {error.format_message()}\n")
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(1)

@@ -1,0 +1,3 @@
+from selfscope.cli import main
+
+main()
