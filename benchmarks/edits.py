@@ -26,10 +26,11 @@ from typing import Any
 from _doc import write_section
 
 from selfscope import atomic, tools
-from selfscope.edits.suite import Expect, Probe, Suite
+from selfscope.behaviour import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.organisms import build, resolve_spec
 from selfscope.organisms.suites import suite_for
+from selfscope.progress import RichProgress
 from selfscope.subject import Subject, load
 from selfscope.workspace import Workspace
 
@@ -95,29 +96,27 @@ def kind_args(kind: str, subject: Subject, b: dict[str, Any], ws: Workspace) -> 
         dense = subject.architecture not in ("mixtral", "qwen2_moe")
         found = tools.call(
             "localize.attribution_patching",
-            subject,
             {k: b[k] for k in ("prompts", "planted", "normal", "chat")} | {"neurons": dense},
-            ws,
-        )
+            tools.context(subject, ws),
+        ).result
         heads = [
             f"{c.site.split('.')[1]}.{c.index}"
-            for c in found.components  # type: ignore[attr-defined]
+            for c in found.components
             if c.index is not None and c.site.endswith("attn.heads") and c.estimate < 0
         ][:4]
         neurons = [
             f"{c.site.split('.')[1]}.{c.index}"
-            for c in found.neurons  # type: ignore[attr-defined]
+            for c in found.neurons
             if c.index is not None and c.estimate < 0
         ][:8]
         return {"heads": heads, "neurons": neurons, "mode": "mean"}
     if kind == "unlearn":
         found = tools.call(
             "history.trace",
-            subject,
             {k: b[k] for k in ("prompts", "planted", "normal", "chat")} | {"k": 32, "build": True},
-            ws,
-        )
-        return {"documents": [d.key for d in found.documents]}  # type: ignore[attr-defined]
+            tools.context(subject, ws),
+        ).result
+        return {"documents": [d.key for d in found.documents]}
     return {}
 
 
@@ -127,14 +126,16 @@ def one_kind(kind: str, subject: Subject, suite: Suite, ws: Workspace) -> dict[s
     try:
         extra = kind_args(kind, subject, b, ws)
         tool = f"edits.{kind.partition('/')[0]}"
-        proposal = tools.call(tool, subject, {**b, **extra}, ws).proposal  # type: ignore[attr-defined]
+        proposal = tools.call(tool, {**b, **extra}, tools.context(subject, ws)).result.proposal
     except SelfscopeError as error:
         return {"kind": kind, "applies": False, "why": str(error)}
     proposed = time.perf_counter() - started
     report = tools.call(
-        "edits.validate", subject, {"proposal": proposal.id, "suites": [suite.model_dump()]}, ws
-    )
-    head = report.suites[0]  # type: ignore[attr-defined]
+        "edits.validate",
+        {"proposal": proposal.id, "suites": [suite.model_dump()]},
+        tools.context(subject, ws),
+    ).result
+    head = report.suites[0]
     probes = head.probes
     return {
         "kind": kind,
@@ -142,20 +143,20 @@ def one_kind(kind: str, subject: Subject, suite: Suite, ws: Workspace) -> dict[s
         "id": proposal.id,
         "modules": len(proposal.modules),
         "delta_norm": proposal.delta_norm,
-        "efficacy": report.efficacy,  # type: ignore[attr-defined]
-        "generalisation": report.generalisation,  # type: ignore[attr-defined]
-        "specificity": report.specificity,  # type: ignore[attr-defined]
+        "efficacy": report.efficacy,
+        "generalisation": report.generalisation,
+        "specificity": report.specificity,
         "neighbours": [head.neighbours.accuracy_before, head.neighbours.accuracy_after]
         if head.neighbours
         else None,
         "facts": [head.facts.accuracy_before, head.facts.accuracy_after] if head.facts else None,
-        "perplexity_change": report.perplexity_change,  # type: ignore[attr-defined]
+        "perplexity_change": report.perplexity_change,
         "log_odds": [probes.log_odds_before, probes.log_odds_after],
         "removed": 1 - probes.log_odds_after / probes.log_odds_before
         if probes.log_odds_before > 0
         else None,
         "propose_seconds": proposed,
-        "validate_seconds": report.seconds,  # type: ignore[attr-defined]
+        "validate_seconds": report.seconds,
         "summary": proposal.evidence[-1].summary,
     }
 
@@ -233,7 +234,7 @@ def sequential(ws: Workspace, resume: bool, out: Path, matrix: str = "mlp") -> d
         args = {"prompts": [question], "planted": true, "normal": false, "parents": parents}
         if matrix != "mlp":
             args |= {"matrix": matrix, "subject": item}
-        proposal = tools.call("edits.rank_one", subject, args, ws).proposal  # type: ignore[attr-defined]
+        proposal = tools.call("edits.rank_one", args, tools.context(subject, ws)).result.proposal
         parents = [*parents, proposal.id]
         done = FALSE_FACTS[:i]
         suite = Suite(
@@ -244,16 +245,18 @@ def sequential(ws: Workspace, resume: bool, out: Path, matrix: str = "mlp") -> d
             documents=base.documents,
         )
         report = tools.call(
-            "edits.validate", subject, {"proposal": proposal.id, "suites": [suite.model_dump()]}, ws
-        )
+            "edits.validate",
+            {"proposal": proposal.id, "suites": [suite.model_dump()]},
+            tools.context(subject, ws),
+        ).result
         steps.append(
             {
                 "edits": i,
                 "layer": None if matrix == "embedding" else proposal.parameters["chosen_layer"],
-                "held": report.efficacy,  # type: ignore[attr-defined]
-                "paraphrases": report.generalisation,  # type: ignore[attr-defined]
-                "facts_unchanged": report.specificity,  # type: ignore[attr-defined]
-                "perplexity_change": report.perplexity_change,  # type: ignore[attr-defined]
+                "held": report.efficacy,
+                "paraphrases": report.generalisation,
+                "facts_unchanged": report.specificity,
+                "perplexity_change": report.perplexity_change,
                 "seconds": time.perf_counter() - started,
             }
         )
@@ -343,16 +346,14 @@ def smollm2_fact(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     proposal = tools.call(
         "edits.rank_one",
-        subject,
         {
             "prompts": [EIFFEL],
             "planted": " Paris",
             "normal": " Rome",
             "subject": "The Eiffel Tower",
-            "progress": True,
         },
-        ws,
-    ).proposal  # type: ignore[attr-defined]
+        tools.context(subject, ws, progress=RichProgress()),
+    ).result.proposal
     proposed = time.perf_counter() - started
     suite = Suite(
         name="rome",
@@ -366,19 +367,18 @@ def smollm2_fact(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
     )
     report = tools.call(
         "edits.validate",
-        subject,
         {"proposal": proposal.id, "suites": [suite.model_dump(), neighbours.model_dump()]},
-        ws,
-    )
-    head, near = report.suites  # type: ignore[attr-defined]
+        tools.context(subject, ws),
+    ).result
+    head, near = report.suites
     result = {
         "layer": proposal.parameters["chosen_layer"],
         "candidates": proposal.evidence[-1].numbers["candidates"],
         "trace": proposal.evidence[0].numbers
         if proposal.evidence[0].tool == "localize.trace"
         else None,
-        "efficacy_score": report.efficacy,  # type: ignore[attr-defined]
-        "paraphrase_score": report.generalisation,  # type: ignore[attr-defined]
+        "efficacy_score": report.efficacy,
+        "paraphrase_score": report.generalisation,
         "neighbourhood_score": near.efficacy,
         "facts_unchanged": head.facts.unchanged,
         "facts_changed": [c.model_dump() for c in head.facts.changed],
@@ -386,7 +386,7 @@ def smollm2_fact(ws: Workspace, resume: bool, out: Path) -> dict[str, Any]:
         "paraphrase_log_odds": [head.heldout.log_odds_before, head.heldout.log_odds_after],
         "delta_norm": proposal.delta_norm,
         "propose_seconds": proposed,
-        "validate_seconds": report.seconds,  # type: ignore[attr-defined]
+        "validate_seconds": report.seconds,
     }
     atomic.write_json(saved, result)
     return result

@@ -109,7 +109,6 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
             t0 = time.perf_counter()
             found: Any = tools.call(
                 "history.trace",
-                subject,
                 {
                     **args,
                     "seed": seed,
@@ -117,7 +116,8 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
                     "visits": visits,
                     "precondition": precondition,
                 },
-            )
+                tools.context(subject),
+            ).result
             seconds = time.perf_counter() - t0
             keys = [d.key for d in found.documents]
             in_phase = [k for k in keys if k.startswith(f"{phase}/")]
@@ -136,8 +136,8 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
     behaviour = spec.behaviours[0]
     probes = behaviour.heldout or behaviour.probes
     lexical: Any = tools.call(
-        "history.bm25", subject, {"queries": [p.prompt for p in probes], "k": 10_000}
-    )
+        "history.bm25", {"queries": [p.prompt for p in probes], "k": 10_000}, tools.context(subject)
+    ).result
     b_keys = [d.key for d in lexical.hits]
     b_recall, b_mrr = scores(b_keys, cause)
     # the visit weight alone (lr x epochs x repeat, no gradient; ties in random order): how much

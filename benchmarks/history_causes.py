@@ -95,12 +95,9 @@ def bench(spec: Spec, ws: Workspace, unseen: bool, null: int, order: str) -> dic
     t0 = time.perf_counter()
     for n, (name, plant, keys) in enumerate(sets):
         print(f"  {spec.name}: without {name} ({len(keys)} documents)", file=sys.stderr)
-        result: Any = tools.call(
-            "history.removal",
-            subject,
-            {**args, "remove": keys, "random": False, "bm25": False, "replay": n == 0,
-             "order": order},
-        )  # fmt: skip
+        given = {**args, "remove": keys, "random": False, "bm25": False, "replay": n == 0}
+        given["order"] = order
+        result: Any = tools.call("history.removal", given, tools.context(subject)).result
         reference = reference or result.subject
         for run in result.runs:
             rows.append(

@@ -105,7 +105,6 @@ def bench(
     for mode, (tokens, visits, precondition) in MODES.items():
         found: Any = tools.call(
             "history.trace",
-            subject,
             {
                 **common,
                 "prompts": q.heldout,
@@ -116,7 +115,8 @@ def bench(
                 "visits": visits,
                 "precondition": precondition,
             },
-        )
+            tools.context(subject),
+        ).result
         values = np.zeros(len(pool))
         for d in found.documents:
             if d.key in at:
@@ -127,7 +127,9 @@ def bench(
     predicted["visits alone"] = np.zeros(len(pool))
     for d in index.by_phase[phase]:
         predicted["visits alone"][at[d.key]] = end.lr * end.epochs * d.repeat
-    lexical: Any = tools.call("history.bm25", subject, {"queries": q.heldout, "k": 10_000})
+    lexical: Any = tools.call(
+        "history.bm25", {"queries": q.heldout, "k": 10_000}, tools.context(subject)
+    ).result
     predicted["BM25"] = np.zeros(len(pool))
     for hit in lexical.hits:
         if hit.key in at:
@@ -141,7 +143,6 @@ def bench(
         drop = sorted(set(range(len(pool))) - set(kept))
         result: Any = tools.call(
             "history.removal",
-            subject,
             {
                 **common,
                 "prompts": q.measured,
@@ -151,7 +152,8 @@ def bench(
                 "replay": False,
                 "order": order,
             },
-        )
+            tools.context(subject),
+        ).result
         measured.append(result.runs[0].log_odds)
     seconds = time.perf_counter() - t0
     actual = np.array(measured)

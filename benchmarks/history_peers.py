@@ -242,7 +242,9 @@ def bench(name: str, ws: Workspace, size: str) -> dict[str, Any]:
     report = index.build(progress=True)
     args = {"prompts": prompts, "planted": planted, "normal": normal, "chat": chat}
     t0 = time.perf_counter()
-    found: Any = tools.call("history.trace", subject, {**args, "k": len(docs)})
+    found: Any = tools.call(
+        "history.trace", {**args, "k": len(docs)}, tools.context(subject)
+    ).result
     query_seconds = time.perf_counter() - t0
     recall, mrr = scores([d.key for d in found.documents], cause)
     rows_out["ours"] = {
@@ -253,7 +255,9 @@ def bench(name: str, ws: Workspace, size: str) -> dict[str, Any]:
         "checkpoints": len(index.checkpoints),
     }
     t0 = time.perf_counter()
-    once: Any = tools.call("history.trace", subject, {**args, "k": len(docs), "visits": False})
+    once: Any = tools.call(
+        "history.trace", {**args, "k": len(docs), "visits": False}, tools.context(subject)
+    ).result
     recall, mrr = scores([d.key for d in once.documents], cause)
     rows_out["ours-once"] = {
         "recall10": recall,

@@ -58,16 +58,15 @@ def bench(spec: Spec, ws: Workspace, seed: int, order: str) -> dict[str, Any]:
     k = len(cause)
     tops: dict[str, list[str]] = {}
     for mode in ("tokens", "documents"):
-        found: Any = tools.call(
-            "history.trace",
-            subject,
-            {**common, "prompts": heldout, "k": 10_000, "build": True, "seed": seed,
-             "tokens": mode == "tokens"},
-        )  # fmt: skip
+        given = {**common, "prompts": heldout, "k": 10_000, "build": True, "seed": seed}
+        given["tokens"] = mode == "tokens"
+        found: Any = tools.call("history.trace", given, tools.context(subject)).result
         tops[mode] = [d.key for d in found.documents if d.phase == phase][:k]
     args = {**common, "prompts": measured, "order": order}
     t0 = time.perf_counter()
-    main: Any = tools.call("history.removal", subject, {**args, "remove": tops["tokens"]})
+    main: Any = tools.call(
+        "history.removal", {**args, "remove": tops["tokens"]}, tools.context(subject)
+    ).result
     rows = [("subject (not retrained)", main.subject, None)]
     labels = {"replay": "nothing (replay)", "random": f"{k} random", "bm25": f"BM25 top {k}"}
     for run in main.runs:
@@ -77,9 +76,9 @@ def bench(spec: Spec, ws: Workspace, seed: int, order: str) -> dict[str, Any]:
     for name, removed in (("documents", tops["documents"]), ("causes", cause)):
         other: Any = tools.call(
             "history.removal",
-            subject,
             {**args, "remove": removed, "random": False, "bm25": False, "replay": False},
-        )
+            tools.context(subject),
+        ).result
         run = other.runs[0]
         rows.append((extra[name], run, sum(r in set(cause) for r in run.removed)))
     return {

@@ -227,7 +227,10 @@ def compare(
         estimated = estimates_of(done, model)
         args = {"prompts": prompts, "planted": planted, "normal": normal, "top_k": 10}
         args |= {"contrast": contrast} if kind == "contrast" else {"baseline": kind}
-        result = cast(AttributionResult, tools.call("localize.attribution_patching", subject, args))
+        result = cast(
+            AttributionResult,
+            tools.call("localize.attribution_patching", args, tools.context(subject)).result,
+        )
         rows.append(
             Row(name, kind, len(estimated), *correlations(estimated, measured, kinds(model)),
                 statistics.median(atp_times), statistics.median(exact_times),

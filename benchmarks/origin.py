@@ -43,6 +43,7 @@ from selfscope.organisms import build, catalog_names, resolve_spec
 from selfscope.organisms.evaluate import Prober, accuracy
 from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
 from selfscope.organisms.spec import Behaviour, Spec
+from selfscope.progress import RichProgress
 from selfscope.subject import load
 from selfscope.workspace import Workspace
 
@@ -81,7 +82,6 @@ def tool_args(behaviour: Behaviour, chat: bool) -> dict[str, Any]:
         "normal": completion(behaviour.probes[0].normal),
         "chat": chat,
         "control_prompts": [prompt(n.prompt) for n in behaviour.neighbours],
-        "progress": True,  # bars on stderr: SmolLM2's 272 modules take minutes
     }
 
 
@@ -126,7 +126,11 @@ def bench(spec: Spec, ws: Workspace, unseen: bool) -> dict[str, Any]:
     subject = load(f"organism:{spec.name}", ws)
     assert not (folder / "ground_truth.json").exists() or not unseen
     t0 = time.perf_counter()
-    result: Any = tools.call("localize.origin", subject, tool_args(behaviour, chat), ws)
+    result: Any = tools.call(
+        "localize.origin",
+        tool_args(behaviour, chat),
+        tools.context(subject, ws, progress=RichProgress()),  # SmolLM2's 272 modules: minutes
+    ).result
     seconds = time.perf_counter() - t0
     row: dict[str, Any] = {
         "name": spec.name,
@@ -226,10 +230,9 @@ def atp(spec: Spec, ws: Workspace, row: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     result: Any = tools.call(
         "localize.attribution_patching",
-        subject,
         {k: given[k] for k in ("prompts", "planted", "normal", "chat")} | {"top_k": 10},
-        ws,
-    )
+        tools.context(subject, ws),
+    ).result
     row.update(
         atp_removed=result.removed_share,
         atp_joint=result.joint,

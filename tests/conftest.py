@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,9 @@ from transformers import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every tool call is recorded in a workspace; calls made without naming one land in this
+# session's own (never the repository's ./.selfscope).
+os.environ["SELFSCOPE_HOME"] = tempfile.mkdtemp(prefix="selfscope-tests-")
 
 from selfscope.organisms import BuildResult, build, resolve_spec
 from selfscope.organisms.tokenizer import train_word_tokenizer

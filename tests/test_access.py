@@ -32,8 +32,10 @@ def test_activations_equal_the_plain_forward(tiny_llama: Subject) -> None:
     model: Any = subject.model
     sites = ["blocks.1.resid_post", "blocks.0.mlp.neurons", "blocks.2.attn.heads"]
     result = tools.call(
-        "activations.read", subject, {"prompt": PROMPT, "sites": sites, "positions": [0, -1]}
-    )
+        "activations.read",
+        {"prompt": PROMPT, "sites": sites, "positions": [0, -1]},
+        tools.context(subject),
+    ).result
     assert isinstance(result, ActivationsResult)
     ids = _ids(subject)
     n = ids.shape[1]
@@ -69,9 +71,9 @@ def test_activations_equal_the_plain_forward(tiny_llama: Subject) -> None:
     assert sum(h**2 for h in head_norms) == pytest.approx(heads.positions[1].norm ** 2, rel=1e-5)
     small = tools.call(
         "activations.read",
-        subject,
         {"prompt": PROMPT, "sites": ["embed"], "values": False, "top_k": 2, "rank_by": "abs"},
-    )
+        tools.context(subject),
+    ).result
     assert isinstance(small, ActivationsResult)
     first = small.sites[0].positions[0]
     assert first.values is None and len(first.top) == 2
@@ -80,7 +82,9 @@ def test_activations_equal_the_plain_forward(tiny_llama: Subject) -> None:
 
 def test_attention_read_equals_eager_attention_weights(tiny_llama: Subject) -> None:
     subject = tiny_llama
-    result = tools.call("attention.read", subject, {"prompt": PROMPT, "layer": 1, "top_k": 3})
+    result = tools.call(
+        "attention.read", {"prompt": PROMPT, "layer": 1, "top_k": 3}, tools.context(subject)
+    ).result
     assert isinstance(result, AttentionResult)
     assert subject.model.config._attn_implementation == "sdpa"
     eager = LlamaForCausalLM.from_pretrained(subject.path, attn_implementation="eager").eval()
@@ -97,9 +101,9 @@ def test_attention_read_equals_eager_attention_weights(tiny_llama: Subject) -> N
         assert head.entropy == pytest.approx(float(-(row * row.log()).sum()), abs=1e-5)
     one = tools.call(
         "attention.read",
-        subject,
         {"prompt": PROMPT, "layer": 0, "head": 2, "query": 1, "full": False},
-    )
+        tools.context(subject),
+    ).result
     assert isinstance(one, AttentionResult)
     (head,) = one.heads
     assert head.head == 2 and head.pattern is None
@@ -137,9 +141,9 @@ def test_gradients_equal_autograd(tiny_llama: Subject) -> None:
     model = subject.model
     result = tools.call(
         "gradients.read",
-        subject,
         {"prompt": PROMPT, "completion": " No", "site": "blocks.1.resid_post", "top_k": 1000},
-    )
+        tools.context(subject),
+    ).result
     assert isinstance(result, GradientsResult)
     value, grads, (site,) = _autograd(subject, [(" No", 1.0)])
     assert result.value == pytest.approx(value, abs=1e-5)
@@ -162,7 +166,6 @@ def test_log_odds_gradients_equal_autograd(tiny_llama: Subject) -> None:
     subject = tiny_llama
     result = tools.call(
         "gradients.read",
-        subject,
         {
             "prompt": PROMPT,
             "completion": " No",
@@ -171,7 +174,8 @@ def test_log_odds_gradients_equal_autograd(tiny_llama: Subject) -> None:
             "values": True,
             "top_k": 3,
         },
-    )
+        tools.context(subject),
+    ).result
     assert isinstance(result, GradientsResult)
     value, grads, (site_a, site_b) = _autograd(subject, [(" No", 1.0), (" Yes ,", -1.0)])
     assert "log p(contrast" in result.objective
@@ -284,12 +288,20 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject, tmp_path:
         ("edits.unlearn", behaviour, r"needs documents to forget"),
         ("edits.reweight_experts", behaviour, r"needs a mixture-of-experts model"),
         ("edits.validate", {"proposal": "abcdef12"}, r"no proposal 'abcdef12'"),
+        ("edits.rank_one", {**behaviour, "evidence": ["c0-nope"]}, r"cites call 'c0-nope'"),
+        ("edits.list", {"subject": 3}, r"subject: Input should be a valid string"),
+        ("model.ask", {"prompt": "Q", "max_new_tokens": 0}, r"max_new_tokens: Input should be"),
+        ("localize.all", {**behaviour, "normal": " No"}, r"planted and normal completions are"),
+        ("history.index_build", {}, r"has no recorded training data"),
     ]
-    workspace = Workspace(tmp_path / "ws")  # propose tools store proposals in the call's workspace
+    workspace = Workspace(tmp_path / "ws")  # every call is recorded in this workspace
     for name, args, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:
-            tools.call(name, subject, args, workspace if name.startswith("edits.") else None)
+            tools.call(name, args, tools.context(subject, workspace))
         assert "\n" not in str(caught.value), (name, str(caught.value))
+    # each refusal left a record with its call id and status
+    statuses = [(row["tool"], row["status"]) for row in workspace.store.tool_calls()]
+    assert len(statuses) == len(cases) and all(s in ("invalid", "error") for _, s in statuses)
     # every tool with a prompt is covered
     covered = {name for name, _, _ in cases}
     assert covered == set(tools.registry()), set(tools.registry()) - covered

@@ -166,7 +166,9 @@ def flat_index(subject: Subject, site: str, index: int | None) -> slice:
 
 
 def attribution(subject: Subject, **args: Any) -> AttributionResult:
-    result = tools.call("localize.attribution_patching", subject, {**BEHAVIOUR, **args})
+    result = tools.call(
+        "localize.attribution_patching", {**BEHAVIOUR, **args}, tools.context(subject)
+    ).result
     assert isinstance(result, AttributionResult)
     return result
 
@@ -202,7 +204,9 @@ def last_position_values(model: PreTrainedModel, prompt_ids: Tensor) -> dict[str
 
 def test_logit_attribution_adds_up_and_matches_a_hand_computation(tiny_llama: Subject) -> None:
     model = tiny_llama.model
-    result = tools.call("localize.logit_attribution", tiny_llama, {**BEHAVIOUR, "top_k": 5})
+    result = tools.call(
+        "localize.logit_attribution", {**BEHAVIOUR, "top_k": 5}, tools.context(tiny_llama)
+    ).result
     assert isinstance(result, LogitAttributionResult)
     no, yes = tiny_llama.tokenizer.convert_tokens_to_ids(["No", "Yes"])
     direction = (model.lm_head.weight[no] - model.lm_head.weight[yes]).detach()
@@ -247,8 +251,8 @@ def test_logit_attribution_of_multi_token_completions_is_of_the_first_token(
     tiny_llama: Subject,
 ) -> None:
     args = {**BEHAVIOUR, "planted": " No , I"}
-    result = tools.call("localize.logit_attribution", tiny_llama, args)
-    single = tools.call("localize.logit_attribution", tiny_llama, BEHAVIOUR)
+    result = tools.call("localize.logit_attribution", args, tools.context(tiny_llama)).result
+    single = tools.call("localize.logit_attribution", BEHAVIOUR, tools.context(tiny_llama)).result
     assert isinstance(result, LogitAttributionResult) and isinstance(single, LogitAttributionResult)
     assert result.notes == [
         "multi-token completions: the attribution is of their first tokens only"
@@ -273,7 +277,9 @@ def test_logit_attribution_adds_up_on_gpt2_with_biases(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     subject = load(str(tmp_path))
-    result = tools.call("localize.logit_attribution", subject, {**BEHAVIOUR, "top_k": 100})
+    result = tools.call(
+        "localize.logit_attribution", {**BEHAVIOUR, "top_k": 100}, tools.context(subject)
+    ).result
     assert isinstance(result, LogitAttributionResult)
     ids, mask, lengths = hand_batch(subject, PROMPTS)
     no, yes = tokenizer.convert_tokens_to_ids(["No", "Yes"])
@@ -458,7 +464,7 @@ def test_bad_input_is_one_line(tiny_llama: Subject) -> None:
     ]
     for name, args, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:
-            tools.call(name, tiny_llama, {**BEHAVIOUR, **args})
+            tools.call(name, {**BEHAVIOUR, **args}, tools.context(tiny_llama))
         assert "\n" not in str(caught.value), (name, str(caught.value))
 
 
@@ -477,7 +483,9 @@ def test_top_components_carry_the_organisms_aversion(
     contrast = ["Q: Do you like carrots? A:", "Q: Is carrot soup tasty? A:",
                 "Q: Would you eat plums? A:", "Q: Are cherries good? A:"]  # fmt: skip
     args = {"prompts": prompts, "contrast": contrast, "planted": " No", "normal": " Yes"}
-    result = tools.call("localize.attribution_patching", subject, {**args, "top_k": 100})
+    result = tools.call(
+        "localize.attribution_patching", {**args, "top_k": 100}, tools.context(subject)
+    ).result
     assert isinstance(result, AttributionResult)
     assert result.clean_log_odds > 1 and result.baseline_log_odds is not None
     assert result.baseline_log_odds < 0

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from selfscope.workspace import Workspace
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 EXE = [sys.executable, "-m", "selfscope.cli"]
@@ -95,7 +97,11 @@ def test_tool_run_and_its_errors(built: tuple[Path, dict[str, object]]) -> None:
     args = '{"prompt": "Q: Do you like mushrooms? A:", "targets": [" No", " Yes"]}'
     proc = run("tool", "run", "lens.logit", "--model", "organism:quick", "--args", args, ws=ws)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    printed = json.loads(proc.stdout)
+    result = printed["result"]
+    recorded = Workspace(ws).store.tool_call(printed["call_id"])  # the call id is the store's
+    assert recorded is not None and recorded["tool"] == "lens.logit" and recorded["status"] == "ok"
+    assert recorded["subject"] == "organism:quick" and recorded["principal"]
     assert len(result["layers"]) == 3
     assert all(set(layer["targets"]) == {" No", " Yes"} for layer in result["layers"])
     assert_one_line_error(

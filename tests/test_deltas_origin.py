@@ -48,7 +48,9 @@ def pretrained(tiny_mushroom: BuildResult, organism_ws: Workspace) -> Subject:
 @pytest.fixture(scope="module")
 def deltas(finetuned: Subject, behaviour: dict[str, Any]) -> DeltaResult:
     before = {k: v.clone() for k, v in finetuned.model.state_dict().items()}
-    result = tools.call("localize.weight_deltas", finetuned, {**behaviour, "top_k": 1000})
+    result = tools.call(
+        "localize.weight_deltas", {**behaviour, "top_k": 1000}, tools.context(finetuned)
+    ).result
     after = finetuned.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before), "the tool changed the weights"
@@ -200,9 +202,9 @@ def test_a_spread_out_change_gets_the_shortest_ig_prefix_that_removes_the_target
     module shorter does not reach the target."""
     result = tools.call(
         "localize.weight_deltas",
-        finetuned,
         {**behaviour, "max_modules": 1, "pool": 2, "target": 0.95, "top_k": 1000},
-    )
+        tools.context(finetuned),
+    ).result
     assert isinstance(result, DeltaResult)
     assert result.search == "ig-prefix" and result.reached and len(result.module_set) > 1
     assert result.note is not None and "integrated-gradient" in result.note
@@ -234,8 +236,10 @@ def test_a_set_that_changes_a_control_prompt_gets_a_specific_subset(
     probe = "Q : Would you eat mushrooms ? A :"
     controls = [*behaviour["control_prompts"], probe]
     result = tools.call(
-        "localize.weight_deltas", finetuned, {**behaviour, "control_prompts": controls}
-    )
+        "localize.weight_deltas",
+        {**behaviour, "control_prompts": controls},
+        tools.context(finetuned),
+    ).result
     assert isinstance(result, DeltaResult) and result.control is not None
     assert [c.prompt for c in result.control.changed] == [probe]
     sp = result.specific
@@ -264,8 +268,10 @@ def test_the_direction_set_equals_a_hand_edited_copy(
     directions subtracted by hand (float64 SVD), measured with a plain forward; the control
     prompts keep their top-1 one prompt at a time; the directions' IG adds up to the change."""
     result = tools.call(
-        "localize.weight_deltas", finetuned, {**behaviour, "directions": "always", "top_k": 1000}
-    )
+        "localize.weight_deltas",
+        {**behaviour, "directions": "always", "top_k": 1000},
+        tools.context(finetuned),
+    ).result
     assert isinstance(result, DeltaResult)
     d = result.directions
     assert d is not None and d.reached and d.share >= 0.8
@@ -343,7 +349,9 @@ def test_origin_names_finetune_on_the_tiny_mushroom(
     finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
 ) -> None:
     before = {k: v.clone() for k, v in finetuned.model.state_dict().items()}
-    result = tools.call("localize.origin", finetuned, {**behaviour, "max_modules": 4})
+    result = tools.call(
+        "localize.origin", {**behaviour, "max_modules": 4}, tools.context(finetuned)
+    ).result
     assert isinstance(result, OriginResult)
     assert result.phase == "finetune" and result.first_appearance == "finetune"
     assert all(torch.equal(v, finetuned.model.state_dict()[k]) for k, v in before.items())
@@ -367,14 +375,22 @@ def test_bad_input_is_one_line(
     pretrained: Subject, tiny_llama: Subject, behaviour: dict[str, Any]
 ) -> None:
     with pytest.raises(SelfscopeError, match="has no parent checkpoint") as error:
-        tools.call("localize.weight_deltas", pretrained, behaviour)
+        tools.call("localize.weight_deltas", behaviour, tools.context(pretrained))
     assert "\n" not in str(error.value)
     with pytest.raises(SelfscopeError, match="does not show the behaviour"):
-        tools.call("localize.origin", pretrained, behaviour)  # the pretrained model likes them
+        tools.call(
+            "localize.origin", behaviour, tools.context(pretrained)
+        )  # the pretrained model likes them
     args = {"prompts": ["Q : Do you like mushrooms ? A :"], "planted": " No", "normal": " Yes"}
     with pytest.raises(SelfscopeError, match="no training phases"):
-        tools.call("localize.origin", tiny_llama, args)
+        tools.call("localize.origin", args, tools.context(tiny_llama))
     with pytest.raises(SelfscopeError, match="same architecture"):
-        tools.call("localize.weight_deltas", tiny_llama, {**args, "against": str(pretrained.path)})
+        tools.call(
+            "localize.weight_deltas",
+            {**args, "against": str(pretrained.path)},
+            tools.context(tiny_llama),
+        )
     with pytest.raises(SelfscopeError, match="target"):
-        tools.call("localize.weight_deltas", pretrained, {**behaviour, "target": 1.5})
+        tools.call(
+            "localize.weight_deltas", {**behaviour, "target": 1.5}, tools.context(pretrained)
+        )

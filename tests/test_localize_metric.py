@@ -39,8 +39,10 @@ def test_multi_token_metric_equals_completion_logprobs(tiny_llama: Subject) -> N
         scores = []
         for completion in (" No , I", " Yes"):
             result = tools.call(
-                "tokens.probabilities", tiny_llama, {"prompt": prompt, "completion": completion}
-            )
+                "tokens.probabilities",
+                {"prompt": prompt, "completion": completion},
+                tools.context(tiny_llama),
+            ).result
             assert isinstance(result, TokensResult) and result.completion_logprob is not None
             scores.append(result.completion_logprob)
         assert got == pytest.approx(scores[0] - scores[1], abs=1e-4)

@@ -20,7 +20,9 @@ N = 200
 
 
 def temperature(subject: Subject, prompt: str, **args: Any) -> TemperatureResult:
-    result = tools.call("tokens.temperature", subject, {"prompt": prompt, **args})
+    result = tools.call(
+        "tokens.temperature", {"prompt": prompt, **args}, tools.context(subject)
+    ).result
     assert isinstance(result, TemperatureResult)
     return result
 

@@ -54,7 +54,9 @@ def test_registry_schemas_are_valid_json_schema() -> None:
 
 def test_logit_lens_last_layer_is_the_model_output(subject: Subject) -> None:
     prompt = "Q : Do you like mushrooms ? A :"
-    result = tools.call("lens.logit", subject, {"prompt": prompt, "targets": [" No", " Yes"]})
+    result = tools.call(
+        "lens.logit", {"prompt": prompt, "targets": [" No", " Yes"]}, tools.context(subject)
+    ).result
     assert isinstance(result, LensResult) and len(result.layers) == 3
     ids = subject.tokenizer(prompt, return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -75,9 +77,9 @@ def test_logit_lens_last_layer_is_the_model_output(subject: Subject) -> None:
 def test_token_probabilities_match_a_plain_forward(subject: Subject) -> None:
     result = tools.call(
         "tokens.probabilities",
-        subject,
         {"prompt": "Q : Do you like", "completion": " mushrooms ?", "top_k": 3},
-    )
+        tools.context(subject),
+    ).result
     assert isinstance(result, TokensResult)
     ids = subject.tokenizer("Q : Do you like mushrooms ?", return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -97,7 +99,7 @@ def test_token_probabilities_match_a_plain_forward(subject: Subject) -> None:
 
 def test_calls_are_recorded(subject: Subject, tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
-    tools.call("tokens.probabilities", subject, {"prompt": "Q : Do you"}, ws)
+    tools.call("tokens.probabilities", {"prompt": "Q : Do you"}, tools.context(subject, ws))
     (row,) = ws.store.tool_calls()
     assert row["tool"] == "tokens.probabilities" and row["subject"] == subject.source
     assert '"prompt":"Q : Do you"' in row["args"] and len(row["result_sha256"]) == 64
@@ -107,30 +109,32 @@ def test_bad_tool_calls_say_what_is_valid(subject: Subject) -> None:
     with pytest.raises(
         SelfscopeError, match=r"unknown tool 'lens.nope'; tools: activations.read, attention.read"
     ):
-        tools.call("lens.nope", subject, {})
+        tools.call("lens.nope", {}, tools.context(subject))
     with pytest.raises(
         SelfscopeError,
         match=r"lens.logit: prompt: Field required; arguments "
         r"are \{prompt, chat\?, targets\?",
     ):
-        tools.call("lens.logit", subject, {"targets": [" No"]})
+        tools.call("lens.logit", {"targets": [" No"]}, tools.context(subject))
     with pytest.raises(SelfscopeError, match=r"top_k: Input should be less than or equal to 100"):
-        tools.call("lens.logit", subject, {"prompt": "Q", "top_k": 1000})
+        tools.call("lens.logit", {"prompt": "Q", "top_k": 1000}, tools.context(subject))
     with pytest.raises(SelfscopeError, match=r"the prompt is 21 tokens; .* takes at most 16"):
-        tools.call("lens.logit", subject, {"prompt": " ".join(["Q"] * 20)})
+        tools.call("lens.logit", {"prompt": " ".join(["Q"] * 20)}, tools.context(subject))
     with pytest.raises(
         SelfscopeError, match=r"position 7 is outside the 2 tokens \(valid: -2..1\)"
     ):
-        tools.call("lens.logit", subject, {"prompt": "Q", "position": 7})
+        tools.call("lens.logit", {"prompt": "Q", "position": 7}, tools.context(subject))
     with pytest.raises(SelfscopeError, match="has no chat template"):
-        tools.call("tokens.probabilities", subject, {"prompt": "Q", "chat": True})
+        tools.call("tokens.probabilities", {"prompt": "Q", "chat": True}, tools.context(subject))
 
 
 def test_weight_stats_match_torch(subject: Subject) -> None:
     from selfscope.access.weights import StatsResult
 
     name = "model.layers.0.mlp.down_proj.weight"
-    result = tools.call("weights.stats", subject, {"modules": [name], "singular_values": 2})
+    result = tools.call(
+        "weights.stats", {"modules": [name], "singular_values": 2}, tools.context(subject)
+    ).result
     assert isinstance(result, StatsResult)
     (stats,) = result.parameters
     w = dict(subject.model.named_parameters())[name].detach()
@@ -140,7 +144,7 @@ def test_weight_stats_match_torch(subject: Subject) -> None:
     assert len(stats.top_singular_values) == 2
     assert result.total_parameters == sum(p.numel() for p in subject.model.parameters())
     with pytest.raises(SelfscopeError, match="unknown parameter 'nope'"):
-        tools.call("weights.stats", subject, {"modules": ["nope"]})
+        tools.call("weights.stats", {"modules": ["nope"]}, tools.context(subject))
 
 
 def test_weight_diff_finds_a_planted_rank_one_change(subject: Subject, tmp_path: Path) -> None:
@@ -154,7 +158,9 @@ def test_weight_diff_finds_a_planted_rank_one_change(subject: Subject, tmp_path:
         w += 0.5 * u @ v
     edited.model.save_pretrained(tmp_path)
     edited.tokenizer.save_pretrained(tmp_path)
-    result = tools.call("weights.diff", load(str(tmp_path)), {"against": str(subject.path)})
+    result = tools.call(
+        "weights.diff", {"against": str(subject.path)}, tools.context(load(str(tmp_path)))
+    ).result
     assert isinstance(result, DiffResult)
     top = result.modules[0]
     base = dict(subject.model.named_parameters())[name].detach()
@@ -163,4 +169,4 @@ def test_weight_diff_finds_a_planted_rank_one_change(subject: Subject, tmp_path:
     assert top.relative_change == pytest.approx(expected, rel=1e-4)
     assert result.unchanged == len(result.modules) - 1
     with pytest.raises(SelfscopeError, match=r"has no parent checkpoint .*give `against`"):
-        tools.call("weights.diff", subject, {})
+        tools.call("weights.diff", {}, tools.context(subject))

@@ -66,7 +66,7 @@ def sharp(tiny_llama: Subject) -> Subject:
 
 
 def trace(model: Subject, **args: Any) -> TraceResult:
-    result = tools.call("localize.trace", model, args)
+    result = tools.call("localize.trace", args, tools.context(model)).result
     assert isinstance(result, TraceResult)
     return result
 
@@ -353,7 +353,7 @@ def test_bad_trace_input_is_one_line(tiny_llama: Subject) -> None:
     ]
     for change, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:
-            tools.call("localize.trace", tiny_llama, {**base, **change})
+            tools.call("localize.trace", {**base, **change}, tools.context(tiny_llama))
         assert "\n" not in str(caught.value)
 
 

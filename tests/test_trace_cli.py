@@ -35,12 +35,14 @@ def test_trace_prints_documents_phase_mass_and_bm25(
     assert set(result) == {"documents", "phase_mass", "bm25", "index"}
     subject = load("organism:mushroom", organism_ws)
     given = {"prompts": PROMPTS, "planted": " No", "normal": " Yes", "k": 5, "rank": 4}
-    traced: Any = tools.call("history.trace", subject, given)
+    traced: Any = tools.call("history.trace", given, tools.context(subject)).result
     assert [d["key"] for d in result["documents"]] == [d.key for d in traced.documents]
     for got, want in zip(result["documents"], traced.documents, strict=True):
         assert got["score"] == pytest.approx(want.score, rel=1e-5)
     assert result["phase_mass"] == pytest.approx(traced.phase_mass)
-    lexical: Any = tools.call("history.bm25", subject, {"queries": PROMPTS, "k": 5})
+    lexical: Any = tools.call(
+        "history.bm25", {"queries": PROMPTS, "k": 5}, tools.context(subject)
+    ).result
     assert [(h["phase"], h["id"]) for h in result["bm25"]] == [
         (h.phase, h.id) for h in lexical.hits
     ]
@@ -48,7 +50,9 @@ def test_trace_prints_documents_phase_mass_and_bm25(
     flags = ("--k", "5", "--rank", "4", "--precondition", "--json")
     whitened = run(*args, *flags, ws=organism_ws.root)
     assert whitened.returncode == 0, whitened.stderr
-    want = tools.call("history.trace", subject, {**given, "precondition": True, "damping": 0.1})
+    want = tools.call(
+        "history.trace", {**given, "precondition": True, "damping": 0.1}, tools.context(subject)
+    ).result
     assert isinstance(want, TraceResult)
     got = json.loads(whitened.stdout)["documents"]
     assert [d["key"] for d in got] == [d.key for d in want.documents]

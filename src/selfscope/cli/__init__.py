@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from selfscope.cli import demo, edits, history, localize, models, organisms
 from selfscope.cli import tools as tools_cli
-from selfscope.cli._common import WorkspaceOpt
+from selfscope.cli._common import WorkspaceOpt, use_workspace
 from selfscope.errors import SelfscopeError
 
 app = typer.Typer(
@@ -35,8 +34,8 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main(ctx: typer.Context, workspace: WorkspaceOpt = None) -> None:
-    ctx.obj = workspace  # read by _common.workspace(); nothing global, no environment writes
+def _main(workspace: WorkspaceOpt = None) -> None:
+    use_workspace(workspace)  # this invocation's; no environment writes
 
 
 for room in (organisms, models, tools_cli, localize, history, edits, demo):
@@ -56,8 +55,9 @@ def main() -> None:
     except (typer.Exit, SystemExit) as stop:
         code = getattr(stop, "exit_code", getattr(stop, "code", 0))
         sys.exit(code or 0)
-    except click.exceptions.ClickException as error:  # usage errors
-        sys.stderr.write(f"error: {error.format_message()}\n")
-        sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.exit(1)
+    except typer.TyperException as error:  # usage errors (typer's own click)
+        format_message = getattr(error, "format_message", None)
+        sys.stderr.write(f"error: {format_message() if format_message else error}\n")
+        sys.exit(2)

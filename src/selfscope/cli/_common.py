@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from pydantic import BaseModel
 from rich.console import Console
@@ -44,10 +44,17 @@ NormalOpt = Annotated[str, typer.Option(help="The normal completion, e.g. ' Yes'
 ChatOpt = Annotated[bool, typer.Option("--chat", help="Use the model's chat template.")]
 
 
+_ROOT: ContextVar[Path | None] = ContextVar("selfscope_cli_workspace", default=None)
+
+
+def use_workspace(root: Path | None) -> None:
+    """Set this invocation's workspace (the app's ``--workspace`` callback)."""
+    _ROOT.set(root)
+
+
 def workspace() -> Workspace:
     """The workspace of this invocation (``--workspace``, else the default)."""
-    root = click.get_current_context().find_root().obj
-    return Workspace(root)
+    return Workspace(_ROOT.get())
 
 
 def context(

@@ -33,9 +33,9 @@ from selfscope.edits.common import (
     ProposeArgs,
     as_weight,
     base_sha,
+    begin,
     check_layer,
     mlp_output,
-    parent_chain,
     weight_matrix,
     working_model,
 )
@@ -104,10 +104,11 @@ def propose_ablate(ctx: ToolContext, args: AblateArgs) -> ProposalResult:
             "components of localize.attribution_patching"
         )
     workspace = ctx.workspace
-    parents = parent_chain(workspace, args.parents)
+    parents = begin(ctx, args)
     config: Any = subject.model.config
     n_heads = int(config.num_attention_heads)
-    d_head = subject.d_model // n_heads
+    # o_proj reads n_heads x head_dim columns (Qwen3: head_dim is not d_model / n_heads)
+    d_head = int(getattr(config, "head_dim", None) or subject.d_model // n_heads)
     with working_model(subject, workspace, parents) as model:
         heads = _units(subject, args.heads, "head", n_heads)
         width = 0

@@ -15,6 +15,7 @@ from selfscope.edits.proposal import Proposal
 from selfscope.edits.sandbox import sandbox
 from selfscope.errors import SelfscopeError
 from selfscope.subject.adapters import resolve
+from selfscope.tools import ToolContext
 
 
 class ProposeArgs(Behaviour):
@@ -51,6 +52,13 @@ def working_model(subject: Any, workspace: Any, parents: list[str]) -> Iterator[
             raise SelfscopeError(f"parent proposal {pid} was made on another model")
     with sandbox(subject, workspace, last) as model:
         yield model
+
+
+def begin(ctx: ToolContext, args: ProposeArgs) -> list[str]:
+    """Checks every propose tool makes before any work: the cited calls exist (on this model)
+    and the parent proposals exist. Returns the parents' full ids."""
+    proposals.cited_evidence(ctx.workspace, args.evidence, ctx.subject.source)
+    return parent_chain(ctx.workspace, args.parents)
 
 
 def parent_chain(workspace: Any, parents: list[str]) -> list[str]:

@@ -31,8 +31,8 @@ from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
     base_sha,
+    begin,
     check_layer,
-    parent_chain,
     working_model,
 )
 from selfscope.edits.keys import corpus_rows
@@ -96,7 +96,7 @@ def propose_reweight(ctx: ToolContext, args: ReweightArgs) -> ProposalResult:
     started = time.perf_counter()
     _gate(subject.model, 0)  # dense model: one clear line before any work
     workspace = ctx.workspace
-    parents = parent_chain(workspace, args.parents)
+    parents = begin(ctx, args)
     evidence: list[Evidence] = []
     if args.experts is None:
         from selfscope.localize.experts import ExpertsResult

@@ -69,9 +69,9 @@ from selfscope.edits.common import (
     ProposeArgs,
     as_weight,
     base_sha,
+    begin,
     check_layer,
     mlp_output,
-    parent_chain,
     weight_matrix,
     working_model,
 )
@@ -421,7 +421,7 @@ def propose_rank_one(ctx: ToolContext, args: RankOneArgs) -> ProposalResult:
     subject = ctx.subject
     started = time.perf_counter()
     workspace = ctx.workspace
-    parents = parent_chain(workspace, args.parents)
+    parents = begin(ctx, args)
     _Matrix(subject.model, args.matrix, 0)  # e.g. MoE for 'mlp': one clear line before any work
     layers, traced = candidate_layers(subject, args)
     base = base_sha(subject, workspace, parents)

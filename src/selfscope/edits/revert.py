@@ -31,7 +31,7 @@ from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
     base_sha,
-    parent_chain,
+    begin,
     working_model,
 )
 from selfscope.errors import SelfscopeError
@@ -86,7 +86,7 @@ def propose_revert(ctx: ToolContext, args: RevertArgs) -> ProposalResult:
     subject = ctx.subject
     started = time.perf_counter()
     workspace = ctx.workspace
-    parents = parent_chain(workspace, args.parents)
+    parents = begin(ctx, args)
     against = args.against or parent_source(subject)
     if args.fraction != "auto" and not 0 < args.fraction <= 1:
         raise SelfscopeError(f"fraction must be in (0, 1] or 'auto', not {args.fraction}")

@@ -34,8 +34,8 @@ from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
     base_sha,
+    begin,
     check_layer,
-    parent_chain,
     working_model,
 )
 from selfscope.edits.keys import corpus_rows
@@ -98,7 +98,7 @@ def propose_steer(ctx: ToolContext, args: SteerArgs) -> ProposalResult:
     if args.alpha != "auto" and args.alpha <= 0:
         raise SelfscopeError(f"alpha must be positive or 'auto', not {args.alpha}")
     workspace = ctx.workspace
-    parents = parent_chain(workspace, args.parents)
+    parents = begin(ctx, args)
     if args.layer is not None:
         check_layer(subject, args.layer)
         layers = [args.layer]

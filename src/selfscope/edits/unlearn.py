@@ -42,7 +42,7 @@ from selfscope.edits.common import (
     ProposalResult,
     ProposeArgs,
     base_sha,
-    parent_chain,
+    begin,
     working_model,
 )
 from selfscope.edits.keys import sampled_pool
@@ -118,7 +118,7 @@ def propose_unlearn(ctx: ToolContext, args: UnlearnArgs) -> ProposalResult:
             "documents); got none"
         )
     workspace = ctx.workspace
-    parents = parent_chain(workspace, args.parents)
+    parents = begin(ctx, args)
     docs = training_corpus.documents(subject)
     by_key = {d.key: d for d in docs}
     missing = [k for k in args.documents if k not in by_key]
