@@ -18,9 +18,12 @@ Every tool names places in the network the same way, whatever the architecture:
                            model runs eager attention while such a site is hooked)
 ``blocks.{i}.mlp.out``     block ``i``'s MLP (or mixture-of-experts) output
 ``blocks.{i}.mlp.neurons`` the MLP's hidden activations entering its down projection
-``blocks.{i}.moe.router``  the router's logits per token (mixture-of-experts only)
+``blocks.{i}.moe.router``  the router's logits per token (mixture-of-experts blocks only;
+                           Qwen2-MoE keeps ``mlp_only_layers`` dense, see :func:`moe_blocks`)
 ``blocks.{i}.moe.experts.{j}`` expert ``j``'s routing-weighted contribution to the MoE output,
                            [batch, pos, d_model], zero where the token is not routed to ``j``
+                           (Qwen2-MoE's always-on shared expert is no ``j``: the routed shares
+                           plus its sigmoid-gated output make ``mlp.out``)
 ``final_norm``             the final normalisation's output
 ``unembed``                the logits
 =========================  ==============================================================
@@ -178,8 +181,44 @@ def n_blocks(model: nn.Module) -> int:
 
 def n_experts(model: nn.Module, block: int) -> int:
     """How many routed experts block ``block`` of a mixture-of-experts model has."""
+    resolve(model, f"blocks.{block}.moe.router")  # one clear line for a dense block
     moe: Any = model.get_submodule(resolve(model, f"blocks.{block}.mlp.out").module)
     return int(moe.experts.num_experts)
+
+
+def _has_module(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def moe_blocks(model: nn.Module) -> list[int]:
+    """The blocks whose MLP is a mixture of experts: every block of Mixtral, but Qwen2-MoE keeps
+    the blocks in ``config.mlp_only_layers`` (and off its ``decoder_sparse_step``) dense."""
+    site = adapter_for(model).sites.get("blocks.{i}.moe.experts.{j}")
+    if site is None:
+        return []
+    return [
+        i
+        for i in range(n_blocks(model))
+        if _has_module(model, f"{site.module.format(i=i)}.experts")
+    ]
+
+
+def _check_moe_block(model: nn.Module, name: str, module: str, site: Site, block: int) -> None:
+    """A router or expert site must name a block that has experts (a clear error, not the
+    ``AttributeError`` of a dense block's MLP)."""
+    if not name.startswith(f"blocks.{block}.moe."):
+        return
+    if _has_module(model, f"{module}.experts" if site.kind == "expert" else module):
+        return
+    with_experts = ", ".join(map(str, moe_blocks(model))) or "none"
+    raise SelfscopeError(
+        f"site {name!r}: block {block} is dense (no router, no experts); "
+        f"blocks with experts: {with_experts}"
+    )
 
 
 def resolve(model: nn.Module, name: str) -> Resolved:
@@ -203,6 +242,8 @@ def resolve(model: nn.Module, name: str) -> Resolved:
                 f"this model has blocks 0..{layers - 1}"
             )
     module = site.module.format(i=block) if block is not None else site.module
+    if block is not None:
+        _check_moe_block(model, name, module, site, block)
     if expert is not None and block is not None:
         count = n_experts(model, block)
         if not 0 <= expert < count:

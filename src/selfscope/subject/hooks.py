@@ -17,8 +17,9 @@ captured, not patched; while one is hooked the model runs eager attention (the f
 never materialise the weights) and its previous implementation is restored on exit.
 ``blocks.{i}.moe.experts.{j}`` is expert ``j``'s routing-weighted output, recomputed from the
 experts' weights and the routing the fused experts module received; patching it replaces that
-contribution inside the MoE output (``out - expert_j + patched``). With ``keep_grad`` the
-captured tensors stay in the autograd graph and keep their ``.grad`` after ``backward()``.
+contribution inside the MoE output (``out + (patched - expert_j)``, so patching a share with
+itself leaves the output bit-identical). With ``keep_grad`` the captured tensors stay in the
+autograd graph and keep their ``.grad`` after ``backward()``.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class _SiteHook:
         share = share.view(output.shape)
         new = self._patched(share)
         self._record(new)
-        return output if self.patch is None else output - share + new
+        return output if self.patch is None else output + (new - share)  # exact when new == share
 
 
 def _check_experts(model: nn.Module, site: Resolved) -> None:
