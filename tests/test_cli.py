@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,28 @@ def test_tool_run_and_its_errors(built: tuple[Path, dict[str, object]]) -> None:
     )
     schema = json.loads(run("tool", "list", "--schema", "openai", ws=ws).stdout)
     assert {s["function"]["name"] for s in schema} >= {"lens_logit", "tokens_probabilities"}
+
+
+def test_help_lists_every_command_and_every_cli_module_stays_small() -> None:
+    import typer.main
+    from typer.testing import CliRunner
+
+    from selfscope import cli
+
+    root = typer.main.get_command(cli.app)
+    commands: dict[str, Any] = getattr(root, "commands", {})
+    assert {"ask", "localize", "trace", "propose", "validate", "proposals", "demo"} <= set(commands)
+    runner = CliRunner()
+    shown = runner.invoke(cli.app, ["--help"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    for name, command in commands.items():
+        assert f" {name} " in shown.output, name
+        subcommands = getattr(command, "commands", {})
+        if subcommands:
+            group = runner.invoke(cli.app, [name, "--help"], terminal_width=200)
+            for sub in subcommands:
+                assert f" {sub} " in group.output, (name, sub)
+    sizes = {
+        f.name: len(f.read_text().splitlines()) for f in Path(cli.__file__).parent.glob("*.py")
+    }
+    assert len(sizes) >= 8 and max(sizes.values()) <= 250, sizes
