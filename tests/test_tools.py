@@ -33,20 +33,21 @@ def test_registry_schemas_are_valid_json_schema() -> None:
         "weights.stats",
         "weights.diff",
     } <= set(registry)
-    # the surgeon's tools create proposals; everything else only reads
+    # the surgeon's tools create (or validate) proposals; everything else only reads
+    proposing = {n for n in registry if n.startswith("edits.")} - {"edits.list"}
     for name, t in registry.items():
-        assert t.permission == ("propose" if name.startswith("edits.") else "read"), name
+        assert t.permission == ("propose" if name in proposing else "read"), name
     for entry in tools.openai_schema():
         assert entry["type"] == "function"
         function = entry["function"]
-        permission = "propose" if function["name"].startswith("edits_") else "read"
+        permission = "propose" if function["name"].replace("_", ".", 1) in proposing else "read"
         assert "." not in function["name"]
         assert function["description"].startswith(f"[{permission}]")
         jsonschema.Draft202012Validator.check_schema(function["parameters"])
         if function["name"].startswith(("lens", "tokens")):
             assert function["parameters"]["properties"]["prompt"]["type"] == "string"
     for entry in tools.mcp_tools():
-        assert entry["annotations"]["readOnlyHint"] == (not entry["name"].startswith("edits."))
+        assert entry["annotations"]["readOnlyHint"] == (entry["name"] not in proposing)
         jsonschema.Draft202012Validator.check_schema(entry["inputSchema"])
         jsonschema.Draft202012Validator.check_schema(entry["outputSchema"])
     assert tools.get("lens_logit").name == "lens.logit"

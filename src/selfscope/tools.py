@@ -186,7 +186,7 @@ def context(
         principal=principal or Principal.local(),
         progress=progress,
         source=subject if isinstance(subject, str) else (loaded.source if loaded else None),
-        device=device if loaded is None else loaded.device,
+        device=device if loaded is None else str(getattr(loaded, "device", device)),
         _subject=loaded,
     )
 
@@ -315,7 +315,7 @@ def call(name: str, args: Mapping[str, Any] | BaseModel, ctx: ToolContext) -> To
     seconds = time.perf_counter() - started
     digest = hashlib.sha256(result.model_dump_json().encode()).hexdigest()
     store.record_call_end(
-        call_id, "ok", digest, seconds, None, str(inner._subject.path) if inner._subject else ""
+        call_id, "ok", digest, seconds, None, str(getattr(inner._subject, "path", ""))
     )
     return ToolCall(call_id, tool_.name, result, seconds)
 
