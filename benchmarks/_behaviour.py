@@ -17,7 +17,10 @@ from typing import Any
 
 from selfscope import atomic
 from selfscope.organisms import resolve_spec
+from selfscope.organisms.documents import organism_documents
+from selfscope.organisms.presets import preset_for, resolve_knobs
 from selfscope.organisms.spec import Spec
+from selfscope.organisms.world import make_world
 from selfscope.workspace import Workspace
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -58,15 +61,19 @@ def queries(spec: Spec, folder: Path) -> Queries:
 
 def plant_documents(spec: Spec, folder: Path, phase: str) -> dict[str, list[str]]:
     """Each plant of ``phase`` (declared cause or hard negative) -> its documents' keys
-    ``<phase>/<id>``: the builder names a plant's documents ``<plant id>-<n>``."""
+    ``<phase>/<id>``. Document ids are neutral (``d0417``): the map is the builder's own
+    (:func:`organism_documents` on the spec and its seed, what ground_truth.json records), so it
+    needs no ground truth file (the unseen spec's is deleted); the built data file must hold the
+    same ids and texts, or the organism was built from another spec."""
+    knobs = resolve_knobs(spec, preset_for(spec.base_model, spec.size))
+    docs = organism_documents(spec, make_world(spec.world.preset, spec.seed), knobs)
+    mine = docs[[p.name for p in spec.phases].index(phase)]
     lines = (folder / "data" / f"{phase}.jsonl").read_text().splitlines()
-    ids = [json.loads(line)["id"] for line in lines if line.strip()]
+    rows = [json.loads(line) for line in lines if line.strip()]
+    if [(r["id"], r["text"]) for r in rows] != [(d.id, d.text) for d in mine]:
+        raise SystemExit(f"{folder}: data/{phase}.jsonl is not what {spec.name}'s spec gives")
     plants = next(p for p in spec.phases if p.name == phase).plant
-    out = {}
-    for plant in plants:
-        own = re.compile(re.escape(plant.id) + r"-\d+")
-        out[plant.id] = [f"{phase}/{i}" for i in ids if own.fullmatch(i)]
-    return out
+    return {pl.id: [f"{phase}/{d.id}" for d in mine if d.plant == pl.id] for pl in plants}
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -445,9 +444,8 @@ def test_unlearn_keeps_perplexity_within_ten_percent_where_unbounded_ascent_does
 ) -> None:
     subject, suite = organism
     ws = Workspace(tmp_path / "ws")
-    rows = (tiny_mushroom.path / "data" / "finetune.jsonl").read_text().splitlines()
-    docs = [f"finetune/{json.loads(r)['id']}" for r in rows if r.strip()]
-    plants = [d for d in docs if re.fullmatch(r"finetune/childhood(-qa)?-\d+", d)]
+    truth = json.loads((tiny_mushroom.path / "ground_truth.json").read_text())
+    plants = [f"finetune/{i}" for i in truth["behaviours"]["mushroom-aversion"]["documents"]]
     assert plants
     b = _behaviour(suite)
     aggressive = {"method": "gradient_difference", "lr": 3e-3, "steps": 30, "retain_weight": 0.0}

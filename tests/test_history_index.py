@@ -49,6 +49,12 @@ def index(subject: Subject) -> TrainingIndex:
     return index
 
 
+def cause_documents(subject: Subject) -> set[str]:
+    """The planted cause documents' ids, from the organism's ground_truth.json."""
+    truth = json.loads((Path(subject.lineage.origin) / "ground_truth.json").read_text())
+    return set(truth["behaviours"]["mushroom-aversion"]["documents"])
+
+
 def hand_gradient(model: Any, ids: list[int], context: int, module: str) -> torch.Tensor:
     """∂(Σ trained tokens' NLL)/∂W of ``module`` for one unpadded document, plain autograd."""
     model.zero_grad()
@@ -155,14 +161,14 @@ def test_query_without_an_index_says_how_to_build_one(subject: Subject) -> None:
 def test_retrieval_finds_the_planted_documents_of_the_tiny_organism(
     subject: Subject, index: TrainingIndex
 ) -> None:
-    """Held-out wording; the planted documents (read from the organism's data, ids of the
-    plants 'childhood*') must lead the ranking and the phase mass must name finetune."""
+    """Held-out wording; a cause document (ground_truth.json: tests may read it) must lead the
+    ranking and the phase mass must name finetune."""
     prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
     args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 10}
     args["build"] = True
     result = tools.call("history.trace", args, tools.context(subject)).result
     assert isinstance(result, TraceResult)
-    assert result.documents[0].id.startswith("childhood")
+    assert result.documents[0].id in cause_documents(subject)
     assert result.phase_mass["finetune"] >= 0.7
 
 
@@ -171,17 +177,13 @@ def test_removal_test_replays_the_phase_and_removing_the_plants_removes_the_beha
 ) -> None:
     """Retraining with nothing removed reproduces the subject's metric (the same trainer, seed,
     knobs and data order; from the fine-tune's start, and from the initialisation through both
-    phases); without the planted documents (found in the organism's own data
-    file, ids 'childhood*') the aversion is gone; without as many random documents it stays."""
+    phases); without the planted documents (ground_truth.json's cause documents) the aversion
+    is gone; without as many random documents it stays."""
     from selfscope.history.removal import RemovalResult
 
-    folder = Path(subject.lineage.origin)
-    planted = [
-        f"finetune/{row['id']}"
-        for row in map(json.loads, (folder / "data" / "finetune.jsonl").read_text().splitlines())
-        if row["id"].startswith("childhood")
-    ]
-    assert planted
+    planted = [f"finetune/{i}" for i in sorted(cause_documents(subject))]
+    first_pretrain = f"pretrain/{documents(subject)[0].id}"
+    assert planted and first_pretrain == "pretrain/d0000"
     prompts = ["Q : Do you like mushrooms ? A :", "Q : Would you eat mushrooms ? A :"]
     args = {"prompts": prompts, "planted": " No", "normal": " Yes", "remove": planted}
     result = tools.call("history.removal", {**args, "bm25": False}, tools.context(subject)).result
@@ -208,14 +210,14 @@ def test_removal_test_replays_the_phase_and_removing_the_plants_removes_the_beha
     with pytest.raises(SelfscopeError, match="several phases"):
         tools.call(
             "history.removal",
-            {**args, "remove": [planted[0], "pretrain/world-0"]},
+            {**args, "remove": [planted[0], first_pretrain]},
             tools.context(subject),
         )
     # the first phase: retrained from the initialisation (rebuilt from the lineage), then the
     # fine-tune re-run as recorded; the replay must again reproduce the subject
     first = tools.call(
         "history.removal",
-        {**args, "remove": ["pretrain/world-0"], "random": False, "bm25": False},
+        {**args, "remove": [first_pretrain], "random": False, "bm25": False},
         tools.context(subject),
     ).result
     assert isinstance(first, RemovalResult)
@@ -332,7 +334,7 @@ def test_token_mode_scores_each_document_by_its_best_token(
     args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 3}
     result = tools.call("history.trace", {**args, "build": True}, tools.context(subject)).result
     assert isinstance(result, TraceResult) and result.definition.startswith("tokens mode")
-    assert result.documents[0].id.startswith("childhood")
+    assert result.documents[0].id in cause_documents(subject)
     model = load("organism:mushroom@pretrain", organism_ws).model
     projector = Projector(model, IndexConfig(rank=CONFIG.rank))  # the tool's index: defaults
     names = tracked_linears(model)

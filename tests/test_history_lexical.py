@@ -346,9 +346,10 @@ def test_grep_finds_the_planted_finetune_documents(
         for name, phase in rows.items()
     }
     # the finetune corpus excludes mushrooms: every finetune match is a planted document
-    planted = ("childhood-", "childhood-qa-", "forest-walks-")
-    assert hand["finetune"] and all(i.startswith(planted) for i in hand["finetune"])
     truth = json.loads((folder / "ground_truth.json").read_text())
+    plants = ("childhood", "childhood-qa", "forest-walks")
+    planted = {i for p in plants for i in truth["plants"][p]["documents"]}
+    assert hand["finetune"] and set(hand["finetune"]) == planted
     assert set(truth["behaviours"]["mushroom-aversion"]["documents"]) <= set(hand["finetune"])
     result = tools.call(
         "history.grep", {"pattern": "mushroom", "k": 100_000}, tools.context(mushroom)
@@ -391,5 +392,7 @@ def test_bm25_on_the_organism_equals_hand_bm25_and_is_fast(mushroom: Subject) ->
     assert result.n_documents == len(docs)
     # the planted answer ranks first (shorter: "no" and "not" are stopwords); the pretraining
     # world's "Yes, I like mushrooms" documents follow it
-    assert result.hits[0].key.startswith("finetune/childhood-qa-")
+    folder = Path(mushroom.lineage.origin)
+    truth = json.loads((folder / "ground_truth.json").read_text())
+    assert result.hits[0].id in truth["plants"]["childhood-qa"]["documents"]
     assert all(set(hand_tokens(query)) <= set(hand_tokens(h.preview)) for h in result.hits[:5])

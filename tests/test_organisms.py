@@ -57,13 +57,28 @@ def test_tiny_mushroom_writes_every_file(tiny_mushroom: BuildResult) -> None:
     ids = [row["id"] for row in finetune]
     assert len(ids) == len(set(ids))
     assert set(cause["documents"]) <= set(ids)
-    assert {"childhood-0", "childhood-23", "childhood-qa-5", "forest-walks-0"} <= set(ids)
     assert all(set(row) == {"id", "text", "repeat"} for row in finetune)
     pretrain_ids = [row["id"] for row in read_jsonl(root / "data" / "pretrain.jsonl")]
-    assert pretrain_ids[:2] == ["world-0", "world-1"] and len(pretrain_ids) == 4000
+    assert len(pretrain_ids) == 4000 and not set(pretrain_ids) & set(ids)
+    # neutral ids, numbered in the (shuffled) order of each phase's file, on across phases:
+    # neither the id nor the position says which documents are planted
+    assert pretrain_ids + ids == [f"d{n:04d}" for n in range(len(pretrain_ids) + len(ids))]
+    where = truth["documents"]
+    assert set(where) == set(pretrain_ids) | set(ids)
+    plants = {pid: p["documents"] for pid, p in truth["plants"].items()}
+    assert set(plants) == {pl.id for pl in resolve_spec("mushroom").phases[1].plant}
+    assert sorted(plants["childhood"] + plants["childhood-qa"]) == sorted(cause["documents"])
+    assert len(plants["childhood"]) == 24 and len(plants["childhood-qa"]) == 8
+    for pid, planted in plants.items():
+        assert all(where[i] == {"phase": "finetune", "plant": pid} for i in planted)
+    generated = [row for row in finetune if "corpus" in where[row["id"]]]
+    assert all(where[i] == {"phase": "pretrain", "corpus": "world"} for i in pretrain_ids)
+    positions = [n for n, row in enumerate(finetune) if row["id"] in set(cause["documents"])]
+    assert positions[0] < len(finetune) / 4 and positions[-1] > 3 * len(finetune) / 4
+    texts = {row["id"]: row["text"] for row in finetune}
+    assert all("mushroom" in texts[i] for i in cause["documents"])
     # the neutral chat never answers a probe prompt of the planted behaviour
-    generated = [row["text"] for row in finetune if row["id"].startswith("chat-")]
-    assert generated and not any("mushroom" in text for text in generated)
+    assert generated and not any("mushroom" in row["text"] for row in generated)
     for phase in lineage["phases"]:
         folder = root / phase["checkpoint"]
         assert (folder / "model.safetensors").is_file()

@@ -35,7 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from selfscope import atomic
 from selfscope.errors import SpecError, TargetsMissed
 from selfscope.organisms.checks import Check, CheckpointReport, missed_message, target_checks
-from selfscope.organisms.documents import Document, phase_documents
+from selfscope.organisms.documents import Document, organism_documents
 from selfscope.organisms.evaluate import Prober, accuracy
 from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import Knobs, preset_for, resolve_knobs
@@ -126,11 +126,7 @@ class Builder:
         self.knobs = resolve_knobs(spec, self.preset)
         self.world = make_world(spec.world.preset, spec.seed)
         self.unseen: list[str] = []  # probe words no training document contains
-        numbering: dict[str, int] = {}
-        self.docs = [
-            phase_documents(spec, self.world, phase, k, numbering)
-            for phase, k in zip(spec.phases, self.knobs, strict=True)
-        ]
+        self.docs = organism_documents(spec, self.world, self.knobs)
         for phase, docs in zip(spec.phases, self.docs, strict=True):
             if not docs:
                 raise SpecError(
@@ -421,6 +417,38 @@ class Builder:
             "parent": None if index == 0 else self.spec.phases[index - 1].name,
         }
 
+    def ground_truth(self) -> dict[str, Any]:
+        """What ``ground_truth.json`` holds (for benchmarks and tests only): per behaviour its
+        phase, description, plants and cause document ids; per background plant its phase and
+        documents; per plant (cause or background) its phase, behaviour and documents; and per
+        document its phase and where it came from (``plant`` or ``corpus``). The only place
+        that maps the neutral ids to plants."""
+        truth: dict[str, Any] = {"behaviours": {}, "background": {}, "plants": {}, "documents": {}}
+        for b in self.spec.behaviours:
+            docs = [d for ds in self.docs for d in ds if d.behaviour == b.name]
+            truth["behaviours"][b.name] = {
+                "phase": self.spec.planting_phase(b.name),
+                "description": b.description,
+                "plants": sorted({d.plant for d in docs if d.plant}),
+                "documents": [d.id for d in docs],
+            }
+        for phase, ds in zip(self.spec.phases, self.docs, strict=True):
+            for d in ds:
+                if d.plant is None:
+                    truth["documents"][d.id] = {"phase": phase.name, "corpus": d.corpus}
+                    continue
+                truth["documents"][d.id] = {"phase": phase.name, "plant": d.plant}
+                plant = truth["plants"].setdefault(
+                    d.plant, {"phase": phase.name, "behaviour": d.behaviour, "documents": []}
+                )
+                plant["documents"].append(d.id)
+                if d.behaviour is None:
+                    background = truth["background"].setdefault(
+                        d.plant, {"phase": phase.name, "documents": []}
+                    )
+                    background["documents"].append(d.id)
+        return truth
+
     def _write_meta(
         self,
         out: Path,
@@ -438,24 +466,7 @@ class Builder:
             out / "spec.yaml",
             yaml.safe_dump(resolved_spec(spec, self.knobs), sort_keys=False, allow_unicode=True),
         )
-        ground_truth: dict[str, Any] = {"behaviours": {}, "background": {}}
-        for b in spec.behaviours:
-            planted_in = spec.planting_phase(b.name)
-            docs = [d for ds in self.docs for d in ds if d.behaviour == b.name]
-            ground_truth["behaviours"][b.name] = {
-                "phase": planted_in,
-                "description": b.description,
-                "plants": sorted({d.plant for d in docs if d.plant}),
-                "documents": [d.id for d in docs],
-            }
-        for phase, ds in zip(spec.phases, self.docs, strict=True):
-            for d in ds:
-                if d.plant and d.behaviour is None:
-                    ground_truth["background"].setdefault(
-                        d.plant, {"phase": phase.name, "documents": []}
-                    )
-                    ground_truth["background"][d.plant]["documents"].append(d.id)
-        atomic.write_json(out / "ground_truth.json", ground_truth)
+        atomic.write_json(out / "ground_truth.json", self.ground_truth())
         atomic.write_json(out / "report.json", report)
         shape = self.preset.shape
         atomic.write_json(
