@@ -179,6 +179,24 @@ def organism_list(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@organism_app.command("blind")
+def organism_blind(
+    name: Annotated[str, typer.Argument(help="A built organism (see `organism list`).")],
+    dest: Annotated[Path, typer.Argument(help="The folder to write (must not exist).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the copy an investigator may open: checkpoints, tokenizer, {id, text} data,
+    lineage and index; no spec, ground truth, report, control or plant name. Load it as
+    DEST or DEST@PHASE."""
+    from selfscope.organisms.blind import blind
+
+    path = blind(name, dest, _workspace())
+    if as_json:
+        _print_json({"name": name, "path": str(path)})
+        return
+    out.print(f"blind copy of {name} -> {path} (load it as {path} or {path}@PHASE)")
+
+
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """Every source string `load`/`ask` accepts here, and whether it is ready."""
