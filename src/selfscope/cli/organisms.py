@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -96,3 +97,21 @@ def organism_list(as_json: JsonOpt = False) -> None:
         yes = ("yes" if r["catalog"] else "", "yes" if r["built"] else "")
         table.add_row(r["name"], *yes, r["size"] or "", r["status"] or "")
     out.print(table)
+
+
+@organism_app.command("blind")
+def organism_blind(
+    name: Annotated[str, typer.Argument(help="A built organism (see `organism list`).")],
+    dest: Annotated[Path, typer.Argument(help="The folder to write (must not exist).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the copy an investigator may open: checkpoints, tokenizer, {id, text} data,
+    lineage and index; no spec, ground truth, report, control or plant name. Load it as
+    DEST or DEST@PHASE."""
+    from selfscope.organisms.blind import blind
+
+    path = blind(name, dest, workspace())
+    if as_json:
+        print_json({"name": name, "path": str(path)})
+        return
+    out.print(f"blind copy of {name} -> {path} (load it as {path} or {path}@PHASE)")

