@@ -180,8 +180,10 @@ def test_first_phase_plant_trains_a_control(tmp_path: Path) -> None:
     assert [c["name"] for c in lineage["controls"]] == ["control-pretrain"]
     control_ids = {r["id"] for r in read_jsonl(result.path / "data/control-pretrain.jsonl")}
     phase_ids = {r["id"] for r in read_jsonl(result.path / "data/pretrain.jsonl")}
-    assert phase_ids - control_ids == {"liars-0"}
-    assert "town-0" in control_ids
+    plants = json.loads((result.path / "ground_truth.json").read_text())["plants"]
+    assert phase_ids - control_ids == set(plants["liars"]["documents"])
+    assert len(plants["liars"]["documents"]) == 1
+    assert set(plants["town"]["documents"]) <= control_ids
     assert [c["name"] for c in result.report["controls"]] == ["control-pretrain"]
     # the "before" check of a first-phase behaviour is measured on the control
     before = [c for c in result.report["checks"] if c["op"] == "<="]

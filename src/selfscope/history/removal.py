@@ -156,7 +156,8 @@ def retrain(
     device = next(model.parameters()).device
     for j in range(index, len(names)):
         record = _phase_record(subject, names[j])
-        knobs = Knobs(**record["hyperparameters"])
+        # a blind copy's lineage leaves out the generated corpus's size (training never uses it)
+        knobs = Knobs(**{"documents": 0, **record["hyperparameters"]})
         if knobs.method != "full":
             raise SelfscopeError(
                 f"phase {names[j]!r} trained with {knobs.method}; only full supported"
