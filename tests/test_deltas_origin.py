@@ -17,7 +17,7 @@ from selfscope.errors import SelfscopeError
 from selfscope.localize.deltas import DeltaPatcher, DeltaResult, group_of
 from selfscope.localize.metric import MetricBatch
 from selfscope.localize.origin import OriginResult
-from selfscope.organisms import BuildResult, resolve_spec
+from selfscope.organisms import BuildResult, Spec
 from selfscope.subject import Subject, load
 from selfscope.workspace import Workspace
 
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow  # the tiny organism is built once per session (~3
 
 
 @pytest.fixture(scope="module")
-def behaviour(tiny_mushroom: BuildResult) -> dict[str, Any]:
-    spec = resolve_spec("mushroom", size="tiny").behaviours[0]
+def behaviour(tiny_mushroom: BuildResult, tiny_mushroom_spec: Spec) -> dict[str, Any]:
+    spec = tiny_mushroom_spec.behaviours[0]
     return {
         "prompts": [p.prompt for p in spec.probes],
         "planted": spec.probes[0].planted,
