@@ -193,26 +193,16 @@ def test_integrated_gradient_shares_equal_a_hand_computation_and_add_up(
 
 
 def test_a_spread_out_change_gets_the_shortest_ig_prefix_that_removes_the_target(
-    finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+    deltas: DeltaResult, finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
 ) -> None:
     """With forward selection capped at one module the target is out of its reach; the set is
     then a prefix of the integrated-gradient ranking, measured on a hand-edited copy, and one
-    module shorter does not reach the target."""
-    result = tools.call(
-        "localize.weight_deltas",
-        finetuned,
-        {**behaviour, "max_modules": 1, "pool": 2, "target": 0.95, "top_k": 1000},
-    )
-    assert isinstance(result, DeltaResult)
-    assert result.search == "ig-prefix" and result.reached and len(result.module_set) > 1
-    assert result.note is not None and "integrated-gradient" in result.note
-    ranking = sorted(
-        (m for m in result.modules if m.delta_norm > 0 and (m.ig_share or 0.0) > 0),
-        key=lambda m: m.ig_share or 0.0,
-        reverse=True,
-    )
-    n = len(result.module_set)
-    assert result.module_set == [m.module for m in ranking[:n]]
+    module shorter does not reach the target.
+
+    The target comes from this build's own shares, measured on hand-edited copies (each build
+    differs in its last bits, and what the whole ranking removes varies around 0.95 between
+    CPUs): above what any single module's revert removes, below what reverting the whole
+    ranking removes, so forward selection must fail and the prefix search must succeed."""
     batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
     mine, theirs = batch.measure().log_odds, batch.measure(pretrained.model).log_odds
 
@@ -220,9 +210,31 @@ def test_a_spread_out_change_gets_the_shortest_ig_prefix_that_removes_the_target
         edited = batch.measure(_edited(finetuned.model, pretrained.model, modules)).log_odds
         return (mine - edited) / (mine - theirs)
 
+    def ig_ranking(r: DeltaResult) -> list[str]:  # changed modules with IG > 0, largest first
+        kept = (m for m in r.modules if m.delta_norm > 0 and (m.ig_share or 0.0) > 0)
+        return [m.module for m in sorted(kept, key=lambda m: m.ig_share or 0.0, reverse=True)]
+
+    ranking = ig_ranking(deltas)
+    best_single = max(share([m.module]) for m in deltas.modules if m.delta_norm > 0)
+    whole = share(ranking)
+    # the premise: the change is spread out (no module alone comes near the whole ranking)
+    assert whole - best_single > 0.2, (best_single, whole)
+    target = min(0.95, whole - 0.05)
+    assert target > best_single + 0.05
+    result = tools.call(
+        "localize.weight_deltas",
+        finetuned,
+        {**behaviour, "max_modules": 1, "pool": 2, "target": target, "top_k": 1000},
+    )
+    assert isinstance(result, DeltaResult)
+    assert result.search == "ig-prefix" and result.reached and len(result.module_set) > 1
+    assert result.note is not None and "integrated-gradient" in result.note
+    assert ig_ranking(result) == ranking
+    n = len(result.module_set)
+    assert result.module_set == ranking[:n]
     assert result.set_share == pytest.approx(share(result.module_set), abs=1e-5)
-    assert result.set_share >= 0.95
-    assert share([m.module for m in ranking[: n - 1]]) < 0.95
+    assert result.set_share >= target
+    assert share(ranking[: n - 1]) < target
 
 
 def test_a_set_that_changes_a_control_prompt_gets_a_specific_subset(
