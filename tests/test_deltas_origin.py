@@ -241,15 +241,25 @@ def test_a_set_that_changes_a_control_prompt_gets_a_specific_subset(
     finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
 ) -> None:
     """A held-out probe given as a control prompt: reverting the set flips its top-1 (" No" ->
-    " Yes"), so the tool drops members until it does not; the subset, its share and its control
-    check are measured again on a hand-edited copy."""
+    " Yes"), so the tool drops members until it does not; which control prompts the set
+    changes (the probe, and on some builds a neighbour too), the subset, its share and its
+    control check are measured again on hand-edited copies."""
     probe = "Q : Would you eat mushrooms ? A :"
     controls = [*behaviour["control_prompts"], probe]
     result = tools.call(
         "localize.weight_deltas", finetuned, {**behaviour, "control_prompts": controls}
     )
     assert isinstance(result, DeltaResult) and result.control is not None
-    assert [c.prompt for c in result.control.changed] == [probe]
+
+    def top1(model: nn.Module, prompt: str) -> int:  # one prompt at a time, no padding
+        ids = finetuned.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            return int(model(input_ids=ids).logits[0, -1].argmax())
+
+    reverted = _edited(finetuned.model, pretrained.model, result.module_set)
+    changed = [p for p in controls if top1(finetuned.model, p) != top1(reverted, p)]
+    assert probe in changed
+    assert [c.prompt for c in result.control.changed] == changed
     sp = result.specific
     assert sp is not None and sp.dropped
     assert sorted(sp.modules + sp.dropped) == sorted(result.module_set)
@@ -260,12 +270,8 @@ def test_a_set_that_changes_a_control_prompt_gets_a_specific_subset(
     assert sp.revert.log_odds == pytest.approx(value.log_odds, abs=1e-5)
     assert sp.share == pytest.approx((mine - value.log_odds) / (mine - theirs), abs=1e-5)
     assert sp.log_odds_share == pytest.approx(1 - value.log_odds / mine, abs=1e-5)
-    for prompt in controls:  # every control prompt keeps its top-1, one prompt at a time
-        ids = finetuned.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            assert finetuned.model(input_ids=ids).logits[0, -1].argmax() == (
-                edited(input_ids=ids).logits[0, -1].argmax()
-            ), prompt
+    for prompt in controls:  # every control prompt keeps its top-1
+        assert top1(finetuned.model, prompt) == top1(edited, prompt), prompt
     assert sp.control.agreement == 1.0 and not sp.control.changed
 
 
