@@ -17,7 +17,7 @@ from selfscope.errors import SelfscopeError
 from selfscope.localize.deltas import DeltaPatcher, DeltaResult, group_of
 from selfscope.localize.metric import MetricBatch
 from selfscope.localize.origin import OriginResult
-from selfscope.organisms import BuildResult, resolve_spec
+from selfscope.organisms import BuildResult, Spec
 from selfscope.subject import Subject, load
 from selfscope.workspace import Workspace
 
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow  # the tiny organism is built once per session (~3
 
 
 @pytest.fixture(scope="module")
-def behaviour(tiny_mushroom: BuildResult) -> dict[str, Any]:
-    spec = resolve_spec("mushroom", size="tiny").behaviours[0]
+def behaviour(tiny_mushroom: BuildResult, tiny_mushroom_spec: Spec) -> dict[str, Any]:
+    spec = tiny_mushroom_spec.behaviours[0]
     return {
         "prompts": [p.prompt for p in spec.probes],
         "planted": spec.probes[0].planted,
@@ -195,26 +195,16 @@ def test_integrated_gradient_shares_equal_a_hand_computation_and_add_up(
 
 
 def test_a_spread_out_change_gets_the_shortest_ig_prefix_that_removes_the_target(
-    finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
+    deltas: DeltaResult, finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
 ) -> None:
     """With forward selection capped at one module the target is out of its reach; the set is
     then a prefix of the integrated-gradient ranking, measured on a hand-edited copy, and one
-    module shorter does not reach the target."""
-    result = tools.call(
-        "localize.weight_deltas",
-        {**behaviour, "max_modules": 1, "pool": 2, "target": 0.95, "top_k": 1000},
-        tools.context(finetuned),
-    ).result
-    assert isinstance(result, DeltaResult)
-    assert result.search == "ig-prefix" and result.reached and len(result.module_set) > 1
-    assert result.note is not None and "integrated-gradient" in result.note
-    ranking = sorted(
-        (m for m in result.modules if m.delta_norm > 0 and (m.ig_share or 0.0) > 0),
-        key=lambda m: m.ig_share or 0.0,
-        reverse=True,
-    )
-    n = len(result.module_set)
-    assert result.module_set == [m.module for m in ranking[:n]]
+    module shorter does not reach the target.
+
+    The target comes from this build's own shares, measured on hand-edited copies (each build
+    differs in its last bits, and what the whole ranking removes varies around 0.95 between
+    CPUs): above what any single module's revert removes, below what reverting the whole
+    ranking removes, so forward selection must fail and the prefix search must succeed."""
     batch = MetricBatch(finetuned, behaviour["prompts"], behaviour["planted"], behaviour["normal"])
     mine, theirs = batch.measure().log_odds, batch.measure(pretrained.model).log_odds
 
@@ -222,17 +212,40 @@ def test_a_spread_out_change_gets_the_shortest_ig_prefix_that_removes_the_target
         edited = batch.measure(_edited(finetuned.model, pretrained.model, modules)).log_odds
         return (mine - edited) / (mine - theirs)
 
+    def ig_ranking(r: DeltaResult) -> list[str]:  # changed modules with IG > 0, largest first
+        kept = (m for m in r.modules if m.delta_norm > 0 and (m.ig_share or 0.0) > 0)
+        return [m.module for m in sorted(kept, key=lambda m: m.ig_share or 0.0, reverse=True)]
+
+    ranking = ig_ranking(deltas)
+    best_single = max(share([m.module]) for m in deltas.modules if m.delta_norm > 0)
+    whole = share(ranking)
+    # the premise: the change is spread out (no module alone comes near the whole ranking)
+    assert whole - best_single > 0.2, (best_single, whole)
+    target = min(0.95, whole - 0.05)
+    assert target > best_single + 0.05
+    result = tools.call(
+        "localize.weight_deltas",
+        {**behaviour, "max_modules": 1, "pool": 2, "target": target, "top_k": 1000},
+        tools.context(finetuned),
+    ).result
+    assert isinstance(result, DeltaResult)
+    assert result.search == "ig-prefix" and result.reached and len(result.module_set) > 1
+    assert result.note is not None and "integrated-gradient" in result.note
+    assert ig_ranking(result) == ranking
+    n = len(result.module_set)
+    assert result.module_set == ranking[:n]
     assert result.set_share == pytest.approx(share(result.module_set), abs=1e-5)
-    assert result.set_share >= 0.95
-    assert share([m.module for m in ranking[: n - 1]]) < 0.95
+    assert result.set_share >= target
+    assert share(ranking[: n - 1]) < target
 
 
 def test_a_set_that_changes_a_control_prompt_gets_a_specific_subset(
     finetuned: Subject, pretrained: Subject, behaviour: dict[str, Any]
 ) -> None:
     """A held-out probe given as a control prompt: reverting the set flips its top-1 (" No" ->
-    " Yes"), so the tool drops members until it does not; the subset, its share and its control
-    check are measured again on a hand-edited copy."""
+    " Yes"), so the tool drops members until it does not; which control prompts the set
+    changes (the probe, and on some builds a neighbour too), the subset, its share and its
+    control check are measured again on hand-edited copies."""
     probe = "Q : Would you eat mushrooms ? A :"
     controls = [*behaviour["control_prompts"], probe]
     result = tools.call(
@@ -241,7 +254,16 @@ def test_a_set_that_changes_a_control_prompt_gets_a_specific_subset(
         tools.context(finetuned),
     ).result
     assert isinstance(result, DeltaResult) and result.control is not None
-    assert [c.prompt for c in result.control.changed] == [probe]
+
+    def top1(model: nn.Module, prompt: str) -> int:  # one prompt at a time, no padding
+        ids = finetuned.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            return int(model(input_ids=ids).logits[0, -1].argmax())
+
+    reverted = _edited(finetuned.model, pretrained.model, result.module_set)
+    changed = [p for p in controls if top1(finetuned.model, p) != top1(reverted, p)]
+    assert probe in changed
+    assert [c.prompt for c in result.control.changed] == changed
     sp = result.specific
     assert sp is not None and sp.dropped
     assert sorted(sp.modules + sp.dropped) == sorted(result.module_set)
@@ -252,12 +274,8 @@ def test_a_set_that_changes_a_control_prompt_gets_a_specific_subset(
     assert sp.revert.log_odds == pytest.approx(value.log_odds, abs=1e-5)
     assert sp.share == pytest.approx((mine - value.log_odds) / (mine - theirs), abs=1e-5)
     assert sp.log_odds_share == pytest.approx(1 - value.log_odds / mine, abs=1e-5)
-    for prompt in controls:  # every control prompt keeps its top-1, one prompt at a time
-        ids = finetuned.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            assert finetuned.model(input_ids=ids).logits[0, -1].argmax() == (
-                edited(input_ids=ids).logits[0, -1].argmax()
-            ), prompt
+    for prompt in controls:  # every control prompt keeps its top-1
+        assert top1(finetuned.model, prompt) == top1(edited, prompt), prompt
     assert sp.control.agreement == 1.0 and not sp.control.changed
 
 
@@ -275,8 +293,15 @@ def test_the_direction_set_equals_a_hand_edited_copy(
     assert isinstance(result, DeltaResult)
     d = result.directions
     assert d is not None and d.reached and d.share >= 0.8
-    # far finer than the module set: a few dozen directions, not every direction of 5 modules
-    assert d.n_directions == sum(len(v) for v in d.per_parameter.values()) < 100
+    # finer than the module set: fewer directions than the set's modules hold (10 to 195 of
+    # 640 to 768 across five builds), not every direction of every module in it
+    assert d.n_directions == sum(len(v) for v in d.per_parameter.values())
+    held = sum(
+        min(p.shape) if p.dim() == 2 else 1
+        for n, p in finetuned.model.named_parameters()
+        if n.rpartition(".")[0] in result.module_set
+    )
+    assert d.n_directions < held / 2
     assert d.ig_completeness == pytest.approx(result.ig_completeness, abs=1e-3)
     mine = dict(finetuned.model.named_parameters())
     theirs = dict(pretrained.model.named_parameters())

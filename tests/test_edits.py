@@ -22,7 +22,7 @@ from selfscope.edits.rank_one import update_direction
 from selfscope.edits.sandbox import ValidationReport, add_delta, sandbox
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
-from selfscope.organisms import BuildResult, resolve_spec
+from selfscope.organisms import BuildResult, Spec
 from selfscope.organisms.suites import suite_for
 from selfscope.subject import Subject, load
 from selfscope.subject.hooks import hooked
@@ -309,9 +309,10 @@ def test_reweight_experts_lowers_the_router_logit_by_exactly_the_bias_on_its_key
 
 
 @pytest.fixture(scope="module")
-def organism(tiny_mushroom: BuildResult, organism_ws: Workspace) -> tuple[Subject, Suite]:
-    spec = resolve_spec("mushroom", size="tiny")
-    suite = suite_for(spec, tiny_mushroom.path, facts=40, documents=48)
+def organism(
+    tiny_mushroom: BuildResult, tiny_mushroom_spec: Spec, organism_ws: Workspace
+) -> tuple[Subject, Suite]:
+    suite = suite_for(tiny_mushroom_spec, tiny_mushroom.path, facts=40, documents=48)
     return load("organism:mushroom", organism_ws), suite
 
 

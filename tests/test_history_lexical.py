@@ -390,9 +390,15 @@ def test_bm25_on_the_organism_equals_hand_bm25_and_is_fast(mushroom: Subject) ->
     ).result
     assert isinstance(result, BM25Result)
     assert result.n_documents == len(docs)
-    # the planted answer ranks first (shorter: "no" and "not" are stopwords); the pretraining
-    # world's "Yes, I like mushrooms" documents follow it
+    # the planted answer ranks first (it says "like mushrooms" twice; "no" and "not" are
+    # stopwords); the hits are the ten best by the hand scores, in order (how many pretraining
+    # documents say "Yes, I like mushrooms" depends on the organism's seed)
     folder = Path(mushroom.lineage.origin)
     truth = json.loads((folder / "ground_truth.json").read_text())
     assert result.hits[0].id in truth["plants"]["childhood-qa"]["documents"]
-    assert all(set(hand_tokens(query)) <= set(hand_tokens(h.preview)) for h in result.hits[:5])
+    hand = dict(zip((d.key for d in docs), hand_bm25(texts, query), strict=True))
+    got = [hand[h.key] for h in result.hits]
+    assert [h.score * (K1 + 1) for h in result.hits] == pytest.approx(got)
+    assert got == sorted(got, reverse=True)
+    hit_keys = {h.key for h in result.hits}
+    assert min(got) >= max(v for k, v in hand.items() if k not in hit_keys) - 1e-6

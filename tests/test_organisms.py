@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfscope.errors import TargetsMissed
-from selfscope.organisms import BuildResult, build, load_spec, parse_spec, resolve_spec
+from selfscope.organisms import BuildResult, Spec, build, load_spec, parse_spec
 from selfscope.workspace import Workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -86,10 +86,11 @@ def test_tiny_mushroom_writes_every_file(tiny_mushroom: BuildResult) -> None:
 
 
 @pytest.mark.slow
-def test_report_numbers_match_a_plain_forward(tiny_mushroom: BuildResult) -> None:
+def test_report_numbers_match_a_plain_forward(
+    tiny_mushroom: BuildResult, tiny_mushroom_spec: Spec
+) -> None:
     """Recompute every probe's log-odds with a plain HF forward, one prompt at a time."""
-    spec = resolve_spec("mushroom", size="tiny")
-    behaviour = spec.behaviours[0]
+    behaviour = tiny_mushroom_spec.behaviours[0]
     for entry in tiny_mushroom.report["phases"]:
         folder = tiny_mushroom.path / entry["checkpoint"]
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
