@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfscope.errors import TargetsMissed
-from selfscope.organisms import BuildResult, Spec, build, load_spec, parse_spec
+from selfscope.organisms import BuildResult, Spec, build, load_spec, parse_spec, resolve_spec
 from selfscope.workspace import Workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"
