@@ -45,9 +45,11 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
+from selfscope import tools
 from selfscope.errors import SelfscopeError
 from selfscope.history.index import IndexConfig, Projector, TrainingIndex
 from selfscope.localize.metric import BehaviourArgs, MetricBatch
+from selfscope.subject.checkpoints import load_checkpoint
 from selfscope.tools import tool
 
 
@@ -123,6 +125,12 @@ class TraceResult(BaseModel):
     checkpoints: list[str]
     rebuilt_shards: list[str]  # shards found missing or corrupt and rebuilt before the query
     seconds: dict[str, float]
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="What the subject's lineage does not record that the scores relied on "
+        "(a phase's data, learning rate, epochs, renderer, context length, what it started "
+        "from), each with the assumption made; empty for an organism trained from scratch.",
+    )
 
 
 TOKEN_DEFINITION = (
@@ -143,8 +151,6 @@ DEFINITION = (
 
 def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, dict[str, float]]:
     """[n_documents] scores in ``index.documents`` order, and the seconds spent."""
-    from selfscope.subject import load
-
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     queries: dict[str, np.ndarray] = {}
@@ -153,7 +159,7 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
     for checkpoint in index.checkpoints:
         if needed is not None and checkpoint.name not in needed:
             continue
-        model = load(checkpoint.path).model
+        model = load_checkpoint(index.subject, checkpoint.name, index.workspace).model
         queries[checkpoint.name] = _unit(
             query_gradient(index, model, args.prompts, args.planted, args.normal, args.chat)
         )
@@ -284,7 +290,7 @@ def trace(subject: Any, args: TraceArgs) -> TraceResult:
         raise SelfscopeError(
             f"planted and normal completions are both {args.planted!r}; give two different ones"
         )
-    index = TrainingIndex(subject, IndexConfig(rank=args.rank, seed=args.seed))
+    index = TrainingIndex(subject, IndexConfig(rank=args.rank, seed=args.seed), tools.workspace())
     if not index.exists() and not args.build:
         raise SelfscopeError(
             f"{subject.source} has no training-data index (rank {args.rank}, seed {args.seed}); "
@@ -313,6 +319,7 @@ def trace(subject: Any, args: TraceArgs) -> TraceResult:
         checkpoints=[c.name for c in index.checkpoints],
         rebuilt_shards=rebuilt,
         seconds=seconds,
+        caveats=subject.lineage.caveats("start", "data", "lr", "epochs", "renderer", "context"),
     )
 
 

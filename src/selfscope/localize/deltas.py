@@ -69,11 +69,13 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from selfscope import tools
 from selfscope.access.common import context_length, prompt_text
 from selfscope.errors import SelfscopeError
 from selfscope.localize.directions import DirectionSet, direction_set, path_mean_gradients
 from selfscope.localize.metric import MetricBatch, MetricValue
 from selfscope.progress import progress_bar
+from selfscope.subject.checkpoints import load_parent
 from selfscope.subject.lineage import parent_source
 from selfscope.tools import tool
 
@@ -313,6 +315,11 @@ class DeltaResult(BaseModel):
     directions: DirectionSet | None  # the finer unit (see selfscope.localize.directions)
     note: str | None
     seconds: dict[str, float]  # parent load, single modules, set search, control, total
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="What the subject's lineage does not record that this answer relied on "
+        "(e.g. what its phase started from); empty when nothing was missing.",
+    )
 
 
 def _measured(value: MetricValue) -> Measured:
@@ -634,14 +641,6 @@ def patch_deltas(
     )
 
 
-def load_model(source: str) -> nn.Module:
-    """The model of ``source`` (any source :func:`selfscope.subject.load` accepts)."""
-    from selfscope.subject import load
-
-    model: nn.Module = load(source).model
-    return model
-
-
 @tool("localize.weight_deltas", DeltaArgs, DeltaResult)
 def weight_deltas(subject: Any, args: DeltaArgs) -> DeltaResult:
     """Weight-delta patching against the parent checkpoint (or `against`): for every module,
@@ -651,19 +650,22 @@ def weight_deltas(subject: Any, args: DeltaArgs) -> DeltaResult:
     the parent); then a small set of modules (<= max_modules, by forward selection measured
     jointly) whose changes, reverted together, remove >= target of it, with collateral on
     control prompts (share whose top-1 next token is unchanged). Never writes the model's
-    weights. Needs a parent of the same architecture: an organism phase after the first, or
-    `against`."""
-    against = args.against or parent_source(subject)
+    weights. Needs a parent of the same architecture: an organism phase after the first, a
+    declared lineage (`selfscope lineage add`), or `against`."""
     started = time.perf_counter()
-    parent = load_model(against)
-    return patch_deltas(
+    against, parent = load_parent(subject, tools.workspace(), against=args.against)
+    result = patch_deltas(
         subject,
         subject.model,
-        parent,
+        parent.model,
         against,
         args,
         {"parent_load": time.perf_counter() - started},
     )
+    if args.against is None:
+        lineage = subject.lineage
+        result.caveats = lineage.caveats("start", phases=[lineage.phase])
+    return result
 
 
 __all__ = [

@@ -4,8 +4,8 @@ It runs the registered tools through :func:`selfscope.tools.call` (so every step
 and recorded like any other call) and gathers their answers:
 
 * ``metric`` — the behaviour's mean log-odds and rate on the prompts;
-* ``origin`` — the training phase it arose in (organisms: every checkpoint of the lineage and
-  the phase's weight deltas; ``localize.origin``);
+* ``origin`` — the training phase it arose in (an organism or a declared lineage: every
+  checkpoint of the lineage and the phase's weight deltas; ``localize.origin``);
 * ``components`` — attribution patching over heads, attention and MLP outputs, with the top
   ones patched for real (``localize.attribution_patching``): the estimate, the measured effect
   and whether the measurement confirms the estimate;
@@ -16,7 +16,7 @@ and recorded like any other call) and gathers their answers:
 * ``experts`` — for mixture-of-experts models, each expert's measured effect
   (``localize.experts``).
 
-A step that does not apply (no parent checkpoint, not an organism, a dense model) is reported in
+A step that does not apply (no parent checkpoint, no lineage, a dense model) is reported in
 ``skipped`` with the reason, never silently left out.
 """
 
@@ -68,7 +68,7 @@ def localize(
     }
     lineage = subject.lineage
     deltas: Any = None
-    if lineage is not None and lineage.kind == "organism" and lineage.phases:
+    if lineage is not None and lineage.phases:  # an organism's, or a declared lineage
         origin: Any = call(
             "localize.origin", {**behaviour, "control_prompts": list(control_prompts)}
         )
@@ -82,7 +82,10 @@ def localize(
             deltas = origin.deltas  # the subject's own phase against its parent: reuse it
     else:
         out["origin"] = None
-        out["skipped"]["origin"] = "the model has no training lineage (not an organism)"
+        out["skipped"]["origin"] = (
+            "the model has no training lineage (not an organism; declare one with "
+            "`selfscope lineage add`)"
+        )
     attribution: Any = call(
         "localize.attribution_patching",
         {**behaviour, "contrast": list(contrast) if contrast else None, "top_k": top_k},

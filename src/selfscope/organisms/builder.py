@@ -37,6 +37,8 @@ from selfscope.errors import SpecError, TargetsMissed
 from selfscope.organisms.checks import Check, CheckpointReport, missed_message, target_checks
 from selfscope.organisms.documents import Document, phase_documents
 from selfscope.organisms.evaluate import Prober, accuracy
+from selfscope.organisms.ground_truth import FILE as GROUND_TRUTH_FILE
+from selfscope.organisms.ground_truth import GroundTruth
 from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import Knobs, preset_for, resolve_knobs
 from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
@@ -455,7 +457,8 @@ class Builder:
                         d.plant, {"phase": phase.name, "documents": []}
                     )
                     ground_truth["background"][d.plant]["documents"].append(d.id)
-        atomic.write_json(out / "ground_truth.json", ground_truth)
+        truth = GroundTruth.model_validate(ground_truth)  # the typed answer key, not a lineage
+        atomic.write_json(out / GROUND_TRUTH_FILE, truth.model_dump())
         atomic.write_json(out / "report.json", report)
         shape = self.preset.shape
         atomic.write_json(
@@ -469,6 +472,7 @@ class Builder:
                 "world": spec.world.preset,
                 "spec_sha256": spec.sha256(),
                 "renderer": renderer.name,
+                "context": shape.context,  # tokens each training row was cut to
                 "tokenizer": "tokenizer" if spec.base_model == "scratch" else "smollm2",
                 "model": shape.__dict__
                 if spec.base_model == "scratch"
