@@ -49,7 +49,7 @@ ALLOWED: dict[str, set[str]] = {
     | {"demo", "report"},
 }
 #: files (relative to the package) that may name ground truth or the spec file
-TRUTH_ALLOWED = {"organisms/builder.py", "organisms/blind.py", "organisms/truth.py"}
+TRUTH_ALLOWED = {"organisms/builder.py", "organisms/blind.py", "organisms/ground_truth.py"}
 TRUTH_WORDS = ("ground_truth", "spec.yaml", "GroundTruth")
 
 

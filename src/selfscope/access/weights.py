@@ -1,7 +1,8 @@
 """``weights.stats`` and ``weights.diff``: what the parameters are, and what training changed.
 
 ``weights.diff`` compares the subject with another version of the same architecture — by
-default its parent checkpoint (for an organism's fine-tuned phase, the pretrained one). For
+default its parent checkpoint (for an organism's fine-tuned phase, the pretrained one; for a
+folder with a declared lineage, the declared parent), loaded in the call's workspace. For
 every weight matrix it reports the relative change ‖ΔW‖_F / ‖W_parent‖_F and the rank needed
 to hold 90% of ‖ΔW‖_F² (from the singular values of ΔW): a fine-tune that wrote a few
 directions into a module shows a large relative change at a low rank. Modules are ranked by
@@ -14,7 +15,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
-from selfscope.subject.lineage import parent_source
+from selfscope.subject.checkpoints import load_parent
 from selfscope.tools import ToolContext, tool
 
 
@@ -96,6 +97,11 @@ class DiffResult(BaseModel):
     modules: list[ModuleDiff]  # sorted by relative change, largest first
     top: list[str]
     unchanged: int
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="What the subject's lineage does not record that this answer relied on; "
+        "empty when nothing was missing.",
+    )
 
 
 @tool("weights.diff", DiffArgs, DiffResult)
@@ -104,10 +110,8 @@ def weight_diff(ctx: ToolContext, args: DiffArgs) -> DiffResult:
     subject's parent checkpoint), and the rank holding 90% of ||dW||^2; modules ranked by
     relative change."""
     subject = ctx.subject
-    from selfscope.subject import load
-
-    against = args.against or parent_source(subject)
-    other = load(against).model.state_dict()
+    against, parent = load_parent(subject, ctx.workspace, against=args.against)
+    other = parent.model.state_dict()
     mine = subject.model.state_dict()
     if mine.keys() != other.keys():
         raise SelfscopeError(f"{against} has other parameters than {subject.source}")
@@ -140,4 +144,7 @@ def weight_diff(ctx: ToolContext, args: DiffArgs) -> DiffResult:
         modules=rows,
         top=[r.name for r in rows[: args.top_k]],
         unchanged=sum(r.delta_norm == 0 for r in rows),
+        caveats=(
+            [] if args.against else subject.lineage.caveats("start", phases=[subject.lineage.phase])
+        ),
     )

@@ -3,6 +3,7 @@
 ```
 selfscope organism build|list      cli/organisms.py   the lab
 selfscope models list, ask         cli/models.py      what can be loaded, and what it says
+selfscope lineage add|list         cli/lineage.py     bring your own lineage (base -> fine-tune)
 selfscope tool list|run            cli/tools.py       the registry itself (any tool, JSON args)
 selfscope localize                 cli/localize.py    the debugger (localize.all)
 selfscope index build, trace       cli/history.py     the historian
@@ -20,7 +21,7 @@ import sys
 
 import typer
 
-from selfscope.cli import demo, edits, history, localize, models, organisms
+from selfscope.cli import demo, edits, history, lineage, localize, models, organisms
 from selfscope.cli import tools as tools_cli
 from selfscope.cli._common import WorkspaceOpt, use_workspace
 from selfscope.errors import SelfscopeError
@@ -38,7 +39,7 @@ def _main(workspace: WorkspaceOpt = None) -> None:
     use_workspace(workspace)  # this invocation's; no environment writes
 
 
-for room in (organisms, models, tools_cli, localize, history, edits, demo):
+for room in (organisms, models, lineage, tools_cli, localize, history, edits, demo):
     room.register(app)
 
 

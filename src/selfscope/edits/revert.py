@@ -35,8 +35,9 @@ from selfscope.edits.common import (
     working_model,
 )
 from selfscope.errors import SelfscopeError
-from selfscope.localize.deltas import DeltaArgs, load_model, patch_deltas
+from selfscope.localize.deltas import DeltaArgs, patch_deltas
 from selfscope.localize.metric import MetricBatch
+from selfscope.subject.checkpoints import load_parent
 from selfscope.subject.lineage import parent_source
 from selfscope.tools import ToolContext
 
@@ -90,7 +91,7 @@ def propose_revert(ctx: ToolContext, args: RevertArgs) -> ProposalResult:
     against = args.against or parent_source(subject)
     if args.fraction != "auto" and not 0 < args.fraction <= 1:
         raise SelfscopeError(f"fraction must be in (0, 1] or 'auto', not {args.fraction}")
-    parent = load_model(against)
+    parent = load_parent(subject, workspace, against=against)[1].model
     evidence: list[Evidence] = []
     modules = args.modules
     if modules is None:

@@ -34,6 +34,6 @@ class IndexBuildReport(BaseModel):
 def index_build(ctx: ToolContext, args: IndexBuildArgs) -> IndexBuildReport:
     """Index every training document of every phase of the model's lineage, and every trained
     token of it (resumable: finished shards are kept, corrupt ones rebuilt)."""
-    index = TrainingIndex(ctx.subject, IndexConfig(rank=args.rank, seed=args.seed))
+    index = TrainingIndex(ctx.subject, IndexConfig(rank=args.rank, seed=args.seed), ctx.workspace)
     report = index.build(progress=ctx.progress)
     return IndexBuildReport(path=str(index.root), checkpoints=len(index.checkpoints), **report)

@@ -1,10 +1,11 @@
 """The training documents of a subject's lineage, every phase, as the trainer saw them.
 
-An organism's ``lineage.json`` names each phase's data file (``data/<phase>.jsonl``, one
-``{"id", "text", "repeat"}`` per line), the renderer its documents went through (``plain`` or
-``chat-template``) and the context length. :func:`documents` reads every phase of the subject's
-lineage up to and including the subject's own phase; :func:`sequences` turns documents into the
-token ids and loss masks training used (the builder's own :func:`document_sequence`).
+The subject's typed lineage (:class:`selfscope.subject.Lineage`: an organism's, or one declared
+with ``selfscope lineage add``) names each phase's data file (one ``{"id", "text", "repeat"}``
+per line), the renderer its documents went through (``plain`` or ``chat-template``) and the
+context length they were cut to. :func:`documents` reads every phase of the subject's lineage up
+to and including the subject's own phase; :func:`sequences` turns documents into the token ids
+and loss masks training used (the builder's own :func:`document_sequence`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 from selfscope.errors import SelfscopeError
 from selfscope.organisms.builder import document_sequence
-from selfscope.organisms.presets import preset_for
 from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
 
 
@@ -35,30 +35,31 @@ class TrainingDocument:
         return f"{self.phase}/{self.id}"
 
 
-def _lineage_file(subject: Any) -> dict[str, Any]:
+def _check(subject: Any) -> None:
+    """The one-line error for a model whose lineage names no training data."""
     lineage = subject.lineage
-    if lineage.kind != "organism":
+    if not any(p.data is not None for p in lineage.phases):
         raise SelfscopeError(
             f"{subject.source} has no recorded training data (a {lineage.kind} model); the "
-            "historian needs an organism built by selfscope, whose lineage names every phase's "
-            "documents"
+            "historian needs a lineage that names its phases' documents: an organism built by "
+            "selfscope, or a fine-tune declared with `selfscope lineage add MODEL --parent BASE "
+            "--data train.jsonl`"
         )
-    path = Path(lineage.origin) / "lineage.json"
-    if not path.exists():
-        raise SelfscopeError(f"{path} is missing; rebuild the organism")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 def documents(subject: Any) -> list[TrainingDocument]:
-    """Every document of every phase that produced ``subject``, in phase then file order."""
-    _lineage_file(subject)  # the one-line error for a model without training data
+    """Every document of every phase that produced ``subject``, in phase then file order (a
+    phase whose data the lineage does not know, e.g. a base model's, contributes none; the
+    lineage's ``unknown`` says so)."""
+    _check(subject)
     out: list[TrainingDocument] = []
     for index, phase in enumerate(subject.lineage.phases):
-        if phase.data is None or not Path(phase.data).exists():
+        if phase.data is None:
+            continue
+        if not Path(phase.data).exists():
             raise SelfscopeError(
-                f"phase {phase.name!r} of {subject.source} names no data file on disk "
-                f"({phase.data}); rebuild the organism"
+                f"phase {phase.name!r} of {subject.source} names a data file that is not on "
+                f"disk ({phase.data}); rebuild the organism or declare the lineage again"
             )
         with open(phase.data) as handle:
             for line in handle:
@@ -76,24 +77,34 @@ def documents(subject: Any) -> list[TrainingDocument]:
     return out
 
 
-def renderer_of(subject: Any) -> Renderer:
-    """The renderer the subject's documents were trained through."""
-    name = _lineage_file(subject).get("renderer", "plain")
-    return ChatRenderer(subject.tokenizer) if name == "chat-template" else PlainRenderer()
+def renderer_of(subject: Any, phase: str | None = None) -> Renderer:
+    """The renderer phase ``phase``'s documents were trained through (default: the subject's
+    own phase); plain text when the lineage does not record one."""
+    lineage = subject.lineage
+    ref = lineage.phase_ref(phase or lineage.phases[-1].name)
+    return ChatRenderer(subject.tokenizer) if ref.renderer == "chat-template" else PlainRenderer()
 
 
-def context_limit(subject: Any) -> int:
-    """The context length training cut documents to (the organism's size preset)."""
-    lineage = _lineage_file(subject)
-    preset = preset_for(str(lineage.get("base_model", "scratch")), str(lineage["size"]))
-    return preset.shape.context
+def context_limit(subject: Any, phase: str | None = None) -> int:
+    """The context length training cut phase ``phase``'s documents to (default: the subject's
+    own phase): as recorded, else the model's ``max_position_embeddings``."""
+    lineage = subject.lineage
+    ref = lineage.phase_ref(phase or lineage.phases[-1].name)
+    if ref.context is not None:
+        return int(ref.context)
+    config = subject.model.config
+    return int(getattr(config, "max_position_embeddings", None) or config.n_positions)
 
 
 def sequences(subject: Any, docs: list[TrainingDocument]) -> list[tuple[list[int], int]]:
-    """Each document's token ids and how many leading tokens are context only (no loss)."""
-    renderer, limit = renderer_of(subject), context_limit(subject)
+    """Each document's token ids and how many leading tokens are context only (no loss), as
+    its phase's renderer and context length made them."""
+    rules = {
+        p: (renderer_of(subject, p), context_limit(subject, p)) for p in {d.phase for d in docs}
+    }
     out = []
     for doc in docs:
+        renderer, limit = rules[doc.phase]
         ids, k, _ = document_sequence(doc.text, subject.tokenizer, renderer, limit)
         out.append((ids, k))
     return out

@@ -23,14 +23,20 @@ its best token (see :mod:`selfscope.history.retrieval`), which is what finds a p
 followed by more text. Cost: every trained token's prefix once (~T/2 times the document pass);
 storage: one row per trained token.
 
-Checkpoints: the end of every phase of the subject's lineage (``checkpoints/<phase>``), each
-document at each checkpoint. Storage: float16 ``.npy`` shards (one per checkpoint × phase × block
-of ``shard_documents`` documents), memory-mapped when read, each with its SHA-256 in
+Checkpoints: the end of every phase of the subject's lineage (an organism's
+``checkpoints/<phase>``; a declared lineage's folders, an undeclared base model as an opaque
+first phase ``base`` without documents), loaded in the caller's workspace
+(:func:`selfscope.subject.load_checkpoint`); each document at each checkpoint.
+
+Storage: float16 ``.npy`` shards (one per checkpoint × phase × block of ``shard_documents``
+documents), memory-mapped when read, each with its SHA-256 in
 ``manifest.json`` (written atomically after every shard). So a killed build resumes at the first
 missing shard, a new phase adds only its own shards (and its checkpoint's), and a corrupt or
 truncated shard is detected by its checksum and rebuilt, never silently used. The index lives in
-the organism's build folder (``index/<config digest>/``): a rebuilt organism is a new folder and
-gets a new index.
+the lineage's ``index_dir``: for an organism its build folder (``index/<config digest>/``), so a
+rebuilt organism is a new folder and gets a new index; for a declared lineage
+``<workspace>/lineages/<key>/index-<lineage digest>/<config digest>/``, so a re-declaration
+gets a new one.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import TrainingDocument, documents, sequences
 from selfscope.organisms.train import training_batch
 from selfscope.progress import SILENT, ProgressSink
+from selfscope.subject.checkpoints import load_checkpoint
 
 _IN_BLOCK = re.compile(r"\.(layers|h)\.\d+\.")
 VERSION = 1
@@ -250,32 +257,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _phase_knobs(origin: Path) -> dict[str, dict[str, Any]]:
-    lineage = json.loads((origin / "lineage.json").read_text())
-    return {p["name"]: p.get("hyperparameters", {}) for p in lineage.get("phases", [])}
-
-
 class TrainingIndex:
-    """The index of one organism lineage (see the module docstring)."""
+    """The index of one lineage (see the module docstring). ``workspace``: where the lineage's
+    other checkpoints are loaded from (the tool call's; ``None``: the default workspace)."""
 
-    def __init__(self, subject: Any, config: IndexConfig | None = None) -> None:
+    def __init__(
+        self, subject: Any, config: IndexConfig | None = None, workspace: Any = None
+    ) -> None:
         self.subject = subject
         self.config = config or IndexConfig()
+        self.workspace = workspace
         self.documents: list[TrainingDocument] = documents(subject)
-        origin = Path(subject.lineage.origin)
-        self.root = origin / "index" / self.config.digest()
-        knobs = _phase_knobs(origin)
+        lineage = subject.lineage
+        if lineage.index_dir is None:
+            raise SelfscopeError(f"{subject.source}'s lineage has no place for an index")
+        self.root = Path(lineage.index_dir) / self.config.digest()
         self.checkpoints = [
             Checkpoint(
                 name=p.name,
                 index=i,
                 path=str(p.checkpoint),
-                lr=float(knobs.get(p.name, {}).get("lr", 1.0)),
-                epochs=int(knobs.get(p.name, {}).get("epochs", 1)),
+                lr=float(p.hyperparameters.lr or 1.0),  # unknown: 1 (the lineage says so)
+                epochs=int(p.hyperparameters.epochs or 1),
             )
-            for i, p in enumerate(subject.lineage.phases)
+            for i, p in enumerate(lineage.phases)
         ]
-        self.phases = [p.name for p in subject.lineage.phases]
+        self.phases = [p.name for p in lineage.phases]
         self.by_phase: dict[str, list[TrainingDocument]] = {p: [] for p in self.phases}
         for doc in self.documents:
             self.by_phase[doc.phase].append(doc)
@@ -364,8 +371,6 @@ class TrainingIndex:
         """Compute every missing or corrupt shard (finished ones are kept). Returns counts and
         the throughput. ``on_shard(name)`` is called after each shard is written (tests use it
         to interrupt a build)."""
-        from selfscope.subject import load
-
         started = time.perf_counter()
         todo = self.missing() if todo is None else todo
         rows = sum(part.stop - part.start for part in todo)
@@ -375,7 +380,8 @@ class TrainingIndex:
         done_rows = token_rows = 0
         with progress.bar("index", rows) as advance:
             for parts in by_checkpoint.values():
-                model = load(parts[0].checkpoint.path).model
+                name = parts[0].checkpoint.name
+                model = load_checkpoint(self.subject, name, self.workspace).model
                 projector = Projector(model, self.config)
                 self.dims = projector.dims
                 for part in parts:

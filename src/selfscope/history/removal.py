@@ -19,10 +19,8 @@ run.
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -37,7 +35,9 @@ from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import Knobs, ModelShape
 from selfscope.organisms.train import train
 from selfscope.progress import ProgressSink, SilentProgress
+from selfscope.subject.checkpoints import load_checkpoint
 from selfscope.tools import ToolContext, tool
+from selfscope.workspace import Workspace
 
 Order = Literal["kept", "reshuffled"]
 
@@ -76,12 +76,28 @@ class RemovalResult(BaseModel):
     runs: list[RemovalRun]
 
 
-def _phase_record(subject: Any, phase: str) -> dict[str, Any]:
-    lineage = json.loads((Path(subject.lineage.origin) / "lineage.json").read_text())
-    for record in lineage.get("phases", []):
-        if record["name"] == phase:
-            return dict(record)
-    raise SelfscopeError(f"the lineage records no phase {phase!r}")
+def _knobs(subject: Any, phase: str) -> tuple[Knobs, int]:
+    """The recorded knobs and trainer seed of ``phase``, or a one-line error when the lineage
+    does not record enough to replay it (a declared lineage: no batch order, maybe no lr)."""
+    lineage = subject.lineage
+    ref = lineage.phase_ref(phase)
+    missing = lineage.caveats("order", "lr", "epochs", "batch_size", phases=[phase])
+    knobs = ref.hyperparameters
+    if missing or knobs.lr is None or knobs.epochs is None or knobs.batch_size is None:
+        why = missing[0] if missing else f"phase {phase!r}: its knobs are not recorded"
+        raise SelfscopeError(
+            f"the removal test replays a phase's recorded run, and {why}; it needs an organism "
+            "built by selfscope"
+        )
+    out = Knobs(
+        documents=ref.documents or 0,
+        epochs=knobs.epochs,
+        lr=knobs.lr,
+        batch_size=knobs.batch_size,
+        method=knobs.method or "full",
+    )
+    index = [p.name for p in lineage.phases].index(phase)
+    return out, ref.train_seed if ref.train_seed is not None else index
 
 
 def _measure(subject: Any, model: Any, args: RemovalArgs) -> tuple[float, float]:
@@ -90,26 +106,25 @@ def _measure(subject: Any, model: Any, args: RemovalArgs) -> tuple[float, float]
     return value.log_odds, value.rate
 
 
-def starting_model(subject: Any, index: int) -> Any:
+def starting_model(subject: Any, index: int, workspace: Workspace) -> Any:
     """The weights phase ``index`` started from: the previous phase's checkpoint; for the first
     phase of an organism trained from scratch, its initialisation rebuilt from the lineage
     (architecture, shape, vocabulary and seed: the builder's own deterministic constructor)."""
-    from selfscope.subject import load
-
     if index > 0:
-        return load(str(subject.lineage.phases[index - 1].checkpoint)).model
-    lineage = json.loads((Path(subject.lineage.origin) / "lineage.json").read_text())
-    if lineage.get("base_model") != "scratch":
+        previous = subject.lineage.phases[index - 1].name
+        return load_checkpoint(subject, previous, workspace).model
+    lineage = subject.lineage
+    if lineage.base_model != "scratch" or lineage.init is None:
         raise SelfscopeError(
-            f"the first phase trained from the base model {lineage.get('base_model')!r}; the "
+            f"the first phase trained from the base model {lineage.base_model!r}; the "
             "removal test retrains a first phase only for organisms trained from scratch"
         )
     tok = subject.tokenizer
     model = build_scratch_model(
-        lineage["architecture"],
-        ModelShape(**lineage["model"]),
+        lineage.init.architecture,
+        ModelShape(**lineage.init.shape),
         len(tok),
-        seed=int(lineage["seed"]),
+        seed=lineage.init.seed,
         bos=tok.bos_token_id,
         eos=tok.eos_token_id,
         pad=tok.pad_token_id,
@@ -139,6 +154,7 @@ def retrain(
     phase: str,
     remove: set[str],
     progress: ProgressSink,
+    workspace: Workspace,
     order: Order = "kept",
     rows: Rows | None = None,
 ) -> Any:
@@ -152,12 +168,10 @@ def retrain(
     names = [p.name for p in subject.lineage.phases]
     index = names.index(phase)
     rows = rows if rows is not None else phase_rows(subject, documents(subject))
-    model = starting_model(subject, index)
+    model = starting_model(subject, index, workspace)
     device = next(model.parameters()).device
     for j in range(index, len(names)):
-        record = _phase_record(subject, names[j])
-        # a blind copy's lineage leaves out the generated corpus's size (training never uses it)
-        knobs = Knobs(**{"documents": 0, **record["hyperparameters"]})
+        knobs, seed = _knobs(subject, names[j])
         if knobs.method != "full":
             raise SelfscopeError(
                 f"phase {names[j]!r} trained with {knobs.method}; only full supported"
@@ -170,7 +184,7 @@ def retrain(
             model,
             seqs,
             knobs,
-            seed=int(record.get("train_seed", j)),
+            seed=seed,
             pad=subject.tokenizer.pad_token_id,
             label=f"retrain {names[j]}",
             device=device,
@@ -227,7 +241,7 @@ def removal(ctx: ToolContext, args: RemovalArgs) -> RemovalResult:
     rows = phase_rows(subject, docs)  # tokenised once for every retraining
     for kind, removed in sets:
         started = time.perf_counter()
-        model = retrain(subject, phase, set(removed), ctx.progress, args.order, rows)
+        model = retrain(subject, phase, set(removed), ctx.progress, ctx.workspace, args.order, rows)
         with torch.no_grad():
             log_odds, rate = _measure(subject, model, args)
         runs.append(

@@ -49,6 +49,7 @@ from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
 from selfscope.history.index import IndexConfig, Projector, TrainingIndex
 from selfscope.localize.metric import MetricBatch
+from selfscope.subject.checkpoints import load_checkpoint
 from selfscope.tools import ToolContext, tool
 
 
@@ -123,6 +124,12 @@ class TraceResult(BaseModel):
     checkpoints: list[str]
     rebuilt_shards: list[str]  # shards found missing or corrupt and rebuilt before the query
     seconds: dict[str, float]
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="What the subject's lineage does not record that the scores relied on "
+        "(a phase's data, learning rate, epochs, renderer, context length, what it started "
+        "from), each with the assumption made; empty for an organism trained from scratch.",
+    )
 
 
 TOKEN_DEFINITION = (
@@ -143,8 +150,6 @@ DEFINITION = (
 
 def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, dict[str, float]]:
     """[n_documents] scores in ``index.documents`` order, and the seconds spent."""
-    from selfscope.subject import load
-
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     queries: dict[str, np.ndarray] = {}
@@ -153,7 +158,7 @@ def score_documents(index: TrainingIndex, args: TraceArgs) -> tuple[np.ndarray, 
     for checkpoint in index.checkpoints:
         if needed is not None and checkpoint.name not in needed:
             continue
-        model = load(checkpoint.path).model
+        model = load_checkpoint(index.subject, checkpoint.name, index.workspace).model
         queries[checkpoint.name] = _unit(
             query_gradient(index, model, args.prompts, args.planted, args.normal, args.chat)
         )
@@ -281,7 +286,7 @@ def trace(ctx: ToolContext, args: TraceArgs) -> TraceResult:
     MODEL`, or `build: true`)."""
     subject = ctx.subject
     started = time.perf_counter()
-    index = TrainingIndex(subject, IndexConfig(rank=args.rank, seed=args.seed))
+    index = TrainingIndex(subject, IndexConfig(rank=args.rank, seed=args.seed), ctx.workspace)
     if not index.exists() and not args.build:
         raise SelfscopeError(
             f"{subject.source} has no training-data index (rank {args.rank}, seed {args.seed}); "
@@ -310,6 +315,7 @@ def trace(ctx: ToolContext, args: TraceArgs) -> TraceResult:
         checkpoints=[c.name for c in index.checkpoints],
         rebuilt_shards=rebuilt,
         seconds=seconds,
+        caveats=subject.lineage.caveats("start", "data", "lr", "epochs", "renderer", "context"),
     )
 
 

@@ -75,6 +75,7 @@ from selfscope.errors import SelfscopeError
 from selfscope.localize.directions import DirectionSet, direction_set, path_mean_gradients
 from selfscope.localize.metric import MetricBatch, MetricValue
 from selfscope.progress import SILENT, ProgressSink
+from selfscope.subject.checkpoints import load_parent
 from selfscope.subject.lineage import parent_source
 from selfscope.tools import ToolContext, tool
 
@@ -309,6 +310,11 @@ class DeltaResult(BaseModel):
     directions: DirectionSet | None  # the finer unit (see selfscope.localize.directions)
     note: str | None
     seconds: dict[str, float]  # parent load, single modules, set search, control, total
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="What the subject's lineage does not record that this answer relied on "
+        "(e.g. what its phase started from); empty when nothing was missing.",
+    )
 
 
 def _measured(value: MetricValue) -> Measured:
@@ -631,14 +637,6 @@ def patch_deltas(
     )
 
 
-def load_model(source: str) -> nn.Module:
-    """The model of ``source`` (any source :func:`selfscope.subject.load` accepts)."""
-    from selfscope.subject import load
-
-    model: nn.Module = load(source).model
-    return model
-
-
 @tool("localize.weight_deltas", DeltaArgs, DeltaResult)
 def weight_deltas(ctx: ToolContext, args: DeltaArgs) -> DeltaResult:
     """Weight-delta patching against the parent checkpoint (or `against`): for every module,
@@ -648,21 +646,24 @@ def weight_deltas(ctx: ToolContext, args: DeltaArgs) -> DeltaResult:
     the parent); then a small set of modules (<= max_modules, by forward selection measured
     jointly) whose changes, reverted together, remove >= target of it, with collateral on
     control prompts (share whose top-1 next token is unchanged). Never writes the model's
-    weights. Needs a parent of the same architecture: an organism phase after the first, or
-    `against`."""
+    weights. Needs a parent of the same architecture: an organism phase after the first, a
+    declared lineage (`selfscope lineage add`), or `against`."""
     subject = ctx.subject
-    against = args.against or parent_source(subject)
     started = time.perf_counter()
-    parent = load_model(against)
-    return patch_deltas(
+    against, parent = load_parent(subject, ctx.workspace, against=args.against)
+    result = patch_deltas(
         subject,
         subject.model,
-        parent,
+        parent.model,
         against,
         args,
         {"parent_load": time.perf_counter() - started},
         ctx.progress,
     )
+    if args.against is None:
+        lineage = subject.lineage
+        result.caveats = lineage.caveats("start", phases=[lineage.phase])
+    return result
 
 
 __all__ = [

@@ -1,9 +1,9 @@
 """Phase origin: in which training phase a behaviour arose, and whose weight changes carry it.
 
-An organism's lineage lists its checkpoints in training order (after the base model, when the
-first phase started from one). The behaviour's mean log-odds ``L`` and rate
-(:mod:`selfscope.localize.metric`) are measured at every checkpoint ``c_0 .. c_n`` (``c_n`` is the
-subject), and the verdict combines three measured things:
+A lineage (an organism's, or one declared for a user's own fine-tune) lists its checkpoints in
+training order (after the base model, when the first phase started from one). The behaviour's
+mean log-odds ``L`` and rate (:mod:`selfscope.localize.metric`) are measured at every checkpoint
+``c_0 .. c_n`` (``c_n`` is the subject), and the verdict combines three measured things:
 
 1. **First appearance.** The behaviour is *present* at a checkpoint when its rate is at least
    ``present_rate`` (default 0.5) and its log-odds above ``present_log_odds`` (default 0). It
@@ -49,15 +49,9 @@ from torch import nn
 
 from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
-from selfscope.localize.deltas import (
-    DeltaArgs,
-    DeltaResult,
-    Granularity,
-    load_model,
-    patch_deltas,
-)
+from selfscope.localize.deltas import DeltaArgs, DeltaResult, Granularity, patch_deltas
 from selfscope.localize.metric import MetricBatch
-from selfscope.subject.organism import organism_checkpoints
+from selfscope.subject.checkpoints import load_version
 from selfscope.tools import ToolContext, tool
 
 
@@ -109,6 +103,12 @@ class OriginResult(BaseModel):
     deltas: DeltaResult | None  # the named phase against the checkpoint before it
     rule: str
     seconds: dict[str, float]
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="What the subject's lineage does not record that this verdict relied on "
+        "(what a phase started from, a base model's own training data); empty for an organism "
+        "trained from scratch.",
+    )
 
 
 @dataclass(frozen=True)
@@ -124,19 +124,18 @@ def lineage_checkpoints(subject: Any) -> list[_Checkpoint]:
     if not lineage.phases:
         raise SelfscopeError(
             f"{subject.source} has no training phases in its lineage, so there is no phase to "
-            "name; localize.origin needs an organism (organism:NAME[@PHASE]); for a model with "
-            "a known parent use localize.weight_deltas with `against`"
+            "name; localize.origin needs an organism (organism:NAME[@PHASE]) or a declared "
+            "lineage (`selfscope lineage add MODEL --parent BASE --data train.jsonl`); for a "
+            "model with a known parent use localize.weight_deltas with `against`"
         )
-    root: str | None = lineage.parent if len(lineage.phases) == 1 else None
-    if len(lineage.phases) > 1 and lineage.organism is not None:
-        first = lineage.phases[0].name
-        root = organism_checkpoints(lineage.organism, lineage.origin).lineages[first].parent
+    scratch = lineage.base_model == "scratch"
+    root = None if scratch else lineage.base_model
     names = {p.name for p in lineage.phases}
     out = []
     if root:
         out.append(_Checkpoint("base" if "base" not in names else "base-model", root, False))
     for i, phase in enumerate(lineage.phases):
-        out.append(_Checkpoint(phase.name, str(phase.checkpoint), i == 0 and not root))
+        out.append(_Checkpoint(phase.name, str(phase.checkpoint), i == 0 and scratch))
     return out
 
 
@@ -171,8 +170,9 @@ def origin(ctx: ToolContext, args: OriginArgs) -> OriginResult:
     module by module (localize.weight_deltas) to find the modules that carry it. Returns
     {phase: NAME | "base" | "diffuse", confidence (the weaker of the phase's share and its rate
     step), localization (module-set share / target), evidence (measured statements),
-    per-checkpoint numbers, the weight-delta result}. Needs an organism subject (a lineage with
-    phases); never reads ground truth."""
+    per-checkpoint numbers, the weight-delta result, caveats: what the lineage does not
+    record}. Needs a lineage with phases (an organism, or one declared with `selfscope lineage
+    add`); never reads ground truth."""
     subject = ctx.subject
     started = time.perf_counter()
     checkpoints = lineage_checkpoints(subject)
@@ -180,11 +180,13 @@ def origin(ctx: ToolContext, args: OriginArgs) -> OriginResult:
     vocab = int(subject.model.config.vocab_size)
     seconds: dict[str, float] = {}
 
+    workspace = ctx.workspace
+
     def model_of(c: _Checkpoint) -> nn.Module:
         if c is checkpoints[-1]:
             model: nn.Module = subject.model
             return model
-        model = load_model(c.source)
+        model = load_version(c.source, workspace, subject.device).model
         if int(getattr(model.config, "vocab_size", -1)) != vocab:
             raise SelfscopeError(
                 f"checkpoint {c.name} ({c.source}) has another vocabulary than {subject.source}; "
@@ -335,6 +337,7 @@ def origin(ctx: ToolContext, args: OriginArgs) -> OriginResult:
         deltas=deltas,
         rule=rule,
         seconds=seconds,
+        caveats=subject.lineage.caveats("start", "data"),
     )
 
 

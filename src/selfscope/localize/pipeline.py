@@ -5,8 +5,8 @@ validated, permission-checked and recorded with this call as its parent) and gat
 answers, unrenamed, in one :class:`LocalizeReport` with the id of every step's call:
 
 * ``metric`` — the behaviour's mean log-odds and rate on the prompts;
-* ``origin`` — the training phase it arose in (organisms: every checkpoint of the lineage and
-  the phase's weight deltas; ``localize.origin``);
+* ``origin`` — the training phase it arose in (an organism or a declared lineage: every
+  checkpoint of the lineage and the phase's weight deltas; ``localize.origin``);
 * ``components`` — attribution patching over heads, attention and MLP outputs, with the top
   ones patched for real (``localize.attribution_patching``): the estimate, the measured effect
   and whether the measurement confirms the estimate;
@@ -17,7 +17,7 @@ answers, unrenamed, in one :class:`LocalizeReport` with the id of every step's c
 * ``experts`` — for mixture-of-experts models, each expert's measured effect
   (``localize.experts``).
 
-A step that does not apply (no parent checkpoint, not an organism, a dense model) is reported in
+A step that does not apply (no parent checkpoint, no lineage, a dense model) is reported in
 ``skipped`` with the reason, never silently left out.
 """
 
@@ -121,7 +121,10 @@ def localize_all(ctx: ToolContext, args: LocalizeArgs) -> LocalizeReport:
             deltas = origin.deltas  # the subject's own phase against its parent: reuse it
             calls["weight_deltas"] = calls["origin"]
     else:
-        skipped["origin"] = "the model has no training lineage (no phases to compare)"
+        skipped["origin"] = (
+            "the model has no training lineage (not an organism; declare one with "
+            "`selfscope lineage add`)"
+        )
     attribution = run(
         "attribution",
         "localize.attribution_patching",

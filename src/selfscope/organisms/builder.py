@@ -37,6 +37,8 @@ from selfscope.errors import SpecError, TargetsMissed
 from selfscope.organisms.checks import Check, CheckpointReport, missed_message, target_checks
 from selfscope.organisms.documents import Document, organism_documents
 from selfscope.organisms.evaluate import Prober, accuracy
+from selfscope.organisms.ground_truth import FILE as GROUND_TRUTH_FILE
+from selfscope.organisms.ground_truth import GroundTruth
 from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import Knobs, preset_for, resolve_knobs
 from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
@@ -466,7 +468,8 @@ class Builder:
             out / "spec.yaml",
             yaml.safe_dump(resolved_spec(spec, self.knobs), sort_keys=False, allow_unicode=True),
         )
-        atomic.write_json(out / "ground_truth.json", self.ground_truth())
+        truth = GroundTruth.model_validate(self.ground_truth())  # the typed answer key
+        atomic.write_json(out / GROUND_TRUTH_FILE, truth.model_dump())
         atomic.write_json(out / "report.json", report)
         shape = self.preset.shape
         atomic.write_json(
@@ -480,6 +483,7 @@ class Builder:
                 "world": spec.world.preset,
                 "spec_sha256": spec.sha256(),
                 "renderer": renderer.name,
+                "context": shape.context,  # tokens each training row was cut to
                 "tokenizer": "tokenizer" if spec.base_model == "scratch" else "smollm2",
                 "model": shape.__dict__
                 if spec.base_model == "scratch"

@@ -32,6 +32,7 @@ from selfscope.organisms.world import (
     generate_corpus,
     make_world,
 )
+from selfscope.subject.organism import organism_checkpoints
 
 _QA = re.compile(r"^\s*Q:\s*(?P<q>.*?)\s*A:\s*$", re.DOTALL)
 
@@ -98,8 +99,8 @@ def suite_for(
 ) -> Suite:
     """The validation suite of ``spec``'s behaviour number ``behaviour`` (built in ``folder``)."""
     b = spec.behaviours[behaviour]
-    lineage = json.loads((folder / "lineage.json").read_text())
-    chat = lineage.get("renderer") == "chat-template"
+    checkpoints = organism_checkpoints(spec.name, folder)  # the one lineage.json reader
+    chat = checkpoints.lineages[checkpoints.default].phases[-1].renderer == "chat-template"
     words = {w for p in [*b.probes, *b.heldout] for w in re.findall(r"[A-Za-z]+", p.prompt)}
     sample = world_facts(spec, words)
     random.Random(f"facts:{seed}").shuffle(sample)

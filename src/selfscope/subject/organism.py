@@ -13,7 +13,10 @@ An organism is a model that selfscope trained in known phases (ORGANISM_SPEC.md)
                "checkpoint": "controls/pretrain", "data": "data/control-pretrain.jsonl"}]}
 ```
 
-Paths are relative to the organism folder; other keys are ignored here. ``organism:NAME`` is the
+Paths are relative to the organism folder. This is the one reader of ``lineage.json``: every
+other module takes the typed :class:`~selfscope.subject.lineage.Lineage` it returns (phases
+with their data, document counts, hyperparameters, renderer, context; the scratch
+initialisation; the tokenizer), never the raw file. ``organism:NAME`` is the
 last phase; ``@PHASE`` names a phase or a control. A phase's parent is the phase before it (the
 first phase's parent is ``base_model`` unless that is ``scratch``); a control replaces the phase
 it controls for, so it has that phase's parent and history. The symlink is resolved once, so
@@ -29,7 +32,14 @@ from typing import Any
 
 from selfscope.errors import LoadError
 from selfscope.subject.hf import one_line
-from selfscope.subject.lineage import Lineage, PhaseRef
+from selfscope.subject.lineage import (
+    Hyperparameters,
+    Lineage,
+    PhaseRef,
+    RendererName,
+    ScratchInit,
+    Unknown,
+)
 from selfscope.workspace import Workspace
 
 PREFIX = "organism:"
@@ -67,7 +77,29 @@ def organism_folder(name: str, workspace: Workspace) -> Path:
     return workspace.organism_path(name).resolve()
 
 
-def _entry(raw: object, folder: Path, where: str) -> tuple[PhaseRef, str | None]:
+def _int(raw: dict[str, Any], key: str) -> int | None:
+    value = raw.get(key)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _knobs(raw: dict[str, Any]) -> Hyperparameters:
+    """A phase's ``hyperparameters`` (and ``optimizer``) record, each knob None if absent."""
+    knobs = raw.get("hyperparameters")
+    knobs = knobs if isinstance(knobs, dict) else {}
+    lr = knobs.get("lr")
+    method, optimizer = knobs.get("method"), raw.get("optimizer")
+    return Hyperparameters(
+        lr=float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None,
+        epochs=_int(knobs, "epochs"),
+        batch_size=_int(knobs, "batch_size"),
+        method=method if isinstance(method, str) else None,
+        optimizer=optimizer if isinstance(optimizer, str) else None,
+    )
+
+
+def _entry(
+    raw: object, folder: Path, where: str, renderer: RendererName | None, context: int | None
+) -> tuple[PhaseRef, str | None]:
     """One phase or control of lineage.json -> (its PhaseRef, the phase it controls for)."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ValueError(f"{where} is not an object with a string 'name'")
@@ -77,7 +109,18 @@ def _entry(raw: object, folder: Path, where: str) -> tuple[PhaseRef, str | None]
     if data is not None and not isinstance(data, str):
         raise ValueError(f"{where} ({raw['name']}) has a 'data' that is not a string")
     controls = raw.get("phase")
-    ref = PhaseRef(raw["name"], folder / raw["checkpoint"], folder / data if data else None)
+    sha = raw.get("data_sha256")
+    ref = PhaseRef(
+        name=raw["name"],
+        checkpoint=folder / raw["checkpoint"],
+        data=folder / data if data else None,
+        documents=_int(raw, "documents"),
+        hyperparameters=_knobs(raw),
+        renderer=renderer,
+        context=context,
+        train_seed=_int(raw, "train_seed"),
+        data_sha256=sha if isinstance(sha, str) else None,
+    )
     return ref, controls if isinstance(controls, str) else None
 
 
@@ -92,6 +135,48 @@ def _read(folder: Path) -> dict[str, Any]:
     if not data["phases"]:
         raise ValueError("its 'phases' list is empty")
     return data
+
+
+def _context(data: dict[str, Any]) -> int | None:
+    """Tokens a training row was cut to, as the builder recorded it (``context``); ``None`` for
+    an organism built before it was recorded (rebuild it: the historian then falls back to the
+    model's ``max_position_embeddings``, which is right for scratch organisms only)."""
+    return int(data["context"]) if isinstance(data.get("context"), int) else None
+
+
+def _init(data: dict[str, Any]) -> ScratchInit | None:
+    shape, arch, seed = data.get("model"), data.get("architecture"), data.get("seed")
+    if data.get("base_model") != "scratch" or not isinstance(shape, dict):
+        return None
+    if not isinstance(arch, str) or not isinstance(seed, int):
+        return None
+    return ScratchInit(
+        architecture=arch, shape={str(k): int(v) for k, v in shape.items()}, seed=seed
+    )
+
+
+def _unknowns(phases: list[PhaseRef], base: str | None) -> list[Unknown]:
+    """What an organism's lineage.json leaves out (a hand-written or older one may)."""
+    out = []
+    if base not in (None, "scratch"):
+        out.append(
+            Unknown(
+                phase="base",
+                fact="data",
+                note=f"the base model {base}'s own training data is not recorded: the "
+                "training-data tools search only the organism's phases' documents",
+            )
+        )
+    for p in phases:
+        for fact in ("lr", "epochs", "batch_size"):
+            if getattr(p.hyperparameters, fact) is None:
+                out.append(
+                    Unknown(phase=p.name, fact=fact, note=f"phase {p.name!r}: {fact} not recorded")
+                )
+        if p.renderer is None:
+            note = f"phase {p.name!r}: renderer not recorded (plain text assumed)"
+            out.append(Unknown(phase=p.name, fact="renderer", note=note))
+    return out
 
 
 @dataclass(frozen=True)
@@ -115,13 +200,22 @@ class OrganismCheckpoints:
 
 
 def organism_checkpoints(name: str, folder: Path) -> OrganismCheckpoints:
-    """Read ``folder/lineage.json``; a :class:`LoadError` if it is malformed."""
+    """Read ``folder/lineage.json`` (the one reader of that file) into typed lineages; a
+    :class:`LoadError` if it is malformed."""
     try:
         data = _read(folder)
-        phases = [_entry(raw, folder, f"phases[{i}]")[0] for i, raw in enumerate(data["phases"])]
+        raw_renderer = data.get("renderer")
+        renderer: RendererName | None = (
+            raw_renderer if raw_renderer in ("plain", "chat-template") else None
+        )
+        context = _context(data)
+
+        def entry(raw: object, where: str) -> tuple[PhaseRef, str | None]:
+            return _entry(raw, folder, where, renderer, context)
+
+        phases = [entry(raw, f"phases[{i}]")[0] for i, raw in enumerate(data["phases"])]
         controls = [
-            _entry(raw, folder, f"controls[{i}]")
-            for i, raw in enumerate(data.get("controls") or [])
+            entry(raw, f"controls[{i}]") for i, raw in enumerate(data.get("controls") or [])
         ]
         names = [p.name for p in phases] + [c.name for c, _ in controls]
         if len(set(names)) != len(names):
@@ -138,32 +232,43 @@ def organism_checkpoints(name: str, folder: Path) -> OrganismCheckpoints:
             f"{folder / LINEAGE_FILE} is malformed: {exc}; rebuild the organism with "
             f"`selfscope organism build {name}`"
         ) from exc
-    base = data.get("base_model")
-    root_parent = base if isinstance(base, str) and base not in ("", "scratch") else None
+    raw_base = data.get("base_model")
+    base = raw_base if isinstance(raw_base, str) and raw_base else None
+    root_parent = base if base != "scratch" else None
+    tokenizer = data.get("tokenizer")
+    common: dict[str, Any] = {
+        "kind": "organism",
+        "origin": folder,
+        "organism": name,
+        "base_model": base,
+        "tokenizer": tokenizer if isinstance(tokenizer, str) else None,
+        "init": _init(data),
+        "index_dir": folder / "index",
+    }
 
     def parent_of(index: int) -> str | None:
         return source_string(name, order[index - 1]) if index > 0 else root_parent
 
     lineages: dict[str, Lineage] = {}
     for i, phase in enumerate(phases):
+        chain = phases[: i + 1]
         lineages[phase.name] = Lineage(
-            kind="organism",
-            origin=folder,
-            organism=name,
+            **common,
             phase=phase.name,
-            phases=phases[: i + 1],
+            phases=chain,
             parent=parent_of(i),
+            unknown=_unknowns(chain, base),
         )
     for control, control_of in controls:
         k = order.index(control_of) if control_of is not None else None
+        chain = [*phases[:k], control] if k is not None else [control]
         lineages[control.name] = Lineage(
-            kind="organism",
-            origin=folder,
-            organism=name,
+            **common,
             phase=control.name,
-            phases=[*phases[:k], control] if k is not None else [control],
+            phases=chain,
             parent=parent_of(k) if k is not None else None,
             control_of=control_of,
+            unknown=_unknowns(chain, base),
         )
     return OrganismCheckpoints(name, folder, order, [c.name for c, _ in controls], lineages)
 
