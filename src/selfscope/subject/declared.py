@@ -223,9 +223,11 @@ def read_documents(path: Path) -> list[dict[str, Any]]:
 
 
 def _rows_sha256(rows: list[dict[str, Any]]) -> str:
+    """SHA-256 of the rows, each ``json.dumps(row, sort_keys=True)``, concatenated: the organism
+    builder's definition (``data_sha256`` in lineage.json), so equal data gives equal hashes."""
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps(row, sort_keys=True).encode() + b"\n")
+        digest.update(json.dumps(row, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -407,8 +409,10 @@ def _resolve(decl: Declaration, workspace: Any, seen: set[Path]) -> Lineage:
             Unknown(
                 phase=decl.phase,
                 fact="start",
-                note=f"what phase {decl.phase!r} started from is not declared (no --parent): "
-                "there is no parent to compare weights with or to measure the behaviour before it",
+                note=f"what phase {decl.phase!r} started from is not declared (no --parent or "
+                "--scratch): no parent to compare weights with or to measure the behaviour "
+                "before it, and history.trace reads its documents' token gradients at its end, "
+                "where a learned behaviour's signal is weak",
             ),
         )
     else:
@@ -436,7 +440,9 @@ def _resolve(decl: Declaration, workspace: Any, seen: set[Path]) -> Lineage:
             f"({', '.join(p.name for p in phases)}); give --phase another name"
         )
     phases.append(own)
-    fingerprint.append([p.model_dump(mode="json") for p in phases])
+    # what the index rows depend on (the knobs only weight scores at query time)
+    keep = {"name", "checkpoint", "data_sha256", "renderer", "context"}
+    fingerprint.append([p.model_dump(mode="json", include=keep) for p in phases])
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     return Lineage(
         kind="declared",
