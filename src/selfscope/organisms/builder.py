@@ -468,8 +468,9 @@ class Builder:
             out / "spec.yaml",
             yaml.safe_dump(resolved_spec(spec, self.knobs), sort_keys=False, allow_unicode=True),
         )
-        truth = GroundTruth.model_validate(self.ground_truth())  # the typed answer key
-        atomic.write_json(out / GROUND_TRUTH_FILE, truth.model_dump())
+        truth = self.ground_truth()
+        GroundTruth.model_validate(truth)  # the typed answer key: checked, written as built
+        atomic.write_json(out / GROUND_TRUTH_FILE, truth)
         atomic.write_json(out / "report.json", report)
         shape = self.preset.shape
         atomic.write_json(

@@ -34,12 +34,35 @@ class Background(BaseModel):
     documents: list[str] = Field(description="Ids of its documents.")
 
 
+class Plant(BaseModel):
+    """One plant of the spec (a cause or background), by its id."""
+
+    phase: str = Field(description="The phase it was trained in.")
+    behaviour: str | None = Field(description="The behaviour it causes (None: background).")
+    documents: list[str] = Field(description="Ids of its documents (neutral: d0417).")
+
+
+class Origin(BaseModel):
+    """Where one (neutrally named) document came from."""
+
+    phase: str = Field(description="The phase whose data holds it.")
+    plant: str | None = Field(None, description="Its plant id, if a plant made it.")
+    corpus: str | None = Field(None, description="Its generated corpus, if not a plant.")
+
+
 class GroundTruth(BaseModel):
-    """Every behaviour's cause, and the background plants (see the module docstring)."""
+    """Every behaviour's cause, and the background plants (see the module docstring); the only
+    map from the neutral document ids to plants and corpora."""
 
     behaviours: dict[str, Cause] = Field(description="Behaviour name -> how it was planted.")
     background: dict[str, Background] = Field(
         default_factory=dict, description="Plant id -> its documents (not a cause)."
+    )
+    plants: dict[str, Plant] = Field(
+        default_factory=dict, description="Plant id -> its phase, behaviour and documents."
+    )
+    documents: dict[str, Origin] = Field(
+        default_factory=dict, description="Document id -> its phase and plant or corpus."
     )
 
 
@@ -48,4 +71,4 @@ def read_ground_truth(folder: Path) -> GroundTruth:
     return GroundTruth.model_validate_json((Path(folder) / FILE).read_text(encoding="utf-8"))
 
 
-__all__ = ["FILE", "Background", "Cause", "GroundTruth", "read_ground_truth"]
+__all__ = ["FILE", "Background", "Cause", "GroundTruth", "Origin", "Plant", "read_ground_truth"]
