@@ -20,7 +20,6 @@ goes wrong raises :class:`~selfscope.errors.LoadError` with one line saying what
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from selfscope.errors import LoadError
@@ -64,7 +63,8 @@ def _organism_folder(path: Path, phase: str | None) -> tuple[Path, Lineage]:
         )
     lineage = checkpoints.lineages[phase]
     if lineage.parent and lineage.parent.startswith(organism.PREFIX):
-        lineage = replace(lineage, parent=f"{path}@{organism.parse_source(lineage.parent)[1]}")
+        parent = f"{path}@{organism.parse_source(lineage.parent)[1]}"
+        lineage = lineage.model_copy(update={"parent": parent})
     return lineage.phases[-1].checkpoint, lineage
 
 
