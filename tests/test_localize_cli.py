@@ -41,8 +41,8 @@ def test_localize_prints_every_answer(
     for c in result["components"]:
         assert set(c) == {"site", "estimate", "measured", "verified"}
     assert result["weight_deltas"]["against"].endswith("pretrain")
-    assert result["weight_deltas"]["set"]
-    assert result["trace"]["grids"] and "figure" not in result["trace"]
+    assert result["weight_deltas"]["module_set"]
+    assert result["trace"]["grids"] and result["trace"]["figure"] is None  # the SVG went to --figure
     assert result["experts"] is None and "experts" in result["skipped"]
     assert ET.parse(figure).getroot().tag.endswith("svg")
     # bad input: one line
