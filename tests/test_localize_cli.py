@@ -42,7 +42,7 @@ def test_localize_prints_every_answer(
         assert set(c) == {"site", "estimate", "measured", "verified"}
     assert result["weight_deltas"]["against"].endswith("pretrain")
     assert result["weight_deltas"]["module_set"]
-    assert result["trace"]["grids"] and result["trace"]["figure"] is None  # the SVG went to --figure
+    assert result["trace"]["grids"] and result["trace"]["figure"] is None  # in --figure
     assert result["experts"] is None and "experts" in result["skipped"]
     assert ET.parse(figure).getroot().tag.endswith("svg")
     # bad input: one line
