@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "workspace": {"errors", "atomic", "store"},
     "behaviour": {"errors"},
     "report": {"errors", "atomic"},
-    "subject": BASE,
+    "subject": BASE | {"behaviour"},
     "tools": BASE | {"subject"},
     "access": BASE | {"subject", "tools", "behaviour", "report"},
     "organisms": BASE | {"subject", "behaviour"},
@@ -42,11 +42,13 @@ ALLOWED: dict[str, set[str]] = {
     "history": BASE
     | {"subject", "tools", "behaviour", "report", "access", "localize", "organisms"},
     "edits": BASE | {"subject", "tools", "behaviour", "report", "access", "localize", "history"},
+    "oversight": BASE
+    | {"subject", "tools", "behaviour", "report", "access", "localize", "history", "edits"},
     "demo": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"},
     "cli": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"}
-    | {"demo", "report"},
+    | {"demo", "report", "oversight"},
 }
 #: files (relative to the package) that may name ground truth or the spec file
 TRUTH_ALLOWED = {"organisms/builder.py", "organisms/blind.py", "organisms/ground_truth.py"}

@@ -8,6 +8,7 @@ a new one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -84,7 +85,96 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tool_calls ADD COLUMN error TEXT;
     CREATE UNIQUE INDEX tool_calls_call_id ON tool_calls (call_id);
     """,
+    # 4 -> 5: the guardian (selfscope.oversight). The ledger: append-only and hash-chained (each
+    # entry's hash covers its fields and the previous entry's hash; see :func:`entry_hash`),
+    # written in the same transaction as the change it records. Versions: immutable, content-
+    # addressed (parent + one applied delta + the SHA-256 of the resulting tensors); HEAD per
+    # subject. Proposals gain a status (the gate's state machine) and their proposer; reviews;
+    # validations record the version they ran on and whether they passed; sealed suites;
+    # policies; principals and their permissions.
+    """
+    CREATE TABLE ledger (
+        seq         INTEGER PRIMARY KEY,    -- 1, 2, 3, ... without gaps
+        at          REAL NOT NULL,
+        principal   TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        payload     TEXT NOT NULL,          -- canonical JSON
+        payload_sha256 TEXT NOT NULL,
+        prev        TEXT NOT NULL,          -- the previous entry's hash (64 zeros for the first)
+        hash        TEXT NOT NULL
+    );
+    CREATE TABLE versions (
+        id          TEXT PRIMARY KEY,       -- SHA-256 of [parent, delta_sha256, tensors_sha256]
+        subject     TEXT NOT NULL,          -- the root weights' folder (resolved): the subject key
+        source      TEXT NOT NULL,          -- the source string it was first loaded as
+        number      INTEGER NOT NULL,       -- v0 (the root), v1, ...
+        parent      TEXT REFERENCES versions(id),
+        proposal_id TEXT,
+        delta_sha256 TEXT,
+        tensors_sha256 TEXT NOT NULL,
+        principal   TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        UNIQUE (subject, number)
+    );
+    CREATE TABLE heads (
+        subject     TEXT PRIMARY KEY,
+        version     TEXT NOT NULL REFERENCES versions(id),
+        moved_at    REAL NOT NULL
+    );
+    ALTER TABLE proposals ADD COLUMN status TEXT NOT NULL DEFAULT 'proposed';
+    ALTER TABLE proposals ADD COLUMN proposer TEXT;
+    ALTER TABLE validations ADD COLUMN version TEXT;
+    ALTER TABLE validations ADD COLUMN passed INTEGER;
+    ALTER TABLE validations ADD COLUMN principal TEXT;
+    CREATE TABLE reviews (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        proposal_id TEXT NOT NULL REFERENCES proposals(id),
+        principal   TEXT NOT NULL,
+        decision    TEXT NOT NULL,          -- 'approve' | 'reject'
+        note        TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE sealed_suites (
+        sha256      TEXT PRIMARY KEY,
+        subject     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        suite       TEXT NOT NULL,          -- JSON, never returned by a read or propose tool
+        probes      INTEGER NOT NULL,
+        principal   TEXT NOT NULL,
+        sealed_at   REAL NOT NULL
+    );
+    CREATE TABLE policies (
+        subject     TEXT PRIMARY KEY,
+        policy      TEXT NOT NULL,          -- YAML as given
+        sha256      TEXT NOT NULL,
+        principal   TEXT NOT NULL,
+        set_at      REAL NOT NULL
+    );
+    CREATE TABLE principals (
+        name        TEXT PRIMARY KEY,
+        permissions TEXT NOT NULL,          -- comma-separated: read, propose, govern
+        created_at  REAL NOT NULL
+    );
+    """,
 ]
+
+#: the previous hash of the ledger's first entry
+GENESIS = "0" * 64
+
+
+def canonical(obj: Any) -> str:
+    """The one JSON spelling hashed into the ledger (sorted keys, no spaces)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def entry_hash(
+    seq: int, at: float, principal: str, action: str, subject: str, payload_sha256: str, prev: str
+) -> str:
+    """A ledger entry's hash: SHA-256 over its fields and the previous entry's hash."""
+    fields = canonical([seq, repr(at), principal, action, subject, payload_sha256, prev])
+    return hashlib.sha256(fields.encode()).hexdigest()
+
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -145,6 +235,11 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        """A write transaction; inside another one it joins it (commits or rolls back with
+        the outermost)."""
+        if self._db.in_transaction:
+            yield
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -155,6 +250,198 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``: writers in other processes wait), for a
+        change made of several statements and the ledger entries recording it."""
+        with self._transaction():
+            yield
+
+    # the ledger ------------------------------------------------------------------------------
+    def _append(self, action: str, principal: str, subject: str, payload: Any) -> int:
+        """Append one ledger entry; call inside a transaction (the entry commits with the
+        change it records, or neither does). Returns its sequence number."""
+        last = self._db.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        at = time.time()
+        body = canonical(payload)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        own = entry_hash(seq, at, principal, action, subject, digest, prev)
+        self._db.execute(
+            "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, at, principal, action, subject, body, digest, prev, own),
+        )
+        return seq
+
+    def append(self, action: str, principal: str, subject: str, payload: Any) -> int:
+        """Append one ledger entry in its own transaction (or the caller's)."""
+        with self.transaction():
+            return self._append(action, principal, subject, payload)
+
+    def ledger(self, start: int = 1, limit: int | None = None) -> list[dict[str, Any]]:
+        """Ledger entries from sequence ``start`` on, in the order the table returns them by
+        sequence (verification checks that order; it does not trust it)."""
+        query = "SELECT * FROM ledger WHERE seq >= ? ORDER BY rowid"
+        params: tuple[Any, ...] = (start,)
+        if limit is not None:
+            query, params = query + " LIMIT ?", (start, limit)
+        cursor = self._db.execute(query, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def ledger_rows(self) -> Iterator[tuple[Any, ...]]:
+        """Every ledger row as stored (seq, at, principal, action, subject, payload,
+        payload_sha256, prev, hash), streamed in storage order."""
+        yield from self._db.execute("SELECT * FROM ledger ORDER BY rowid")
+
+    def ledger_head(self) -> tuple[int, str]:
+        """(sequence, hash) of the last entry; (0, GENESIS) for an empty ledger."""
+        last = self._db.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(last[0]), str(last[1])) if last else (0, GENESIS)
+
+    # versions --------------------------------------------------------------------------------
+    def versions(self, subject: str) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            "SELECT * FROM versions WHERE subject = ? ORDER BY number", (subject,)
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def version_row(self, version_id: str) -> dict[str, Any] | None:
+        cursor = self._db.execute("SELECT * FROM versions WHERE id = ?", (version_id,))
+        row = cursor.fetchone()
+        return dict(zip([d[0] for d in cursor.description], row, strict=True)) if row else None
+
+    def subjects(self) -> list[str]:
+        rows = self._db.execute("SELECT subject FROM heads ORDER BY subject").fetchall()
+        return [r[0] for r in rows]
+
+    def head(self, subject: str) -> str | None:
+        row = self._db.execute("SELECT version FROM heads WHERE subject = ?", (subject,)).fetchone()
+        return str(row[0]) if row else None
+
+    def add_version(self, row: dict[str, Any], principal: str, move_head: bool) -> None:
+        """Insert a version (and move HEAD to it when ``move_head``), with its ledger entry;
+        call inside :meth:`transaction` when it is part of a larger change."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO versions (id, subject, source, number, parent, proposal_id,"
+                " delta_sha256, tensors_sha256, principal, created_at)"
+                " VALUES (:id, :subject, :source, :number, :parent, :proposal_id,"
+                " :delta_sha256, :tensors_sha256, :principal, :created_at)",
+                row,
+            )
+            self._append("version", principal, row["subject"], row)
+            if move_head:
+                self.move_head(row["subject"], row["id"], principal, "version")
+
+    def move_head(self, subject: str, version_id: str, principal: str, why: str) -> None:
+        with self.transaction():
+            before = self.head(subject)
+            self._db.execute(
+                "INSERT OR REPLACE INTO heads VALUES (?, ?, ?)", (subject, version_id, time.time())
+            )
+            self._append("head", principal, subject, {"from": before, "to": version_id, "why": why})
+
+    # proposals: the gate's state ------------------------------------------------------------
+    def proposal_row(self, proposal_id: str) -> dict[str, Any] | None:
+        cursor = self._db.execute("SELECT * FROM proposals WHERE id = ?", (proposal_id,))
+        row = cursor.fetchone()
+        return dict(zip([d[0] for d in cursor.description], row, strict=True)) if row else None
+
+    def proposal_rows(self) -> list[dict[str, Any]]:
+        cursor = self._db.execute("SELECT * FROM proposals ORDER BY created_at")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def set_status(
+        self, proposal_id: str, status: str, principal: str, payload: dict[str, Any]
+    ) -> None:
+        """Move a proposal to ``status`` and ledger it (``payload`` says why)."""
+        with self.transaction():
+            row = self.proposal_row(proposal_id)
+            subject = row["subject"] if row else "-"
+            self._db.execute("UPDATE proposals SET status = ? WHERE id = ?", (status, proposal_id))
+            self._append(
+                status, principal, subject, {"proposal": proposal_id, "status": status, **payload}
+            )
+
+    def record_review(self, proposal_id: str, principal: str, decision: str, note: str) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO reviews (proposal_id, principal, decision, note, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (proposal_id, principal, decision, note, time.time()),
+            )
+            row = self.proposal_row(proposal_id)
+            self._append(
+                "review",
+                principal,
+                row["subject"] if row else "-",
+                {"proposal": proposal_id, "decision": decision, "note": note},
+            )
+
+    def reviews(self, proposal_id: str) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            "SELECT * FROM reviews WHERE proposal_id = ? ORDER BY id", (proposal_id,)
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # sealed suites ---------------------------------------------------------------------------
+    def seal_suite(
+        self, sha256: str, subject: str, name: str, suite: str, probes: int, principal: str
+    ) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO sealed_suites VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sha256, subject, name, suite, probes, principal, time.time()),
+            )
+            self._append(
+                "seal", principal, subject, {"suite": sha256, "name": name, "probes": probes}
+            )
+
+    def sealed_suites(self, subject: str) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            "SELECT * FROM sealed_suites WHERE subject = ? ORDER BY sealed_at", (subject,)
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # policies and principals -----------------------------------------------------------------
+    def set_policy(self, subject: str, policy: str, principal: str) -> None:
+        digest = hashlib.sha256(policy.encode()).hexdigest()
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?)",
+                (subject, policy, digest, principal, time.time()),
+            )
+            self._append("policy", principal, subject, {"sha256": digest, "policy": policy})
+
+    def policy(self, subject: str) -> str | None:
+        row = self._db.execute(
+            "SELECT policy FROM policies WHERE subject = ?", (subject,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def set_principal(self, name: str, permissions: list[str], by: str) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO principals VALUES (?, ?, ?)",
+                (name, ",".join(sorted(permissions)), time.time()),
+            )
+            self._append("principal", by, "-", {"name": name, "permissions": sorted(permissions)})
+
+    def principals(self) -> dict[str, list[str]]:
+        rows = self._db.execute("SELECT name, permissions FROM principals ORDER BY name")
+        return {str(n): [p for p in str(perms).split(",") if p] for n, perms in rows}
+
+    def principal_permissions(self, name: str) -> list[str] | None:
+        row = self._db.execute(
+            "SELECT permissions FROM principals WHERE name = ?", (name,)
+        ).fetchone()
+        return [p for p in str(row[0]).split(",") if p] if row else None
 
     # organisms -------------------------------------------------------------------------------
     def record_organism(
@@ -218,12 +505,31 @@ class Store:
         error: str | None,
         subject_path: str = "",
     ) -> None:
+        """Complete the record of a call, and write it to the ledger in the same transaction."""
         with self._transaction():
             self._db.execute(
                 "UPDATE tool_calls SET status = ?, result_sha256 = ?, seconds = ?, error = ?,"
                 " subject_path = ? WHERE call_id = ?",
                 (status, result_sha256 or "", seconds, error, subject_path, call_id),
             )
+            row = self._db.execute(
+                "SELECT tool, args, subject, principal, permission, parent FROM tool_calls"
+                " WHERE call_id = ?",
+                (call_id,),
+            ).fetchone()
+            if row is not None:
+                tool, args, subject, principal, permission, parent = row
+                payload = {
+                    "call_id": call_id,
+                    "tool": tool,
+                    "args_sha256": hashlib.sha256(args.encode()).hexdigest(),
+                    "permission": permission,
+                    "parent": parent,
+                    "status": status,
+                    "result_sha256": result_sha256 or "",
+                    "error": error,
+                }
+                self._append("tool_call", principal or "-", subject, payload)
 
     def tool_call(self, call_id: str) -> dict[str, Any] | None:
         """The recorded call ``call_id``, or ``None``."""
@@ -241,20 +547,66 @@ class Store:
 
     # proposals and validations ---------------------------------------------------------------
     def record_proposal(
-        self, id: str, kind: str, subject: str, delta_sha256: str, delta_norm: float, proposal: str
+        self,
+        id: str,
+        kind: str,
+        subject: str,
+        delta_sha256: str,
+        delta_norm: float,
+        proposal: str,
+        proposer: str = "-",
+    ) -> None:
+        """A new proposal (status 'proposed'); the same proposal made again keeps its state."""
+        with self._transaction():
+            if self.proposal_row(id) is not None:
+                return
+            self._db.execute(
+                "INSERT INTO proposals (id, kind, subject, delta_sha256, delta_norm, proposal,"
+                " created_at, status, proposer) VALUES (?, ?, ?, ?, ?, ?, ?, 'proposed', ?)",
+                (id, kind, subject, delta_sha256, delta_norm, proposal, time.time(), proposer),
+            )
+            self._append(
+                "proposal",
+                proposer,
+                subject,
+                {"proposal": id, "kind": kind, "delta_sha256": delta_sha256},
+            )
+
+    def record_validation(
+        self,
+        proposal_id: str,
+        suites: str,
+        report: str,
+        *,
+        version: str | None = None,
+        passed: bool | None = None,
+        principal: str = "-",
     ) -> None:
         with self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (id, kind, subject, delta_sha256, delta_norm, proposal, time.time()),
+                "INSERT INTO validations (proposal_id, suites, report, created_at, version,"
+                " passed, principal) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    proposal_id,
+                    suites,
+                    report,
+                    time.time(),
+                    version,
+                    None if passed is None else int(passed),
+                    principal,
+                ),
             )
-
-    def record_validation(self, proposal_id: str, suites: str, report: str) -> None:
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO validations (proposal_id, suites, report, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (proposal_id, suites, report, time.time()),
+            row = self.proposal_row(proposal_id)
+            self._append(
+                "validation",
+                principal,
+                row["subject"] if row else "-",
+                {
+                    "proposal": proposal_id,
+                    "version": version,
+                    "passed": passed,
+                    "report_sha256": hashlib.sha256(report.encode()).hexdigest(),
+                },
             )
 
     def validations(self, proposal_id: str | None = None) -> list[dict[str, Any]]:

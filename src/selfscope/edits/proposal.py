@@ -31,17 +31,17 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from selfscope import atomic
 from selfscope.behaviour import Behaviour, Evidence, fingerprint
 from selfscope.errors import SelfscopeError
+from selfscope.subject.deltas import RUNTIME as RUNTIME
+from selfscope.subject.deltas import load_delta as load_delta
+from selfscope.subject.deltas import save_delta
 from selfscope.tools import ToolContext
 
 Kind = Literal["rank_one", "revert_delta", "ablate", "steer", "unlearn", "reweight_experts"]
-RUNTIME = "runtime/"  # key prefix of runtime interventions inside a delta file
 
 
 class ModuleChange(BaseModel):
@@ -75,39 +75,8 @@ class Proposal(BaseModel):
     created_at: float
 
 
-def _deltas_dir(workspace: Any) -> Path:
-    return Path(workspace.root) / "deltas"
-
-
 def _proposals_dir(workspace: Any) -> Path:
     return Path(workspace.root) / "proposals"
-
-
-def save_delta(workspace: Any, delta: dict[str, Tensor]) -> str:
-    """Write ``delta`` (parameter or ``runtime/<site>`` -> tensor) once; its SHA-256."""
-    if not delta:
-        raise SelfscopeError("the edit changes nothing (an empty delta); nothing to propose")
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in delta.items()}
-    data = save_safetensors(dict(sorted(tensors.items())))
-    sha = hashlib.sha256(data).hexdigest()
-    path = _deltas_dir(workspace) / f"{sha}.safetensors"
-    if not path.exists():
-        atomic.write_bytes(path, data)
-    return sha
-
-
-def load_delta(workspace: Any, sha: str) -> dict[str, Tensor]:
-    """The delta named ``sha``; refused when missing or when its bytes no longer match."""
-    path = _deltas_dir(workspace) / f"{sha}.safetensors"
-    if not path.exists():
-        raise SelfscopeError(f"delta {sha[:16]} is missing from {path.parent}; re-run the proposal")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise SelfscopeError(
-            f"delta file {path} does not match its SHA-256 (changed or corrupt); "
-            "re-run the proposal"
-        )
-    return dict(load_safetensors(data))
 
 
 def changes_of(model: nn.Module, delta: dict[str, Tensor]) -> tuple[list[ModuleChange], float]:
@@ -233,7 +202,13 @@ def make(
         _proposals_dir(workspace) / f"{proposal.id}.json", proposal.model_dump_json(indent=2)
     )
     workspace.store.record_proposal(
-        proposal.id, proposal.kind, proposal.subject, sha, norm, proposal.model_dump_json()
+        proposal.id,
+        proposal.kind,
+        proposal.subject,
+        sha,
+        norm,
+        proposal.model_dump_json(),
+        proposer=ctx.principal.name,
     )
     return proposal
 

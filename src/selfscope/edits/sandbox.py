@@ -41,6 +41,7 @@ from selfscope.edits.proposal import RUNTIME, ModuleChange, Proposal
 from selfscope.errors import SelfscopeError
 from selfscope.localize.deltas import ControlBatch
 from selfscope.localize.metric import MetricBatch
+from selfscope.subject.deltas import add_delta as add_delta
 from selfscope.subject.hooks import hooked
 from selfscope.subject.tokens import first_token_id
 
@@ -48,15 +49,6 @@ from selfscope.subject.tokens import first_token_id
 def runtime_of(delta: dict[str, Tensor]) -> dict[str, Tensor]:
     """The runtime interventions of a delta: site -> vector."""
     return {k[len(RUNTIME) :]: v for k, v in delta.items() if k.startswith(RUNTIME)}
-
-
-def add_delta(model: nn.Module, delta: dict[str, Tensor], scale: float = 1.0) -> None:
-    """``W += scale · ΔW`` on ``model`` in place (only ever called on a copy)."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, d in delta.items():
-            if not name.startswith(RUNTIME):
-                params[name].add_(d.to(params[name].device, params[name].dtype), alpha=scale)
 
 
 def chain(workspace: Any, proposal: Proposal) -> list[Proposal]:

@@ -13,6 +13,10 @@ Accepted sources (all loaded in float32, never from a hub):
   :func:`selfscope.organisms.blind.blind`): its last phase, or ``FOLDER@PHASE`` a given phase,
   with the same organism lineage as ``organism:NAME``.
 
+Every source resolves to its HEAD version when the guardian has applied changes to it
+(:mod:`.versions`); ``SOURCE@v3`` or ``SOURCE@<version id prefix>`` loads a given version, and
+``SOURCE@v0`` the weights on disk.
+
 Whatever the source, the last step is the same checked folder load (:mod:`.hf`), so every
 Subject was read from a plain Hugging Face folder that ``Subject.path`` names. Anything that
 goes wrong raises :class:`~selfscope.errors.LoadError` with one line saying what to do.
@@ -22,8 +26,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from selfscope.behaviour import fingerprint
 from selfscope.errors import LoadError
-from selfscope.subject import organism, smollm2
+from selfscope.subject import organism, smollm2, versions
 from selfscope.subject.declared import declared_lineage
 from selfscope.subject.gguf import converted_folder
 from selfscope.subject.hf import load_folder
@@ -96,6 +101,11 @@ def _locate(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
     raise LoadError(f"unknown model source {source!r}; pass {ACCEPTED}")
 
 
+def root_folder(source: str, workspace: Workspace | None = None) -> Path:
+    """The folder ``source``'s root weights load from (its version key), without loading."""
+    return _locate(versions.split_ref(str(source).strip())[0], workspace)[0]
+
+
 def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu") -> Subject:
     """Load the model named by ``source`` as a float32 :class:`Subject` in eval mode.
 
@@ -112,8 +122,20 @@ def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu"
     source = str(source).strip()  # a pathlib.Path works too
     if not source:
         raise LoadError(f"empty model source; pass {ACCEPTED}")
-    folder, lineage = _locate(source, workspace)
+    base, ref = versions.split_ref(source)
+    root, lineage = _locate(base, workspace)
+    ws = workspace if workspace is not None else _default_workspace()
+    folder, row = versions.select(ws, root, ref, source)
     loaded = load_folder(folder, device)
+    if (
+        ws is not None
+        and row is not None
+        and row["number"] > 0
+        and fingerprint(loaded.model) != row["tensors_sha256"]
+    ):  # the cache was changed on disk: rebuild it from the root and the deltas
+        versions.drop_cache(ws, row)
+        folder = versions.materialise(ws, root, row)
+        loaded = load_folder(folder, device)
     return Subject(
         model=loaded.model,
         tokenizer=loaded.tokenizer,
@@ -121,4 +143,16 @@ def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu"
         path=folder,
         architecture=loaded.architecture,
         lineage=lineage,
+        version=None if row is None else row["id"],
+        root=root,
     )
+
+
+def _default_workspace() -> Workspace | None:
+    """The default workspace when it already exists (loading never creates one)."""
+    import os
+
+    from selfscope.workspace import DEFAULT_ROOT, ENV_VAR
+
+    root = Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT).expanduser()
+    return Workspace(root) if (root / "store.sqlite").exists() else None

@@ -31,6 +31,10 @@ class Subject:
         architecture: ``config.model_type``, one of
             :data:`selfscope.subject.architectures.SUPPORTED`.
         lineage: where the model came from (see :class:`~selfscope.subject.Lineage`).
+        version: the id of the version loaded (:mod:`selfscope.subject.versions`), ``None``
+            while the guardian has never versioned this subject.
+        root: the folder of the subject's root weights (``v0``); ``path`` differs from it when
+            a later version was loaded from its materialised cache.
     """
 
     model: PreTrainedModel
@@ -39,6 +43,8 @@ class Subject:
     path: Path
     architecture: str
     lineage: Lineage
+    version: str | None = None
+    root: Path | None = None
 
     @property
     def n_layers(self) -> int:

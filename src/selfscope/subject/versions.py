@@ -1,0 +1,199 @@
+"""Versions: immutable, content-addressed states of a subject's weights, and HEAD.
+
+A subject (any source: an organism, a Hugging Face folder, a ``.gguf``, ``smollm2``) is keyed by
+the folder its root weights load from (resolved; :func:`subject_key`). Its versions live in the
+store's ``versions`` table:
+
+* ``v0`` is the root: the weights as they are on disk, with their tensors' SHA-256
+  (:func:`selfscope.behaviour.fingerprint`), registered the first time the guardian needs it;
+* ``vN`` is its parent plus *one* applied delta (the content-addressed file a proposal wrote,
+  ``<workspace>/deltas/<sha256>.safetensors``) and the SHA-256 of the resulting tensors; its id
+  is the SHA-256 of ``[parent id, delta SHA-256, tensors SHA-256]``.
+
+Nothing is stored twice: a version costs its delta file. Its full weights are *materialised* on
+first load into ``<workspace>/versions/<id>/`` (a plain Hugging Face folder, written to a
+staging folder and renamed), a cache that can be deleted and is rebuilt from the root and the
+deltas; whatever is loaded from it is checked against the version's tensor hash.
+
+HEAD per subject lives in the store's ``heads`` table. :func:`selfscope.subject.load` resolves a
+source to its HEAD by default; ``SOURCE@v3`` or ``SOURCE@<id prefix>`` loads a given version
+(``@v0`` the root). Organism phases (``organism:NAME@pretrain``) are untouched: a suffix is a
+version reference only when it reads ``v<number>`` or is 6+ hex digits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_model
+
+from selfscope import atomic
+from selfscope.behaviour import fingerprint
+from selfscope.errors import LoadError
+from selfscope.subject.deltas import RUNTIME, add_delta, load_delta
+from selfscope.subject.hf import load_folder
+from selfscope.workspace import Workspace
+
+_REF = re.compile(r"^(v\d+|[0-9a-f]{6,64})$")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", ".index.json")
+
+
+def split_ref(source: str) -> tuple[str, str | None]:
+    """``("organism:mushroom", "v2")`` from ``"organism:mushroom@v2"``; no reference: ``None``."""
+    base, at, ref = source.rpartition("@")
+    if at and base and _REF.match(ref):
+        return base, ref
+    return source, None
+
+
+def subject_key(folder: Path) -> str:
+    """The key a subject's versions are stored under: its root weights' folder, resolved."""
+    return str(Path(folder).resolve())
+
+
+def version_id(parent: str | None, delta_sha256: str | None, tensors_sha256: str) -> str:
+    key = f'["{parent or ""}","{delta_sha256 or ""}","{tensors_sha256}"]'
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def cache_dir(workspace: Workspace) -> Path:
+    return workspace.root / "versions"
+
+
+def label(row: dict[str, Any]) -> str:
+    return f"v{row['number']}"
+
+
+def find(workspace: Workspace, key: str, ref: str) -> dict[str, Any]:
+    """The version ``ref`` (``v3`` or an id prefix) of subject ``key``, or one clear line."""
+    rows = workspace.store.versions(key)
+    if ref.startswith("v") and ref[1:].isdigit():
+        found = [r for r in rows if r["number"] == int(ref[1:])]
+    else:
+        found = [r for r in rows if r["id"].startswith(ref)]
+    if not found:
+        known = ", ".join(f"{label(r)} ({r['id'][:12]})" for r in rows) or "none yet"
+        raise LoadError(f"no version {ref} of {key}; its versions: {known}")
+    if len(found) > 1:
+        raise LoadError(f"{ref} matches {len(found)} versions of {key}; give more of the id")
+    return found[0]
+
+
+def chain(workspace: Workspace, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The versions from the root to ``row``, oldest first."""
+    out = [row]
+    while out[0]["parent"]:
+        parent = workspace.store.version_row(out[0]["parent"])
+        if parent is None:
+            raise LoadError(f"version {label(out[0])} names a parent that is not in the store")
+        out.insert(0, parent)
+    return out
+
+
+def ensure_root(workspace: Workspace, key: str, source: str, model: Any, principal: str) -> str:
+    """Register ``v0`` (the root weights as loaded now) and make it HEAD, once; its id."""
+    rows = workspace.store.versions(key)
+    if rows:
+        return str(rows[0]["id"])
+    tensors = fingerprint(model)
+    row = {
+        "id": version_id(None, None, tensors),
+        "subject": key,
+        "source": source,
+        "number": 0,
+        "parent": None,
+        "proposal_id": None,
+        "delta_sha256": None,
+        "tensors_sha256": tensors,
+        "principal": principal,
+        "created_at": time.time(),
+    }
+    workspace.store.add_version(row, principal, move_head=True)
+    return str(row["id"])
+
+
+def build_weights(workspace: Workspace, root: Path, row: dict[str, Any]) -> Any:
+    """The model of version ``row``: the root folder's weights plus every delta on the way."""
+    loaded = load_folder(root, "cpu")
+    for step in chain(workspace, row)[1:]:
+        delta = load_delta(workspace, str(step["delta_sha256"]))
+        if any(k.startswith(RUNTIME) for k in delta):
+            raise LoadError(f"version {label(step)} holds a runtime intervention, not weights")
+        add_delta(loaded.model, delta)
+    return loaded
+
+
+def materialise(workspace: Workspace, root: Path, row: dict[str, Any]) -> Path:
+    """``<workspace>/versions/<id>/``: version ``row``'s weights as a plain HF folder (built
+    once, atomically; its tensors checked against the version's hash before publishing)."""
+    folder = cache_dir(workspace) / str(row["id"])
+    if (folder / "config.json").exists():
+        return folder
+    loaded = build_weights(workspace, root, row)
+    got = fingerprint(loaded.model)
+    if got != row["tensors_sha256"]:
+        raise LoadError(
+            f"version {label(row)} of {row['source']} rebuilds to other tensors than it recorded "
+            f"(SHA-256 {got[:12]} != {str(row['tensors_sha256'])[:12]}): the root weights or a "
+            "delta changed; run `selfscope versions verify`"
+        )
+    return write_cache(workspace, root, row, loaded.model)
+
+
+def write_cache(workspace: Workspace, root: Path, row: dict[str, Any], model: Any) -> Path:
+    """Publish ``model`` (version ``row``'s weights) as ``<workspace>/versions/<id>/``: the
+    root folder's other files (config, tokenizer) beside ``model.safetensors``, written to a
+    staging folder and renamed, so a crash leaves no half-written version."""
+    folder = cache_dir(workspace) / str(row["id"])
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.staging_dir(folder.parent, folder.name) as staging:
+        for item in root.iterdir():
+            if item.is_file() and not item.name.endswith(WEIGHT_FILES):
+                shutil.copy2(item, staging / item.name)
+        model.config.save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"))
+        atomic.fsync_tree(staging)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "config.json").exists():  # not another process's finished copy
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    atomic.fsync_path(folder.parent)
+    return folder
+
+
+def drop_cache(workspace: Workspace, row: dict[str, Any]) -> None:
+    shutil.rmtree(cache_dir(workspace) / str(row["id"]), ignore_errors=True)
+
+
+def select(
+    workspace: Workspace | None, folder: Path, ref: str | None, source: str
+) -> tuple[Path, dict[str, Any] | None]:
+    """The folder to load for ``source`` (the root's, or a materialised version's) and the
+    version row (``None`` while the subject has no versions and none was asked for)."""
+    if workspace is None:
+        if ref is not None:
+            raise LoadError(f"{source}: a version needs a workspace (--workspace)")
+        return folder, None
+    key = subject_key(folder)
+    if ref is not None:
+        row = find(workspace, key, ref)
+    else:
+        head = workspace.store.head(key)
+        if head is None:
+            return folder, None
+        found = workspace.store.version_row(head)
+        if found is None:
+            raise LoadError(f"HEAD of {source} names a version that is not in the store")
+        row = found
+    if row["number"] == 0:
+        return folder, row
+    return materialise(workspace, folder, row), row
