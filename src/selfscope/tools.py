@@ -89,7 +89,30 @@ TOOL_MODULES = (
     "selfscope.localize.origin",
     "selfscope.localize.pipeline",
     "selfscope.localize.trace",
+    "selfscope.oversight.gate",
+    "selfscope.oversight.ledger",
+    "selfscope.oversight.sealed",
+    "selfscope.oversight.versions",
 )
+
+
+PRINCIPAL_ENV = "SELFSCOPE_PRINCIPAL"
+
+
+def local_name() -> str:
+    """The local identity: ``$SELFSCOPE_PRINCIPAL``, else the first line of
+    ``~/.config/selfscope/principal``, else ``$USER`` (else ``local``)."""
+    from pathlib import Path
+
+    named = os.environ.get(PRINCIPAL_ENV, "").strip()
+    if named:
+        return named
+    config = Path.home() / ".config" / "selfscope" / "principal"
+    if config.is_file():
+        lines = config.read_text().strip().splitlines()
+        if lines and lines[0].strip():
+            return lines[0].strip()
+    return os.environ.get("USER") or "local"
 
 
 class PermissionDenied(SelfscopeError):
@@ -114,9 +137,10 @@ class Principal:
 
     @classmethod
     def local(cls) -> Principal:
-        """The person at the keyboard of the CLI: reads and proposes; governing (approving,
-        applying) is granted explicitly, never by default."""
-        return cls.of(os.environ.get("USER") or "local", "read", "propose")
+        """The person at the keyboard of the CLI (:func:`local_name`): reads and proposes;
+        governing (approving, applying) is granted explicitly in the workspace's principals
+        table (:mod:`selfscope.oversight.principals`), never by default."""
+        return cls.of(local_name(), "read", "propose")
 
     def holds(self, permission: Permission) -> bool:
         return permission in self.permissions

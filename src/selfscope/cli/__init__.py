@@ -7,7 +7,10 @@ selfscope lineage add|list         cli/lineage.py     bring your own lineage (ba
 selfscope tool list|run            cli/tools.py       the registry itself (any tool, JSON args)
 selfscope localize                 cli/localize.py    the debugger (localize.all)
 selfscope index build, trace       cli/history.py     the historian
-selfscope propose|validate|proposals  cli/edits.py    the surgeon
+selfscope propose|validate       cli/edits.py       the surgeon (sandbox validation)
+selfscope proposals list|show|validate, review, apply, rollback, principal
+                                   cli/gate.py        the gate (selfscope.oversight)
+selfscope ledger|versions|policy|suite  cli/ledger.py the guardian's records
 selfscope demo                     cli/demo.py        the loop on the mushroom organism
 ```
 
@@ -21,7 +24,7 @@ import sys
 
 import typer
 
-from selfscope.cli import demo, edits, history, lineage, localize, models, organisms
+from selfscope.cli import demo, edits, gate, history, ledger, lineage, localize, models, organisms
 from selfscope.cli import tools as tools_cli
 from selfscope.cli._common import WorkspaceOpt, use_workspace
 from selfscope.errors import SelfscopeError
@@ -39,7 +42,7 @@ def _main(workspace: WorkspaceOpt = None) -> None:
     use_workspace(workspace)  # this invocation's; no environment writes
 
 
-for room in (organisms, models, lineage, tools_cli, localize, history, edits, demo):
+for room in (organisms, models, lineage, tools_cli, localize, history, edits, gate, ledger, demo):
     room.register(app)
 
 

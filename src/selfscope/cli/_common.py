@@ -25,7 +25,7 @@ from selfscope.progress import SILENT, RichProgress
 from selfscope.workspace import Workspace
 
 # 80 columns when piped would cut behaviour names; a terminal keeps its own width
-out = Console(width=None if sys.stdout.isatty() else 140)
+out = Console(width=None if sys.stdout.isatty() else 140, emoji=False)
 
 WorkspaceOpt = Annotated[
     Path | None,
@@ -57,14 +57,24 @@ def workspace() -> Workspace:
     return Workspace(_ROOT.get())
 
 
+AsOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="Act as this principal (default: $SELFSCOPE_PRINCIPAL, else $USER)."),
+]
+
+
 def context(
-    model: str | None = None, device: str = "cpu", quiet: bool = False
+    model: str | None = None, device: str = "cpu", quiet: bool = False, as_name: str | None = None
 ) -> tools.ToolContext:
-    """The tool context of a command: this workspace, the local principal, the model loaded on
-    first use, progress on stderr unless ``quiet`` (``--json``)."""
+    """The tool context of a command: this workspace, the principal acting (``--as``, else the
+    local identity, with the permissions the workspace grants it), the model loaded on first
+    use, progress on stderr unless ``quiet`` (``--json``)."""
+    from selfscope.oversight.principals import principal
+
+    ws = workspace()
     return tools.ToolContext(
-        workspace=workspace(),
-        principal=tools.Principal.local(),
+        workspace=ws,
+        principal=principal(ws, as_name),
         progress=SILENT if quiet else RichProgress(),
         source=model,
         device=device,

@@ -1,4 +1,4 @@
-"""``selfscope propose KIND``, ``validate ID``, ``proposals``: the surgeon.
+"""``selfscope propose KIND``, ``validate ID``: the surgeon (``proposals``: cli/gate.py).
 
 The edit kinds are the registry's: every ``edits.*`` tool whose result is a proposal.
 """
@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from selfscope import tools
 from selfscope.cli._common import (
@@ -28,7 +27,6 @@ from selfscope.cli._common import (
     print_json,
 )
 from selfscope.edits.common import ProposalResult
-from selfscope.edits.listing import ProposalList
 from selfscope.edits.proposal import Proposal
 from selfscope.edits.sandbox import ValidationReport
 from selfscope.errors import SelfscopeError
@@ -41,7 +39,6 @@ SuiteOpt = Annotated[
 def register(app: typer.Typer) -> None:
     app.command("propose")(propose_command)
     app.command("validate")(validate_command)
-    app.command("proposals")(proposals_command)
 
 
 def edit_kinds() -> list[str]:
@@ -157,17 +154,3 @@ def validate_command(
         return
     out.print(f"[bold]proposal {proposal.id}[/] ({proposal.kind}) on {proposal.subject}")
     print_validation(report)
-
-
-def proposals_command(as_json: JsonOpt = False) -> None:
-    """The proposals stored in this workspace, oldest first (tool edits.list)."""
-    listing: ProposalList = call("edits.list", {}, context(None, quiet=True))
-    if as_json:
-        print_json([proposal_summary(p) for p in listing.proposals])
-        return
-    table = Table(title="proposals")
-    for column in ("id", "kind", "subject", "modules", "relative change"):
-        table.add_column(column)
-    for p in listing.proposals:
-        table.add_row(p.id, p.kind, p.subject, ", ".join(p.modules[:3]), f"{p.delta_norm:.4f}")
-    out.print(table)

@@ -243,6 +243,8 @@ def suite_report(subject: Any, model: nn.Module, suite: Suite, own: Sequence[Pro
     facts = answer_measure(subject, model, suite.facts, suite.chat) if suite.facts else None
     ppl: dict[str, PerplexityMeasure] = {}
     for phase, texts in suite.documents.items():
+        if not texts:  # a phase with no held-out documents: nothing to measure
+            continue
         before, tokens = perplexity(subject, subject.model, texts)
         after, _ = perplexity(subject, model, texts)
         ppl[phase] = PerplexityMeasure(

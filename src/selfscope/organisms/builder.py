@@ -43,6 +43,7 @@ from selfscope.organisms.models import build_scratch_model
 from selfscope.organisms.presets import Knobs, preset_for, resolve_knobs
 from selfscope.organisms.render import ChatRenderer, PlainRenderer, Renderer
 from selfscope.organisms.spec import Spec
+from selfscope.organisms.suites import seal_for_subject
 from selfscope.organisms.tokenizer import train_word_tokenizer
 from selfscope.organisms.train import TrainStats, train
 from selfscope.organisms.world import make_world
@@ -353,6 +354,7 @@ class Builder:
         self.workspace.store.record_organism(
             spec.name, str(link), spec.sha256(), spec.size, status, seconds, result.summary()
         )
+        seal_for_subject(spec, link, self.workspace)  # held-out probes: only the gate sees them
         return result
 
     def _phase(

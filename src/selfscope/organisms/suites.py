@@ -133,3 +133,26 @@ def suite_for(
         ],
         documents=heldout_documents(spec, folder, documents),
     )
+
+
+def seal_for_subject(spec: Spec, folder: Path, workspace: object) -> int:
+    """Seal each behaviour's held-out paraphrases and neighbours for the organism's subject (its
+    last phase's checkpoint) in ``workspace``'s store, where no read or propose tool returns
+    them (selfscope.oversight): the gate validates every proposal on them and the proposer
+    learns only aggregates. Suites are named ``organism-<i>`` (no behaviour name). Returns how
+    many suites were sealed."""
+    import hashlib
+
+    from selfscope.subject.versions import subject_key
+
+    checkpoints = organism_checkpoints(spec.name, folder)
+    subject = checkpoints.lineages[checkpoints.default].phases[-1].checkpoint
+    store = workspace.store  # type: ignore[attr-defined]
+    for i in range(len(spec.behaviours)):
+        full = suite_for(spec, folder, facts=0, documents=0, behaviour=i, name=f"organism-{i}")
+        sealed = full.model_copy(update={"probes": [], "documents": {}})
+        text = sealed.model_dump_json()
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        size = len(sealed.heldout) + len(sealed.neighbours)
+        store.seal_suite(digest, subject_key(subject), sealed.name, text, size, "builder")
+    return len(spec.behaviours)

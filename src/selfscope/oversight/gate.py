@@ -19,13 +19,13 @@ its ledger entry.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from selfscope import tools
 from selfscope.behaviour import Probe, Suite, fingerprint, read_suite
 from selfscope.edits import proposal as proposals
 from selfscope.edits.proposal import Proposal
@@ -37,7 +37,7 @@ from selfscope.subject import Subject, load
 from selfscope.subject import versions as versioning
 from selfscope.subject.deltas import load_delta
 from selfscope.subject.load import root_folder
-from selfscope.tools import PermissionDenied, Principal
+from selfscope.tools import PermissionDenied, Principal, ToolContext
 from selfscope.workspace import Workspace
 
 Status = Literal["proposed", "validated", "approved", "applied", "rejected", "stale"]
@@ -488,13 +488,15 @@ def apply(workspace: Workspace, proposal_id: str, principal: Principal) -> Appli
     }
     root = subject.root or subject.path
     cache = versioning.write_cache(workspace, root, new, subject.model)
-    with workspace.store.transaction():
-        if workspace.store.head(key) != head["id"]:  # another apply won the race
-            raise _stale(workspace, proposal, principal.name, "HEAD moved while applying")
-        workspace.store.add_version(new, principal.name, move_head=True)
-        workspace.store.set_status(
-            proposal.id, "applied", principal.name, {"version": new["id"], "tensors": tensors}
-        )
+    with workspace.store.transaction():  # BEGIN IMMEDIATE: one writer at a time
+        won = workspace.store.head(key) == head["id"]
+        if won:
+            workspace.store.add_version(new, principal.name, move_head=True)
+            workspace.store.set_status(
+                proposal.id, "applied", principal.name, {"version": new["id"], "tensors": tensors}
+            )
+    if not won:  # another apply moved HEAD between our check and our write
+        raise _stale(workspace, proposal, principal.name, "HEAD moved while it was being applied")
     return Applied(
         proposal=proposal.id,
         version=str(new["id"]),
@@ -527,5 +529,76 @@ def rollback(
     return {"from": versioning.label(head), "to": versioning.label(target), "id": target["id"]}
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
+# the gate's tools (the doors call these; each also checks the principal itself) -------------
+class GateValidateArgs(BaseModel):
+    proposal: str = Field(min_length=6, description="The proposal id (or a unique prefix).")
+    suites: list[Suite] = Field(default_factory=list, description="Extra visible suites, inline.")
+    suite_files: list[str] = Field(
+        default_factory=list, description="Extra visible suites as .json/.yaml files."
+    )
+
+
+@tools.tool("gate.validate", GateValidateArgs, GateReport, permission="propose")
+def validate_tool(ctx: ToolContext, args: GateValidateArgs) -> GateReport:
+    """Validate a proposal through the gate: its delta on a sandbox copy of HEAD, measured on
+    the visible suite (its own prompts and any given), the subject's sealed suites (only
+    aggregate numbers come back) and the policy's protected suites, then the policy's checks
+    (editable modules, change budget, thresholds). Passing makes it 'validated', failing
+    'rejected' with each failed check named and by how much."""
+    extra = [*args.suites, *(read_suite(f) for f in args.suite_files)]
+    return validate(ctx.workspace, args.proposal, ctx.principal, extra)
+
+
+class ReviewArgs(BaseModel):
+    proposal: str = Field(min_length=6, description="The proposal id (or a unique prefix).")
+    approve: bool = Field(description="True to approve, False to reject.")
+    note: str = Field(default="", description="Why, in a sentence (kept in the ledger).")
+
+
+class Reviewed(BaseModel):
+    proposal: str
+    reviewer: str
+    status: str = Field(description="The proposal's status after this review.")
+
+
+@tools.tool("gate.review", ReviewArgs, Reviewed, permission="govern")
+def review_tool(ctx: ToolContext, args: ReviewArgs) -> Reviewed:
+    """Approve or reject a validated proposal (govern; never its proposer; never the
+    investigator or an agent)."""
+    proposal = proposals.load(ctx.workspace, args.proposal)
+    status = review(ctx.workspace, proposal.id, ctx.principal, args.approve, args.note)
+    return Reviewed(proposal=proposal.id, reviewer=ctx.principal.name, status=status)
+
+
+class ApplyArgs(BaseModel):
+    proposal: str = Field(min_length=6, description="The proposal id (or a unique prefix).")
+
+
+@tools.tool("gate.apply", ApplyArgs, Applied, permission="govern")
+def apply_tool(ctx: ToolContext, args: ApplyArgs) -> Applied:
+    """Apply an approved proposal that was validated on the current HEAD: a new immutable
+    version (parent + the delta + the tensors' SHA-256), then HEAD moves to it."""
+    return apply(ctx.workspace, args.proposal, ctx.principal)
+
+
+class RollbackArgs(BaseModel):
+    model: str = Field(min_length=1, description="The subject, as any source `load` accepts.")
+    to: str | None = Field(
+        default=None, description="A version (v2, or an id prefix); default: HEAD's parent."
+    )
+
+
+class RolledBack(BaseModel):
+    model: str
+    moved_from: str
+    moved_to: str
+    version: str
+
+
+@tools.tool("gate.rollback", RollbackArgs, RolledBack, permission="govern")
+def rollback_tool(ctx: ToolContext, args: RollbackArgs) -> RolledBack:
+    """Move a subject's HEAD back to an earlier version (nothing is deleted)."""
+    moved = rollback(ctx.workspace, args.model, args.to, ctx.principal)
+    return RolledBack(
+        model=args.model, moved_from=moved["from"], moved_to=moved["to"], version=moved["id"]
+    )

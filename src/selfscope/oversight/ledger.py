@@ -29,9 +29,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from selfscope import atomic
+from selfscope import atomic, tools
 from selfscope.errors import SelfscopeError
 from selfscope.store import GENESIS, entry_hash
+from selfscope.tools import ToolContext
 from selfscope.workspace import Workspace
 
 KEYS_ENV = "SELFSCOPE_KEYS"
@@ -222,3 +223,61 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except InvalidSignature:
         raise SelfscopeError(f"{path}: the signature does not match its contents") from None
     return dict(body)
+
+
+# tools ------------------------------------------------------------------------------------------
+class VerifyArgs(BaseModel):
+    checkpoint: str | None = Field(
+        default=None,
+        description="A signed checkpoint file (`selfscope ledger checkpoint`): also detects a "
+        "truncated or rewritten tail.",
+    )
+
+
+@tools.tool("ledger.verify", VerifyArgs, Verdict)
+def verify_tool(ctx: ToolContext, args: VerifyArgs) -> Verdict:
+    """Check the ledger's hash chain entry by entry (sequence, payload hash, link, own hash) and
+    name the first bad entry; with a signed checkpoint, also that the signed head is still
+    there."""
+    return verify_workspace(ctx.workspace, Path(args.checkpoint) if args.checkpoint else None)
+
+
+class ShowArgs(BaseModel):
+    last: int = Field(default=20, ge=1, le=10_000, description="How many of the last entries.")
+    action: str | None = Field(default=None, description="Only entries of this action.")
+
+
+class Entry(BaseModel):
+    seq: int
+    at: float
+    principal: str
+    action: str
+    subject: str
+    payload: Any
+    hash: str
+
+
+class Entries(BaseModel):
+    entries: list[Entry]
+    head: int
+
+
+@tools.tool("ledger.show", ShowArgs, Entries)
+def show_tool(ctx: ToolContext, args: ShowArgs) -> Entries:
+    """The last entries of the ledger (who did what, when, to which subject)."""
+    seq, _ = ctx.workspace.store.ledger_head()
+    rows = ctx.workspace.store.ledger(max(1, seq - (args.last if not args.action else seq)))
+    picked = [r for r in rows if args.action is None or r["action"] == args.action][-args.last :]
+    entries = [
+        Entry(
+            seq=r["seq"],
+            at=r["at"],
+            principal=r["principal"],
+            action=r["action"],
+            subject=r["subject"],
+            payload=json.loads(r["payload"]),
+            hash=r["hash"],
+        )
+        for r in picked
+    ]
+    return Entries(entries=entries, head=seq)

@@ -13,14 +13,11 @@ workspace (bootstrap), which the ledger records like every other.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from selfscope.errors import SelfscopeError
-from selfscope.tools import PERMISSIONS, Permission, Principal
+from selfscope.tools import PERMISSIONS, PRINCIPAL_ENV, Permission, Principal, local_name
 from selfscope.workspace import Workspace
 
-ENV_VAR = "SELFSCOPE_PRINCIPAL"
+ENV_VAR = PRINCIPAL_ENV
 NEVER_GOVERN = frozenset({"investigator", "agent"})
 ROLES: dict[str, tuple[Permission, ...]] = {
     "reader": ("read",),
@@ -28,18 +25,6 @@ ROLES: dict[str, tuple[Permission, ...]] = {
     "reviewer": ("read", "propose", "govern"),
 }
 DEFAULT: tuple[Permission, ...] = ("read", "propose")
-
-
-def local_name() -> str:
-    named = os.environ.get(ENV_VAR)
-    if named:
-        return named.strip()
-    config = Path.home() / ".config" / "selfscope" / "principal"
-    if config.is_file():
-        first = config.read_text().strip().splitlines()
-        if first and first[0].strip():
-            return first[0].strip()
-    return os.environ.get("USER") or "local"
 
 
 def _check_name(name: str) -> str:
