@@ -4,6 +4,12 @@ Files are written to a temporary sibling, flushed and fsynced, then renamed over
 (``os.replace`` is atomic on POSIX). Folders are built under a temporary name and published by
 atomically swapping a symlink (:func:`publish_dir`), so a reader sees the old folder or the new
 one, never half of either.
+
+:func:`crash_point` marks the steps between which a crash must leave a consistent state (each
+file write, each folder published, each store transaction). With ``SELFSCOPE_CRASH_AT=N`` in
+the environment the N-th point reached kills the process with SIGKILL: the crash tests
+(tests/test_oversight_crash.py) run ``selfscope apply`` once per point and check what is left.
+Unset (always, outside those tests) it costs one integer comparison.
 """
 
 from __future__ import annotations
@@ -16,6 +22,22 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+_CRASH_AT = int(os.environ.get("SELFSCOPE_CRASH_AT") or 0)
+_reached = 0
+
+
+def crash_point() -> None:
+    """Count this point; die here (SIGKILL, nothing flushed or cleaned) if it is the N-th of
+    ``SELFSCOPE_CRASH_AT=N``."""
+    global _reached
+    if not _CRASH_AT:
+        return
+    _reached += 1
+    if _reached == _CRASH_AT:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_path(path: Path) -> None:
@@ -32,6 +54,7 @@ def fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*"), reverse=True):
         if path.is_file() or path.is_dir():
             fsync_path(path)
+            crash_point()
     fsync_path(root)
 
 
@@ -42,10 +65,14 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            handle.write(data[: len(data) // 2])
+            crash_point()  # half written
+            handle.write(data[len(data) // 2 :])
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point()  # written, not yet renamed
         os.replace(tmp, target)
+        crash_point()  # renamed, folder entry not yet flushed
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selfscope.atomic import crash_point
+
 MIGRATIONS: list[str] = [
     # 0 -> 1: organisms built in this workspace, and models converted into it.
     """
@@ -113,6 +115,7 @@ MIGRATIONS: list[str] = [
         proposal_id TEXT,
         delta_sha256 TEXT,
         tensors_sha256 TEXT NOT NULL,
+        files_sha256 TEXT NOT NULL,         -- the weight files' bytes (v0: the root folder's)
         principal   TEXT NOT NULL,
         created_at  REAL NOT NULL,
         UNIQUE (subject, number)
@@ -241,12 +244,15 @@ class Store:
             yield
             return
         self._db.execute("BEGIN IMMEDIATE")
+        crash_point()
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        crash_point()  # everything written, not committed
         self._db.execute("COMMIT")
+        crash_point()
 
     def close(self) -> None:
         self._db.close()
@@ -272,6 +278,7 @@ class Store:
             "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (seq, at, principal, action, subject, body, digest, prev, own),
         )
+        crash_point()
         return seq
 
     def append(self, action: str, principal: str, subject: str, payload: Any) -> int:
@@ -327,9 +334,9 @@ class Store:
         with self.transaction():
             self._db.execute(
                 "INSERT INTO versions (id, subject, source, number, parent, proposal_id,"
-                " delta_sha256, tensors_sha256, principal, created_at)"
+                " delta_sha256, tensors_sha256, files_sha256, principal, created_at)"
                 " VALUES (:id, :subject, :source, :number, :parent, :proposal_id,"
-                " :delta_sha256, :tensors_sha256, :principal, :created_at)",
+                " :delta_sha256, :tensors_sha256, :files_sha256, :principal, :created_at)",
                 row,
             )
             self._append("version", principal, row["subject"], row)

@@ -483,11 +483,13 @@ def apply(workspace: Workspace, proposal_id: str, principal: Principal) -> Appli
         "proposal_id": proposal.id,
         "delta_sha256": row["delta_sha256"],
         "tensors_sha256": tensors,
+        "files_sha256": "",
         "principal": principal.name,
         "created_at": time.time(),
     }
     root = subject.root or subject.path
     cache = versioning.write_cache(workspace, root, new, subject.model)
+    new["files_sha256"] = versioning.files_sha256(cache)
     with workspace.store.transaction():  # BEGIN IMMEDIATE: one writer at a time
         won = workspace.store.head(key) == head["id"]
         if won:

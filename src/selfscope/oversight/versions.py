@@ -19,7 +19,6 @@ from selfscope import tools
 from selfscope.behaviour import fingerprint
 from selfscope.errors import SelfscopeError
 from selfscope.subject import versions as versioning
-from selfscope.subject.hf import load_folder
 from selfscope.subject.load import root_folder
 from selfscope.tools import ToolContext
 from selfscope.workspace import Workspace
@@ -112,6 +111,14 @@ def verify(workspace: Workspace, model: str) -> VersionsVerdict:
         if want != row["id"]:
             problems.append(f"{name}: its id is not the hash of its contents")
             continue
+        cache = root if row["number"] == 0 else versioning.cache_dir(workspace) / str(row["id"])
+        if (cache / "config.json").exists() and versioning.files_sha256(cache) != row[
+            "files_sha256"
+        ]:
+            where = "the root weight files" if row["number"] == 0 else f"its cache {cache}"
+            problems.append(f"{name}: {where} changed on disk (a byte differs from the record)")
+            if row["number"] == 0:
+                continue
         try:
             built = versioning.build_weights(workspace, root, row)
         except SelfscopeError as error:
@@ -123,12 +130,6 @@ def verify(workspace: Workspace, model: str) -> VersionsVerdict:
                 f"{name}: the root weights and deltas give tensors {got[:12]}, not the recorded "
                 f"{str(row['tensors_sha256'])[:12]} (a weight or delta file changed)"
             )
-            continue
-        cache = versioning.cache_dir(workspace) / str(row["id"])
-        if row["number"] > 0 and (cache / "config.json").exists():
-            cached = fingerprint(load_folder(cache, "cpu").model)
-            if cached != row["tensors_sha256"]:
-                problems.append(f"{name}: its cache {cache} was changed (rebuilt on next load)")
     return VersionsVerdict(model=model, ok=not problems, checked=len(rows), problems=problems)
 
 

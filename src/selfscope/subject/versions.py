@@ -61,6 +61,18 @@ def version_id(parent: str | None, delta_sha256: str | None, tensors_sha256: str
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def files_sha256(folder: Path) -> str:
+    """SHA-256 over the weight files of ``folder`` (names and bytes, in name order): any byte
+    changed in them changes it, even one that leaves every tensor as it was."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).iterdir() if p.name.endswith(WEIGHT_FILES)):
+        digest.update(f"{path.name}\n".encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def cache_dir(workspace: Workspace) -> Path:
     return workspace.root / "versions"
 
@@ -96,7 +108,8 @@ def chain(workspace: Workspace, row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def ensure_root(workspace: Workspace, key: str, source: str, model: Any, principal: str) -> str:
-    """Register ``v0`` (the root weights as loaded now) and make it HEAD, once; its id."""
+    """Register ``v0`` (the root weights as loaded now from the folder ``key``) and make it
+    HEAD, once; its id."""
     rows = workspace.store.versions(key)
     if rows:
         return str(rows[0]["id"])
@@ -110,6 +123,7 @@ def ensure_root(workspace: Workspace, key: str, source: str, model: Any, princip
         "proposal_id": None,
         "delta_sha256": None,
         "tensors_sha256": tensors,
+        "files_sha256": files_sha256(Path(key)),
         "principal": principal,
         "created_at": time.time(),
     }
@@ -158,10 +172,13 @@ def write_cache(workspace: Workspace, root: Path, row: dict[str, Any], model: An
             if item.is_file() and not item.name.endswith(WEIGHT_FILES):
                 shutil.copy2(item, staging / item.name)
         model.config.save_pretrained(staging)
+        atomic.crash_point()
         save_model(model, str(staging / "model.safetensors"))
+        atomic.crash_point()
         atomic.fsync_tree(staging)
         try:
             staging.rename(folder)
+            atomic.crash_point()
         except OSError:
             if not (folder / "config.json").exists():  # not another process's finished copy
                 raise
