@@ -75,6 +75,9 @@ def load_model(folder: Path, device: str = "cpu") -> PreTrainedModel:
             f"{folder} has config.json but no weights (*.safetensors or pytorch_model*.bin); "
             "save them with model.save_pretrained(folder)"
         )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress is the caller's (a ProgressSink), not a bar
     try:
         loaded = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, local_files_only=True, output_loading_info=True
