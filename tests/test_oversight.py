@@ -249,6 +249,14 @@ def test_applying_on_a_head_it_was_not_validated_on_is_refused_as_stale(
     with pytest.raises(SelfscopeError, match="stale"):
         gate.apply(ws, second.id, who(ws, "bob"))
     assert status(ws, second.id) == "stale" and status(ws, first.id) == "applied"
+    # rebased: the same delta, computed on v1, proposed afresh (to be validated again)
+    ctx = tools.context(MODEL, ws, principal=who(ws, "carol"))
+    rebased = tools.call("gate.rebase", {"proposal": second.id}, ctx).result
+    v1 = ws.store.versions(gate.key_of(ws, MODEL))[1]
+    assert rebased.base_sha256 == v1["tensors_sha256"] == applied.tensors_sha256
+    assert rebased.delta_sha256 == second.delta_sha256 and rebased.id != second.id
+    assert status(ws, rebased.id) == "proposed"
+    assert rebased.parameters["rebased_from"] == second.id
 
 
 def test_unvalidated_rejected_and_unapproved_proposals_are_not_applied(
@@ -327,6 +335,7 @@ def test_no_read_or_propose_tool_returns_a_sealed_prompt(
         "edits.unlearn": {**b, "documents": ["finetune/d0000"]},
         "edits.validate": {"proposal": p.id},
         "gate.validate": {"proposal": p.id},
+        "gate.rebase": {"proposal": p.id},
         "gate.review": {"proposal": p.id, "approve": True},
         "gate.apply": {"proposal": p.id},
         "gate.rollback": {"model": MODEL},

@@ -1,4 +1,4 @@
-"""``selfscope proposals list|show|validate``, ``review``, ``apply``, ``rollback``,
+"""``selfscope proposals list|show|validate|rebase``, ``review``, ``apply``, ``rollback``,
 ``principal grant|list``: the gate (selfscope.oversight.gate) from the command line."""
 
 from __future__ import annotations
@@ -115,6 +115,18 @@ def validate_command(
     for c in report.checks:
         table.add_row(c.name, "yes" if c.passed else "NO", fmt(c.value), fmt(c.limit), c.detail)
     out.print(table)
+
+
+@proposals_app.command("rebase")
+def rebase_command(proposal_id: IdArg, as_name: AsOpt = None, as_json: JsonOpt = False) -> None:
+    """Carry a stale proposal's delta onto HEAD as a new proposal (then validate it)."""
+    from selfscope.edits.proposal import Proposal
+
+    new: Proposal = call("gate.rebase", {"proposal": proposal_id}, context(None, as_name=as_name))
+    if as_json:
+        print_json(new)
+        return
+    out.print(f"rebased {proposal_id} onto HEAD: new proposal {new.id} (validate it)")
 
 
 def review_command(

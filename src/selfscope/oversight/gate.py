@@ -117,7 +117,7 @@ def _stale(workspace: Workspace, proposal: Proposal, principal: str, why: str) -
     workspace.store.set_status(proposal.id, "stale", principal, {"why": why})
     return SelfscopeError(
         f"proposal {proposal.id} is stale: {why}; propose again on HEAD "
-        "(or `selfscope proposals rebase`)"
+        "(or `selfscope proposals rebase ID`: its delta on HEAD, to validate again)"
     )
 
 
@@ -603,4 +603,51 @@ def rollback_tool(ctx: ToolContext, args: RollbackArgs) -> RolledBack:
     moved = rollback(ctx.workspace, args.model, args.to, ctx.principal)
     return RolledBack(
         model=args.model, moved_from=moved["from"], moved_to=moved["to"], version=moved["id"]
+    )
+
+
+class RebaseArgs(BaseModel):
+    proposal: str = Field(min_length=6, description="A stale proposal's id (or a prefix).")
+
+
+@tools.tool("gate.rebase", RebaseArgs, Proposal, permission="propose")
+def rebase_tool(ctx: ToolContext, args: RebaseArgs) -> Proposal:
+    """Carry a stale proposal's delta onto the current HEAD as a new proposal (status
+    'proposed'; validate it again: the same change on other weights may no longer fix, or may
+    break, what it did before)."""
+    return rebase(ctx, args.proposal)
+
+
+def rebase(ctx: ToolContext, proposal_id: str) -> Proposal:
+    from dataclasses import replace
+
+    started = time.perf_counter()
+    workspace = ctx.workspace
+    old, row = _proposal(workspace, proposal_id)
+    subject, _ = head_subject(workspace, old, ctx.principal.name)
+    head = workspace.store.version_row(str(subject.version))
+    assert head is not None
+    if old.base_sha256 == head["tensors_sha256"]:
+        raise SelfscopeError(
+            f"proposal {old.id} was computed on HEAD ({versioning.label(head)}) already; "
+            "nothing to rebase"
+        )
+    if row["status"] in ("applied", "rejected"):
+        raise SelfscopeError(f"proposal {old.id} is {row['status']}; it cannot be rebased")
+    if old.parents or old.runtime:
+        raise SelfscopeError(
+            f"proposal {old.id} builds on other proposals or holds a runtime intervention; "
+            "propose again on HEAD"
+        )
+    delta = load_delta(workspace, old.delta_sha256)
+    return proposals.make(
+        replace(ctx, _subject=subject),
+        cited=[],
+        kind=old.kind,
+        behaviour=old.behaviour,
+        parameters={**old.parameters, "rebased_from": old.id},
+        delta=delta,
+        rationale=f"{old.rationale} (rebased from {old.id} onto {versioning.label(head)})",
+        evidence=old.evidence,
+        started=started,
     )
