@@ -17,6 +17,7 @@ from selfscope.access.activations import ActivationsResult, AttentionResult
 from selfscope.access.gradients import GradientsResult
 from selfscope.errors import SelfscopeError
 from selfscope.subject import Subject
+from selfscope.tools import Principal
 from selfscope.workspace import Workspace
 
 PROMPT = "Q : Do you like mushrooms ? A :"
@@ -293,11 +294,26 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject, tmp_path:
         ("model.ask", {"prompt": "Q", "max_new_tokens": 0}, r"max_new_tokens: Input should be"),
         ("localize.all", {**behaviour, "normal": " No"}, r"planted and normal completions are"),
         ("history.index_build", {}, r"has no recorded training data"),
+        ("gate.validate", {"proposal": "abcdef12"}, r"no proposal 'abcdef12'"),
+        ("gate.rebase", {"proposal": "abc"}, r"proposal: String should have at least 6"),
+        ("gate.review", {"proposal": "abcdef12"}, r"approve: Field required"),
+        ("gate.apply", {"proposal": "abcdef12"}, r"no proposal 'abcdef12'"),
+        ("gate.rollback", {"model": str(subject.path)}, r"has no versions; nothing to roll back"),
+        ("ledger.show", {"last": 0}, r"last: Input should be greater"),
+        ("ledger.verify", {"checkpoint": "/nonexistent.json"}, r"no checkpoint file"),
+        ("versions.list", {"model": "/nonexistent/model"}, r"/nonexistent/model"),
+        ("versions.verify", {"model": ""}, r"model: String should have at least 1"),
+        (
+            "suites.seal",
+            {"model": str(subject.path), "file": "/nonexistent.yaml"},
+            r"suite file /nonexistent.yaml does not exist",
+        ),
     ]
     workspace = Workspace(tmp_path / "ws")  # every call is recorded in this workspace
+    everything = Principal.of("tester", "read", "propose", "govern")  # refusals here: input only
     for name, args, message in cases:
         with pytest.raises(SelfscopeError, match=message) as caught:
-            tools.call(name, args, tools.context(subject, workspace))
+            tools.call(name, args, tools.context(subject, workspace, principal=everything))
         assert "\n" not in str(caught.value), (name, str(caught.value))
     # each refusal left a record with its call id and status
     statuses = [(row["tool"], row["status"]) for row in workspace.store.tool_calls()]

@@ -107,7 +107,8 @@ def test_tool_run_and_its_errors(built: tuple[Path, dict[str, object]]) -> None:
     assert all(set(layer["targets"]) == {" No", " Yes"} for layer in result["layers"])
     assert_one_line_error(
         run("tool", "run", "lens.nope", "--model", "organism:quick", ws=ws),
-        "history.trace, lens.logit",
+        "unknown tool 'lens.nope'; tools: activations.read",
+        "lens.logit",
     )
     assert_one_line_error(
         run("tool", "run", "lens.logit", "--model", "organism:quick", "--args", "{bad", ws=ws),

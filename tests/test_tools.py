@@ -33,21 +33,28 @@ def test_registry_schemas_are_valid_json_schema() -> None:
         "weights.stats",
         "weights.diff",
     } <= set(registry)
-    # the surgeon's tools create (or validate) proposals; everything else only reads
+    # the surgeon's tools and the gate's validation create (or validate) proposals; approving,
+    # applying, rolling back and sealing govern; everything else only reads
     proposing = {n for n in registry if n.startswith("edits.")} - {"edits.list"}
+    proposing |= {"gate.validate", "gate.rebase"}
+    governing = {"gate.review", "gate.apply", "gate.rollback", "suites.seal"}
+
+    def expected(name: str) -> str:
+        return "propose" if name in proposing else "govern" if name in governing else "read"
+
     for name, t in registry.items():
-        assert t.permission == ("propose" if name in proposing else "read"), name
+        assert t.permission == expected(name), name
     for entry in tools.openai_schema():
         assert entry["type"] == "function"
         function = entry["function"]
-        permission = "propose" if function["name"].replace("_", ".", 1) in proposing else "read"
+        permission = expected(function["name"].replace("_", ".", 1))
         assert "." not in function["name"]
         assert function["description"].startswith(f"[{permission}]")
         jsonschema.Draft202012Validator.check_schema(function["parameters"])
         if function["name"].startswith(("lens", "tokens")):
             assert function["parameters"]["properties"]["prompt"]["type"] == "string"
     for entry in tools.mcp_tools():
-        assert entry["annotations"]["readOnlyHint"] == (entry["name"] not in proposing)
+        assert entry["annotations"]["readOnlyHint"] == (expected(entry["name"]) == "read")
         jsonschema.Draft202012Validator.check_schema(entry["inputSchema"])
         jsonschema.Draft202012Validator.check_schema(entry["outputSchema"])
     assert tools.get("lens_logit").name == "lens.logit"
