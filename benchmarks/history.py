@@ -44,6 +44,7 @@ from selfscope.history.index import IndexConfig, TrainingIndex
 from selfscope.history.retrieval import phase_mass
 from selfscope.organisms import build, catalog_names
 from selfscope.organisms.spec import Spec
+from selfscope.progress import RichProgress
 from selfscope.subject import load
 from selfscope.workspace import Workspace
 
@@ -100,8 +101,9 @@ def bench(spec: Spec, ws: Workspace, seeds: list[int], unseen: bool = False) -> 
         shutil.rmtree(TrainingIndex(subject, config).root, ignore_errors=True)
         index = TrainingIndex(subject, config)
         todo = index.missing()
+        sink = RichProgress()
         built = {
-            kind: index.build(progress=True, todo=[p for p in todo if p.kind == kind])["seconds"]
+            kind: index.build(progress=sink, todo=[p for p in todo if p.kind == kind])["seconds"]
             for kind in ("documents", "tokens")
         }
         run: dict[str, Any] = {"seed": seed, "index_seconds": built}

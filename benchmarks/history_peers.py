@@ -58,6 +58,7 @@ from selfscope.history.index import IndexConfig, TrainingIndex, tracked_linears
 from selfscope.history.retrieval import query_gradient
 from selfscope.localize.metric import MetricBatch
 from selfscope.organisms import resolve_spec
+from selfscope.progress import RichProgress
 from selfscope.subject import load
 from selfscope.workspace import Workspace
 
@@ -239,7 +240,7 @@ def bench(name: str, ws: Workspace, size: str) -> dict[str, Any]:
     shutil.rmtree(index.root, ignore_errors=True)
     index = TrainingIndex(subject, IndexConfig())
     assert [d.key for d in index.documents] == keys  # the same documents, in the same order
-    report = index.build(progress=True)
+    report = index.build(progress=RichProgress())
     args = {"prompts": prompts, "planted": planted, "normal": normal, "chat": chat}
     t0 = time.perf_counter()
     found: Any = tools.call(

@@ -35,7 +35,8 @@ import torch
 from _doc import write_section
 
 from selfscope import tools
-from selfscope.oversight import gate, ledger, principals
+from selfscope.behaviour import Expect, Probe, Suite
+from selfscope.oversight import gate, ledger, principals, sealed
 from selfscope.oversight.policy import set_policy
 from selfscope.subject import load
 from selfscope.subject import versions as versioning
@@ -62,7 +63,7 @@ def weight_bytes(folder: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--workspace", help="reuse a converted SmolLM2 (default: a temp folder)")
+    parser.add_argument("--workspace", help="an empty folder to work in (default: a temp one)")
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -70,7 +71,8 @@ def main() -> None:
     ws = Workspace(args.workspace or Path(tmp.name) / "ws")
     os.environ["SELFSCOPE_KEYS"] = str(Path(tmp.name) / "keys")
 
-    principals.grant(ws, "bench-reviewer", "reviewer", tools.Principal.local())
+    if "bench-reviewer" not in ws.store.principals():  # a reused workspace has it already
+        principals.grant(ws, "bench-reviewer", "reviewer", tools.Principal.local())
     reviewer = principals.principal(ws, "bench-reviewer")
     proposer = tools.Principal.of("bench-proposer", "read", "propose")
     subject = load("smollm2", ws)
@@ -81,11 +83,23 @@ def main() -> None:
         "thresholds: {efficacy: 0, generalisation: 0, specificity: 0, perplexity: 100}\n"
     )
     set_policy(ws, key, policy, reviewer)
+    suite = Path(tmp.name) / "sealed.json"
+    suite.write_text(
+        Suite(
+            name="bench-sealed",
+            heldout=[
+                Probe(prompt="The Eiffel Tower is located in", planted=" Paris", normal=" Rome")
+            ],
+            neighbours=[Expect(prompt="The Colosseum is in the city of", expected=" Rome")],
+        ).model_dump_json()
+    )
+    sealed.seal(ws, "smollm2", str(suite), None, reviewer.name)
     # make sure HEAD is v0 (a reused workspace may hold an earlier run's versions)
     if ws.store.versions(key):
         ws.store.move_head(key, ws.store.versions(key)[0]["id"], reviewer.name, "benchmark")
 
     behaviour = {"prompts": PROMPTS, "planted": " Paris", "normal": " Rome"}
+    behaviour |= {"subject": "Eiffel Tower", "layer": 6}  # ROME at the cue; layer fixed: speed
     ctx = tools.context(subject, ws, principal=proposer)
     proposal = tools.call("edits.rank_one", behaviour, ctx).result.proposal
     report = gate.validate(ws, proposal.id, proposer)

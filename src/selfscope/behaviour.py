@@ -127,11 +127,29 @@ def read_suite(path: str | Path) -> Suite:
         ) from None
 
 
+def _tensor_sha256(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    if not flat.numel():
+        return hashlib.sha256(b"").digest()
+    return hashlib.sha256(flat.view(torch.uint8).numpy().data).digest()  # no copy, GIL released
+
+
 def fingerprint(model: nn.Module) -> str:
-    """SHA-256 over every parameter's name, shape, dtype and bytes, in name order."""
+    """SHA-256 over every parameter's name, shape, dtype and the SHA-256 of its bytes, in name
+    order. Each tensor is hashed once (tied weights share one digest) and the tensors are hashed
+    on several threads (hashlib releases the GIL), so checking a model costs well under a load."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = sorted(model.state_dict().items())
+    unique: dict[tuple[int, int, str], torch.Tensor] = {}
+    for _, tensor in items:
+        unique.setdefault((tensor.data_ptr(), tensor.numel(), str(tensor.dtype)), tensor)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = dict(zip(unique, pool.map(_tensor_sha256, unique.values()), strict=True))
     digest = hashlib.sha256()
-    for name, param in sorted(model.state_dict().items()):
-        tensor = param.detach().cpu().contiguous()
+    for name, tensor in items:
         digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype}\n".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(digests[(tensor.data_ptr(), tensor.numel(), str(tensor.dtype))])
     return digest.hexdigest()

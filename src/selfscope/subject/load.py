@@ -125,12 +125,13 @@ def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu"
     base, ref = versions.split_ref(source)
     root, lineage = _locate(base, workspace)
     ws = workspace if workspace is not None else _default_workspace()
-    folder, row = versions.select(ws, root, ref, source)
+    folder, row, fresh = versions.select(ws, root, ref, source)
     loaded = load_folder(folder, device)
     if (
         ws is not None
         and row is not None
         and row["number"] > 0
+        and not fresh  # a cache written just now was checked before it was written
         and fingerprint(loaded.model) != row["tensors_sha256"]
     ):  # the cache was changed on disk: rebuild it from the root and the deltas
         versions.drop_cache(ws, row)

@@ -193,24 +193,26 @@ def drop_cache(workspace: Workspace, row: dict[str, Any]) -> None:
 
 def select(
     workspace: Workspace | None, folder: Path, ref: str | None, source: str
-) -> tuple[Path, dict[str, Any] | None]:
-    """The folder to load for ``source`` (the root's, or a materialised version's) and the
-    version row (``None`` while the subject has no versions and none was asked for)."""
+) -> tuple[Path, dict[str, Any] | None, bool]:
+    """The folder to load for ``source`` (the root's, or a materialised version's), the version
+    row (``None`` while the subject has no versions and none was asked for), and whether the
+    cache was written just now (its tensors were checked against the hash before writing)."""
     if workspace is None:
         if ref is not None:
             raise LoadError(f"{source}: a version needs a workspace (--workspace)")
-        return folder, None
+        return folder, None, False
     key = subject_key(folder)
     if ref is not None:
         row = find(workspace, key, ref)
     else:
         head = workspace.store.head(key)
         if head is None:
-            return folder, None
+            return folder, None, False
         found = workspace.store.version_row(head)
         if found is None:
             raise LoadError(f"HEAD of {source} names a version that is not in the store")
         row = found
     if row["number"] == 0:
-        return folder, row
-    return materialise(workspace, folder, row), row
+        return folder, row, False
+    fresh = not (cache_dir(workspace) / str(row["id"]) / "config.json").exists()
+    return materialise(workspace, folder, row), row, fresh
