@@ -222,6 +222,13 @@ def test_versions_load_by_label_and_by_id_and_head_is_the_default(
     assert fingerprint(load(f"{source}@{rows[1]['id'][:8]}", ws).model) == rows[1]["tensors_sha256"]
     assert fingerprint(load(f"{source}@v0", ws).model) == fingerprint(tiny_llama.model)
     assert version_audit.verify(ws, source).ok
+    # a cache changed on disk is found on load (its files' hash) and rebuilt from root + deltas
+    cache = versioning.cache_dir(ws) / str(rows[2]["id"]) / "model.safetensors"
+    data = bytearray(cache.read_bytes())
+    data[-1] ^= 0x01
+    cache.write_bytes(bytes(data))
+    assert fingerprint(load(source, ws).model) == rows[2]["tensors_sha256"]
+    assert versioning.files_sha256(cache.parent) == rows[2]["files_sha256"]
     with pytest.raises(SelfscopeError, match="no version v7"):
         load(f"{source}@v7", ws)
 

@@ -24,6 +24,7 @@ goes wrong raises :class:`~selfscope.errors.LoadError` with one line saying what
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from selfscope.behaviour import fingerprint
@@ -126,17 +127,19 @@ def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu"
     root, lineage = _locate(base, workspace)
     ws = workspace if workspace is not None else _default_workspace()
     folder, row, fresh = versions.select(ws, root, ref, source)
+    check = None
+    if ws is not None and row is not None and row["number"] > 0 and not fresh:
+        # the cache's weight files are hashed on another thread while the model loads (a
+        # cache written just now was checked before it was written)
+        check = ThreadPoolExecutor(max_workers=1).submit(versions.files_sha256, folder)
     loaded = load_folder(folder, device)
-    if (
-        ws is not None
-        and row is not None
-        and row["number"] > 0
-        and not fresh  # a cache written just now was checked before it was written
-        and fingerprint(loaded.model) != row["tensors_sha256"]
-    ):  # the cache was changed on disk: rebuild it from the root and the deltas
+    changed = check is not None and row is not None and check.result() != row["files_sha256"]
+    if changed and ws is not None and row is not None:  # changed on disk: rebuild it
         versions.drop_cache(ws, row)
         folder = versions.materialise(ws, root, row)
         loaded = load_folder(folder, device)
+        if fingerprint(loaded.model) != row["tensors_sha256"]:
+            raise LoadError(f"{source}: its rebuilt cache does not match the version's hash")
     return Subject(
         model=loaded.model,
         tokenizer=loaded.tokenizer,

@@ -13,7 +13,8 @@ store's ``versions`` table:
 Nothing is stored twice: a version costs its delta file. Its full weights are *materialised* on
 first load into ``<workspace>/versions/<id>/`` (a plain Hugging Face folder, written to a
 staging folder and renamed), a cache that can be deleted and is rebuilt from the root and the
-deltas; whatever is loaded from it is checked against the version's tensor hash.
+deltas. Loading it checks its weight files' SHA-256 against the version's record (hashed on
+another thread while the model loads); a changed cache is rebuilt from the root and the deltas.
 
 HEAD per subject lives in the store's ``heads`` table. :func:`selfscope.subject.load` resolves a
 source to its HEAD by default; ``SOURCE@v3`` or ``SOURCE@<id prefix>`` loads a given version
