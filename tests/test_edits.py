@@ -594,3 +594,38 @@ def test_cli_propose_and_validate_print_the_documented_json(
         [*base, "proposals", "--json"], capture_output=True, text=True, check=True
     )
     assert [p["id"] for p in json.loads(listed.stdout)] == [proposed["proposal"]["id"]]
+
+
+def test_rank_one_on_a_deep_model_traces_the_layer_as_a_recorded_child_call(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """More than 8 blocks: the layers to compare come from causal tracing at the subject's last
+    token, run as a recorded localize.trace call under the proposal's own call."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import WORDS
+    from selfscope.organisms.tokenizer import train_word_tokenizer
+
+    folder = tmp_path_factory.mktemp("deep-llama")
+    tokenizer = train_word_tokenizer([WORDS])
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=9, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    deep = load(str(folder))
+    ws = Workspace(tmp_path / "ws")
+    args = {"prompts": [PROMPT], "planted": " No", "normal": " Yes", "key_rows": 16}
+    with pytest.raises(SelfscopeError, match="needs `subject`"):
+        tools.call("edits.rank_one", args, tools.context(deep, ws))
+    made = tools.call("edits.rank_one", {**args, "subject": "mushrooms"}, tools.context(deep, ws))
+    traced = [e for e in made.result.proposal.evidence if e.tool == "localize.trace"]
+    assert len(traced) == 1 and traced[0].call_id
+    row = ws.store.tool_call(traced[0].call_id)
+    assert row is not None and row["status"] == "ok" and row["parent"] == made.id
+    peak = traced[0].numbers["peak"]
+    chosen = made.result.proposal.parameters["chosen_layer"]
+    assert 0 <= peak < 9 and abs(chosen - peak) <= 2  # one of the traced peak's neighbours

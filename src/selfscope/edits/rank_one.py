@@ -336,7 +336,9 @@ def _embedding_delta(
     return delta.detach(), steps
 
 
-def candidate_layers(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence | None]:
+def candidate_layers(
+    subject: Any, args: RankOneArgs, ctx: ToolContext | None = None
+) -> tuple[list[int], Evidence | None]:
     """The blocks to compare, and the tracing evidence that chose them (if any)."""
     if args.matrix == "embedding":
         if args.subject is None:
@@ -365,12 +367,15 @@ def candidate_layers(subject: Any, args: RankOneArgs) -> tuple[list[int], Eviden
         return sorted(set(args.layers)), None
     if subject.n_layers <= 8:
         return list(range(subject.n_layers)), None
-    return _traced(subject, args)
+    if ctx is None:
+        raise SelfscopeError("tracing the layer needs the tool call's context")
+    return _traced(ctx, args)
 
 
-def _traced(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence]:
-    from selfscope.localize.trace import TraceArgs, causal_trace
-
+def _traced(ctx: ToolContext, args: RankOneArgs) -> tuple[list[int], Evidence]:
+    """The blocks to compare: causal tracing (localize.trace, run as a recorded child call of
+    this one) at the subject's last token, the peak and two blocks either side."""
+    subject = ctx.subject
     if args.subject is None:
         raise SelfscopeError(
             "rank_one on a model with more than 8 blocks needs `subject` (to trace) or "
@@ -378,20 +383,19 @@ def _traced(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence]:
         )
     window = max(1, subject.n_layers // 6)
     kind = "mlp" if args.matrix == "mlp" else "attn"
-    trace = causal_trace(
-        subject,
-        TraceArgs.model_validate(
-            {
-                "prompt": args.prompts[0],
-                "chat": args.chat,
-                "target": args.planted,
-                "subject": args.subject,
-                "kinds": [kind],
-                "window": window,
-                "figure": False,
-            }
-        ),
+    traced = ctx.call(
+        "localize.trace",
+        {
+            "prompt": args.prompts[0],
+            "chat": args.chat,
+            "target": args.planted,
+            "subject": args.subject,
+            "kinds": [kind],
+            "window": window,
+            "figure": False,
+        },
     )
+    trace = traced.result
     last = max(subject_positions(subject, args.prompts[0], args.subject, args.chat))
     grid = next(g for g in trace.grids if g.kind == kind)
     effects = {
@@ -401,6 +405,7 @@ def _traced(subject: Any, args: RankOneArgs) -> tuple[list[int], Evidence]:
     layers = [i for i in range(peak - 2, peak + 3) if 0 <= i < subject.n_layers]
     return layers, Evidence(
         tool="localize.trace",
+        call_id=traced.id,
         summary=f"restoring {kind} states (window {window}) at the subject's last token recovers "
         f"p({args.planted!r}) most at block {peak}; compared blocks {layers}",
         args={
@@ -423,7 +428,7 @@ def propose_rank_one(ctx: ToolContext, args: RankOneArgs) -> ProposalResult:
     workspace = ctx.workspace
     parents = begin(ctx, args)
     _Matrix(subject.model, args.matrix, 0)  # e.g. MoE for 'mlp': one clear line before any work
-    layers, traced = candidate_layers(subject, args)
+    layers, traced = candidate_layers(subject, args, ctx)
     base = base_sha(subject, workspace, parents)
     pad = int(subject.tokenizer.pad_token_id or 0)
     own_corpus = args.corpus is not None or subject.lineage.kind == "organism"
