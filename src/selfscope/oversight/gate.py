@@ -30,6 +30,7 @@ from selfscope.behaviour import Probe, Suite, fingerprint, read_suite
 from selfscope.edits import proposal as proposals
 from selfscope.edits.proposal import Proposal
 from selfscope.edits.sandbox import SuiteReport, add_delta, sandbox, suite_report
+from selfscope.edits.validate import ValidateArgs
 from selfscope.errors import SelfscopeError
 from selfscope.oversight import policy as policies
 from selfscope.oversight.principals import NEVER_GOVERN
@@ -277,31 +278,26 @@ def validate(
             detail="visible probes where the normal answer now wins",
         )
     )
-    general = [r.generalisation for r in [*hidden, *seen] if r.generalisation is not None]
+    every = [*hidden, *seen]
     checks.append(
-        Check(
-            name="generalisation",
-            passed=bool(general) and min(general) >= t.generalisation,
-            value=min(general) if general else None,
-            limit=t.generalisation,
-            detail="held-out paraphrases fixed (worst suite)"
-            if general
-            else "no held-out paraphrases to measure it on: seal a suite (`selfscope suite seal`)",
+        _worst(
+            "generalisation",
+            [r.generalisation for r in every],
+            t.generalisation,
+            "held-out paraphrases fixed (worst suite)",
+            "held-out paraphrases",
         )
     )
-    specific = [r.specificity for r in [*hidden, *seen] if r.specificity is not None]
     checks.append(
-        Check(
-            name="specificity",
-            passed=bool(specific) and min(specific) >= t.specificity,
-            value=min(specific) if specific else None,
-            limit=t.specificity,
-            detail="neighbours and facts keeping their top-1 (worst suite)"
-            if specific
-            else "no neighbours or facts to measure it on: seal a suite (`selfscope suite seal`)",
+        _worst(
+            "specificity",
+            [r.specificity for r in every],
+            t.specificity,
+            "neighbours and facts keeping their top-1 (worst suite)",
+            "neighbours or facts",
         )
     )
-    fluency = [r.perplexity_change for r in [*hidden, *seen] if r.perplexity_change is not None]
+    fluency = [r.perplexity_change for r in every if r.perplexity_change is not None]
     checks.append(
         Check(
             name="perplexity",
@@ -364,6 +360,20 @@ def validate(
             {"version": report.version, "failed": failed},
         )
     return report
+
+
+def _worst(name: str, values: list[float | None], limit: float, what: str, parts: str) -> Check:
+    """A check on the worst suite's share (higher is better); not measured = failed."""
+    found = [v for v in values if v is not None]
+    return Check(
+        name=name,
+        passed=bool(found) and min(found) >= limit,
+        value=min(found) if found else None,
+        limit=limit,
+        detail=what
+        if found
+        else f"no {parts} to measure it on: seal a suite (`selfscope suite seal`)",
+    )
 
 
 def _how_much(check: Check) -> str:
@@ -532,12 +542,9 @@ def rollback(
 
 
 # the gate's tools (the doors call these; each also checks the principal itself) -------------
-class GateValidateArgs(BaseModel):
-    proposal: str = Field(min_length=6, description="The proposal id (or a unique prefix).")
-    suites: list[Suite] = Field(default_factory=list, description="Extra visible suites, inline.")
-    suite_files: list[str] = Field(
-        default_factory=list, description="Extra visible suites as .json/.yaml files."
-    )
+class GateValidateArgs(ValidateArgs):
+    """The proposal and any extra visible suites (sealed and protected ones come from the
+    store and the policy, never from the caller)."""
 
 
 @tools.tool("gate.validate", GateValidateArgs, GateReport, permission="propose")

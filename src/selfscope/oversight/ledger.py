@@ -95,17 +95,10 @@ def verify(rows: Iterable[tuple[Any, ...]], checkpoint: dict[str, Any] | None = 
     note = None
     if signed is not None:
         if not confirmed:
-            return Verdict(
-                ok=False,
-                entries=count,
-                head=expected - 1,
-                head_hash=head_hash,
-                first_bad=expected,
-                reason=(
-                    f"the ledger ends at entry {expected - 1}, before the signed checkpoint's "
-                    f"entry {signed[0]}: it was truncated"
-                ),
-                seconds=time.perf_counter() - started,
+            return bad(
+                expected,
+                f"the ledger ends at entry {expected - 1}, before the signed checkpoint's "
+                f"entry {signed[0]}: it was truncated",
             )
         note = f"holds the entry {signed[0]} the checkpoint signed"
     return Verdict(
