@@ -37,7 +37,7 @@ from selfscope.oversight.principals import NEVER_GOVERN
 from selfscope.subject import Subject, load
 from selfscope.subject import versions as versioning
 from selfscope.subject.deltas import load_delta
-from selfscope.subject.load import root_folder
+from selfscope.subject.load import version_key
 from selfscope.tools import PermissionDenied, Principal, ToolContext
 from selfscope.workspace import Workspace
 
@@ -389,7 +389,7 @@ def last_validation(workspace: Workspace, proposal_id: str) -> GateReport | None
 
 def key_of(workspace: Workspace, source: str) -> str:
     """The version key of ``source`` (its root weights' folder), found without loading."""
-    return versioning.subject_key(root_folder(source, workspace))
+    return version_key(source, workspace)
 
 
 def review(

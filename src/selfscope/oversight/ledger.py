@@ -259,7 +259,8 @@ class Entries(BaseModel):
 def show_tool(ctx: ToolContext, args: ShowArgs) -> Entries:
     """The last entries of the ledger (who did what, when, to which subject)."""
     seq, _ = ctx.workspace.store.ledger_head()
-    rows = ctx.workspace.store.ledger(max(1, seq - (args.last if not args.action else seq)))
+    start = 1 if args.action else max(1, seq - args.last + 1)  # a filter reads them all
+    rows = ctx.workspace.store.ledger(start)
     picked = [r for r in rows if args.action is None or r["action"] == args.action][-args.last :]
     entries = [
         Entry(

@@ -17,8 +17,7 @@ from pydantic import BaseModel, Field
 
 from selfscope import tools
 from selfscope.behaviour import read_suite
-from selfscope.subject import versions as versioning
-from selfscope.subject.load import root_folder
+from selfscope.subject.load import version_key
 from selfscope.tools import ToolContext
 from selfscope.workspace import Workspace
 
@@ -43,7 +42,7 @@ def seal(workspace: Workspace, model: str, file: str, name: str | None, by: str)
     text = suite.model_dump_json()
     digest = hashlib.sha256(text.encode()).hexdigest()
     size = len(suite.probes) + len(suite.heldout) + len(suite.neighbours) + len(suite.facts)
-    key = versioning.subject_key(root_folder(model, workspace))
+    key = version_key(model, workspace)
     workspace.store.seal_suite(digest, key, suite.name, text, size, by)
     return Sealed(model=model, name=suite.name, sha256=digest, probes=size)
 

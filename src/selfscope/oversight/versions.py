@@ -19,7 +19,7 @@ from selfscope import tools
 from selfscope.behaviour import fingerprint
 from selfscope.errors import SelfscopeError
 from selfscope.subject import versions as versioning
-from selfscope.subject.load import root_folder
+from selfscope.subject.load import root_folder, version_key
 from selfscope.tools import ToolContext
 from selfscope.workspace import Workspace
 
@@ -49,7 +49,7 @@ class VersionList(BaseModel):
 
 
 def listing(workspace: Workspace, model: str) -> VersionList:
-    key = versioning.subject_key(root_folder(model, workspace))
+    key = version_key(model, workspace)
     head = workspace.store.head(key)
     rows = workspace.store.versions(key)
     infos = [
@@ -97,11 +97,10 @@ def _ledgered(workspace: Workspace) -> dict[str, dict[str, Any]]:
 
 
 def verify(workspace: Workspace, model: str) -> VersionsVerdict:
-    key = versioning.subject_key(root_folder(model, workspace))
-    rows = workspace.store.versions(key)
+    root = root_folder(model, workspace)
+    rows = workspace.store.versions(versioning.subject_key(root))
     recorded = _ledgered(workspace)
     problems: list[str] = []
-    root = root_folder(model, workspace)
     for row in rows:
         name = versioning.label(row)
         if recorded.get(row["id"]) != row:

@@ -107,6 +107,11 @@ def root_folder(source: str, workspace: Workspace | None = None) -> Path:
     return _locate(versions.split_ref(str(source).strip())[0], workspace)[0]
 
 
+def version_key(source: str, workspace: Workspace | None = None) -> str:
+    """The key ``source``'s versions, HEAD, policy and sealed suites are stored under."""
+    return versions.subject_key(root_folder(source, workspace))
+
+
 def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu") -> Subject:
     """Load the model named by ``source`` as a float32 :class:`Subject` in eval mode.
 
