@@ -11,9 +11,11 @@ Run: ``.venv/bin/python benchmarks/oversight.py [--workspace WS] [--entries 1000
 2. Times, all in this run, each the median of ``--repeats``: a plain load of the parent
    (``smollm2@v0``: the weights on disk); ``apply`` (HEAD loaded, the delta added, tensors
    hashed, the cache written, the transaction); the first load of HEAD with the cache deleted
-   (it materialises the cache: root + delta, hashed, written) and every later load of HEAD
-   (the cache read, its files' SHA-256 checked on a thread beside the load), each as a ratio
-   to the plain load.
+   (it materialises the cache: root + delta, tensors hashed, written, then its files hashed and
+   stamped beside the load), every later load of HEAD (the cache read, its stamp checked:
+   :func:`selfscope.subject.versions.check_files`) and, for comparison, a later load whose
+   stamp was deleted (its files' full SHA-256 beside the load), each as a ratio to the plain
+   load.
 3. ``ledger verify`` over ``--entries`` entries appended to a fresh store (throughput).
 
 Writes docs/benchmarks.md, section ``oversight``.
@@ -129,8 +131,14 @@ def main() -> None:
         versioning.drop_cache(ws, row)
         return load("smollm2", ws)
 
+    def unstamped_load() -> object:
+        (Path(applied.cache) / versioning.STAMP).unlink(missing_ok=True)
+        return load("smollm2", ws)
+
     first, _ = timed(first_load, args.repeats)
     later, head = timed(lambda: load("smollm2", ws), args.repeats)
+    assert versioning.stamped(ws, Path(applied.cache), row)  # the later loads used the stamp
+    unstamped, _ = timed(unstamped_load, args.repeats)
     assert head.version == applied.version  # type: ignore[attr-defined]
     edited = dict(head.model.named_parameters())  # type: ignore[attr-defined]
     base = dict(subject.model.named_parameters())
@@ -163,11 +171,12 @@ def main() -> None:
         f"| plain load of the parent (`smollm2@v0`) | {plain:.2f} s | – |",
         f"| `apply` (HEAD loaded, delta added, tensors hashed, cache written, transaction) | "
         f"{apply_s:.2f} s = {apply_s / plain:.2f}x the plain load | – |",
-        f"| first load of HEAD, cache deleted (materialises it) | {first:.2f} s = "
-        f"**{first / plain:.2f}x** | – |",
-        f"| later loads of HEAD (cache read, its files' hash checked beside the load) | "
-        f"{later:.2f} s = "
+        f"| first load of HEAD, cache deleted (materialises it; its files hashed and stamped "
+        f"beside the load) | {first:.2f} s = **{first / plain:.2f}x** | – |",
+        f"| later loads of HEAD (cache read, its stamp checked: stats + MAC) | {later:.2f} s = "
         f"**{later / plain:.2f}x** | ≤ 1.5x |",
+        f"| a later load whose stamp was deleted (full SHA-256 of the files beside the load) | "
+        f"{unstamped:.2f} s = {unstamped / plain:.2f}x | – |",
         f"| `ledger verify` over {args.entries:,} entries | {verdict.seconds:.2f} s = "
         f"{args.entries / verdict.seconds:,.0f} entries/s | ≤ 5 s |",
     ]

@@ -25,6 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Every tool call is recorded in a workspace; calls made without naming one land in this
 # session's own (never the repository's ./.selfscope).
 os.environ["SELFSCOPE_HOME"] = tempfile.mkdtemp(prefix="selfscope-tests-")
+# Keys (ledger checkpoints, cache stamps) go to this session's own folder, never ~/.config.
+os.environ["SELFSCOPE_KEYS"] = tempfile.mkdtemp(prefix="selfscope-test-keys-")
 
 from selfscope.organisms import BuildResult, Spec, build, resolve_spec
 from selfscope.organisms.tokenizer import train_word_tokenizer

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import sqlite3
 import time
@@ -231,6 +232,51 @@ def test_versions_load_by_label_and_by_id_and_head_is_the_default(
     assert versioning.files_sha256(cache.parent) == rows[2]["files_sha256"]
     with pytest.raises(SelfscopeError, match="no version v7"):
         load(f"{source}@v7", ws)
+
+
+def test_a_stamped_cache_skips_the_hash_until_a_file_or_the_stamp_changes(
+    tiny_llama: Subject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, source = _versioned(tiny_llama, tmp_path / "ws")
+    head = ws.store.versions(versioning.subject_key(tiny_llama.path))[2]
+    folder = versioning.cache_dir(ws) / str(head["id"])
+    weights = folder / "model.safetensors"
+    hashed: list[Path] = []
+    real = versioning.files_sha256
+    monkeypatch.setattr(versioning, "files_sha256", lambda f: hashed.append(f) or real(f))
+
+    def loads_right() -> int:
+        """Load HEAD, check its tensors, and say how many times its files were hashed."""
+        hashed.clear()
+        assert fingerprint(load(source, ws).model) == head["tensors_sha256"]
+        return len(hashed)
+
+    assert loads_right() == 1 and (folder / versioning.STAMP).exists()  # hashed, then stamped
+    assert loads_right() == 0  # the stamp holds: no hash
+    # a byte flipped in place with its mtime put back: the ctime moved, so the stamp fails,
+    # the hash runs, and the cache is rebuilt; the rebuilt cache is hashed and stamped on the
+    # next load, and skipped after that
+    stat = weights.stat()
+    with weights.open("r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)[0]
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last ^ 0x01]))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_ino == stat.st_ino and weights.stat().st_size == stat.st_size
+    assert loads_right() == 1
+    assert real(folder) == head["files_sha256"]
+    assert loads_right() == 1 and loads_right() == 0
+    # a stamp edited to match other files (here: its recorded stats) fails its MAC
+    stamp = json.loads((folder / versioning.STAMP).read_text())
+    stamp["stats"][0][2] += 1
+    (folder / versioning.STAMP).write_text(json.dumps(stamp))
+    assert not versioning.stamped(ws, folder, head)
+    assert loads_right() == 1
+    # without the key (keys inside the workspace are not used) nothing is stamped: every
+    # load hashes in full
+    monkeypatch.setenv("SELFSCOPE_KEYS", str(ws.root / "keys"))
+    assert loads_right() == 1 and loads_right() == 1
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -18,6 +18,13 @@ from selfscope.store import Store
 
 ENV_VAR = "SELFSCOPE_HOME"
 DEFAULT_ROOT = ".selfscope"
+KEYS_ENV = "SELFSCOPE_KEYS"
+
+
+def keys_dir() -> Path:
+    """Where keys live, outside any workspace: ``$SELFSCOPE_KEYS`` or
+    ``~/.config/selfscope/keys`` (the ledger's signing keys, the cache stamps' MAC key)."""
+    return Path(os.environ.get(KEYS_ENV) or Path.home() / ".config" / "selfscope" / "keys")
 
 
 class Workspace:

@@ -499,7 +499,7 @@ def apply(workspace: Workspace, proposal_id: str, principal: Principal) -> Appli
     }
     root = subject.root or subject.path
     cache = versioning.write_cache(workspace, root, new, subject.model)
-    new["files_sha256"] = versioning.files_sha256(cache)
+    new["files_sha256"] = versioning.hash_and_stamp(workspace, cache, str(new["id"]), None)
     with workspace.store.transaction():  # BEGIN IMMEDIATE: one writer at a time
         won = workspace.store.head(key) == head["id"]
         if won:

@@ -33,9 +33,7 @@ from selfscope import atomic, tools
 from selfscope.errors import SelfscopeError
 from selfscope.store import GENESIS, entry_hash
 from selfscope.tools import ToolContext
-from selfscope.workspace import Workspace
-
-KEYS_ENV = "SELFSCOPE_KEYS"
+from selfscope.workspace import KEYS_ENV, Workspace, keys_dir
 
 
 class Verdict(BaseModel):
@@ -117,10 +115,6 @@ def verify_workspace(workspace: Workspace, checkpoint: Path | None = None) -> Ve
 
 
 # signed heads ---------------------------------------------------------------------------------
-def keys_dir() -> Path:
-    return Path(os.environ.get(KEYS_ENV) or Path.home() / ".config" / "selfscope" / "keys")
-
-
 def _key_path(principal: str) -> Path:
     if not principal or "/" in principal or principal.startswith("."):
         raise SelfscopeError(f"principal name {principal!r} cannot name a key file")

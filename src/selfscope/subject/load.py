@@ -131,14 +131,14 @@ def load(source: str, workspace: Workspace | None = None, *, device: str = "cpu"
     base, ref = versions.split_ref(source)
     root, lineage = _locate(base, workspace)
     ws = workspace if workspace is not None else _default_workspace()
-    folder, row, fresh = versions.select(ws, root, ref, source)
+    folder, row = versions.select(ws, root, ref, source)
     check = None
-    if ws is not None and row is not None and row["number"] > 0 and not fresh:
-        # the cache's weight files are hashed on another thread while the model loads (a
-        # cache written just now was checked before it was written)
-        check = ThreadPoolExecutor(max_workers=1).submit(versions.files_sha256, folder)
+    if ws is not None and row is not None and row["number"] > 0:
+        # the cache's weight files are checked (its stamp, else their SHA-256, then stamped) on
+        # another thread while the model loads
+        check = ThreadPoolExecutor(max_workers=1).submit(versions.check_files, ws, folder, row)
     loaded = load_folder(folder, device)
-    changed = check is not None and row is not None and check.result() != row["files_sha256"]
+    changed = check is not None and not check.result()
     if changed and ws is not None and row is not None:  # changed on disk: rebuild it
         versions.drop_cache(ws, row)
         folder = versions.materialise(ws, root, row)
