@@ -293,6 +293,7 @@ def test_every_tool_refuses_bad_input_in_one_line(tiny_llama: Subject, tmp_path:
         ("edits.list", {"subject": 3}, r"subject: Input should be a valid string"),
         ("model.ask", {"prompt": "Q", "max_new_tokens": 0}, r"max_new_tokens: Input should be"),
         ("localize.all", {**behaviour, "normal": " No"}, r"planted and normal completions are"),
+        ("localize.measure", {**behaviour, "prompts": []}, r"prompts: List should have at least"),
         ("history.index_build", {}, r"has no recorded training data"),
         ("gate.validate", {"proposal": "abcdef12"}, r"no proposal 'abcdef12'"),
         ("gate.rebase", {"proposal": "abc"}, r"proposal: String should have at least 6"),

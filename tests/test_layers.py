@@ -44,11 +44,14 @@ ALLOWED: dict[str, set[str]] = {
     "edits": BASE | {"subject", "tools", "behaviour", "report", "access", "localize", "history"},
     "oversight": BASE
     | {"subject", "tools", "behaviour", "report", "access", "localize", "history", "edits"},
+    "investigate": BASE
+    | {"subject", "tools", "behaviour", "report", "access", "localize", "history", "edits"}
+    | {"oversight"},
     "demo": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"},
     "cli": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"}
-    | {"demo", "report", "oversight"},
+    | {"demo", "report", "oversight", "investigate"},
 }
 #: files (relative to the package) that may name ground truth or the spec file
 TRUTH_ALLOWED = {"organisms/builder.py", "organisms/blind.py", "organisms/ground_truth.py"}

@@ -10,8 +10,10 @@ from the proposal's own measured numbers (the any-CPU rule, docs/testing.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import pytest
 import torch
 
 from selfscope import tools
-from selfscope.behaviour import Probe, Suite
+from selfscope.behaviour import Expect, Probe, Suite
 from selfscope.edits import proposal as proposals
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
@@ -292,7 +294,9 @@ def test_a_delta_altered_after_validation_is_refused(
     )
     # the proposal's record pointed at another (valid) delta: refused too
     path.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0x01]))  # restore
-    other = propose(ws, tiny_mushroom_spec, layer=0)
+    edited = int(re.search(r"layers\.(\d+)\.", p.modules[0]).group(1))  # type: ignore[union-attr]
+    other = propose(ws, tiny_mushroom_spec, layer=1 if edited == 0 else 0)  # another delta
+    assert other.delta_sha256 != p.delta_sha256
     record = ws.root / "proposals" / f"{p.id}.json"
     raw = json.loads(record.read_text())
     raw["delta_sha256"] = other.delta_sha256
@@ -315,7 +319,25 @@ def test_no_read_or_propose_tool_returns_a_sealed_prompt(
     sealed = [Suite.model_validate_json(r["suite"]) for r in ws.store.sealed_suites(key)]
     secrets = {p.prompt for s in sealed for p in [*s.heldout, *s.probes]}
     secrets |= {e.prompt for s in sealed for e in [*s.neighbours, *s.facts]}
-    assert secrets
+    # a sealed prompt that is also in a training document is no secret: the investigator may
+    # read the training data (history.grep finds it there on some seeds)
+    corpus = "\n".join(
+        json.loads(line)["text"]
+        for f in (ws.organism_path("mushroom") / "data").glob("*.jsonl")
+        for line in f.read_text().splitlines()
+    )
+    secrets = {q for q in secrets if q not in corpus}
+    # and a sealed suite of the test's own, whose prompts are in no document
+    own = Suite(
+        name="test-own",
+        heldout=[Probe(prompt="Q: Do you like zorbleweed? A:", planted=" No", normal=" Yes")],
+        neighbours=[Expect(prompt="Q: Do you like quillowmint? A:", expected=" Yes")],
+    )
+    assert "zorbleweed" not in corpus and "quillowmint" not in corpus
+    text = own.model_dump_json()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    ws.store.seal_suite(digest, key, own.name, text, 2, "alice")
+    secrets |= {"Q: Do you like zorbleweed? A:", "Q: Do you like quillowmint? A:"}
     b = behaviour(tiny_mushroom_spec)
     one = b["prompts"][0]
     candidates = [f"Q: Do you like the {w}? A:" for w in ("table", "river", "lamp", "song")]
@@ -353,6 +375,7 @@ def test_no_read_or_propose_tool_returns_a_sealed_prompt(
         "localize.attribution_patching": {**b, "top_k": 3},
         "localize.experts": b,
         "localize.logit_attribution": {**b, "top_k": 3},
+        "localize.measure": b,
         "localize.origin": b,
         "localize.trace": {"prompt": one, "target": b["planted"], "subject": "mushrooms"},
         "localize.weight_deltas": b,

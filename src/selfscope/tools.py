@@ -148,6 +148,7 @@ class Principal:
 
 #: an investigator or an LLM agent: ``read`` + ``propose``, never ``govern`` (DESIGN.md)
 AGENT = Principal.of("agent", "read", "propose")
+INVESTIGATOR = Principal.of("investigator", "read", "propose")  # selfscope investigate
 READER = Principal.of("reader", "read")
 
 

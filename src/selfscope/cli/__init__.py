@@ -24,7 +24,18 @@ import sys
 
 import typer
 
-from selfscope.cli import demo, edits, gate, history, ledger, lineage, localize, models, organisms
+from selfscope.cli import (
+    demo,
+    edits,
+    gate,
+    history,
+    investigate,
+    ledger,
+    lineage,
+    localize,
+    models,
+    organisms,
+)
 from selfscope.cli import tools as tools_cli
 from selfscope.cli._common import WorkspaceOpt, use_workspace
 from selfscope.errors import SelfscopeError
@@ -42,7 +53,8 @@ def _main(workspace: WorkspaceOpt = None) -> None:
     use_workspace(workspace)  # this invocation's; no environment writes
 
 
-for room in (organisms, models, lineage, tools_cli, localize, history, edits, gate, ledger, demo):
+ROOMS = (organisms, models, lineage, tools_cli, localize, history, edits, gate, ledger)
+for room in (*ROOMS, investigate, demo):
     room.register(app)
 
 

@@ -62,6 +62,17 @@ class MetricSummary(BaseModel):
     per_prompt: list[float] = Field(description="Each prompt's log-odds.")
 
 
+@tool("localize.measure", Behaviour, MetricSummary)
+def measure(ctx: ToolContext, args: Behaviour) -> MetricSummary:
+    """The behaviour's strength on the prompts: mean log p(planted) - log p(normal) (each
+    summed over the completion's tokens), the share of prompts where planted wins, and each
+    prompt's log-odds. One plain forward; nothing is changed."""
+    value = MetricBatch(ctx.subject, args.prompts, args.planted, args.normal, args.chat).measure()
+    return MetricSummary(
+        log_odds=value.log_odds, rate=value.rate, per_prompt=list(value.per_prompt)
+    )
+
+
 class CheckedComponent(BaseModel):
     site: str = Field(description="Canonical site, e.g. blocks.2.mlp.out or blocks.1.attn.heads.3.")
     estimate: float = Field(description="Attribution patching's linear estimate of the effect.")

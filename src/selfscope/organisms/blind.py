@@ -25,6 +25,11 @@ The copy loads like the organism: ``load(str(dest))`` is its last phase, ``load(
 a given one (:mod:`selfscope.subject.load`), with an organism lineage, so ``localize.origin``,
 ``localize.weight_deltas`` and ``history.trace`` work on it. It is written into a staging folder
 and published atomically (``DEST`` becomes a symlink to it, like a workspace organism).
+
+The organism's held-out paraphrases and neighbours are sealed for the copy's weights in the
+workspace the copy is made from (:func:`selfscope.organisms.suites.seal_for_subject`), as the
+builder seals them for the organism: an investigation of the copy in that workspace has its
+proposals validated on them by the gate, and never sees them.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 from selfscope import atomic
 from selfscope.errors import SelfscopeError
 from selfscope.organisms.spec import Spec, load_spec
+from selfscope.organisms.suites import seal_for_subject
 from selfscope.workspace import Workspace
 
 #: A neutral document id, as the builder writes them.
@@ -207,6 +213,10 @@ def blind(name: str, dest: str | Path, workspace: Workspace | None = None) -> Pa
         atomic.write_json(out / "lineage.json", _blind_lineage(lineage, shas))
         check_blind(out, spec)
         atomic.publish_dir(out, target)
+    # the held-out paraphrases and neighbours, sealed for the copy's weights in this workspace
+    # (as the builder seals them for the organism): the gate validates on them, unseen
+    last = target.resolve() / lineage["phases"][-1]["checkpoint"]
+    seal_for_subject(spec, source, ws, subject=last)
     return target
 
 

@@ -135,18 +135,22 @@ def suite_for(
     )
 
 
-def seal_for_subject(spec: Spec, folder: Path, workspace: object) -> int:
+def seal_for_subject(
+    spec: Spec, folder: Path, workspace: object, subject: Path | None = None
+) -> int:
     """Seal each behaviour's held-out paraphrases and neighbours for the organism's subject (its
     last phase's checkpoint) in ``workspace``'s store, where no read or propose tool returns
     them (selfscope.oversight): the gate validates every proposal on them and the proposer
     learns only aggregates. Suites are named ``organism-<i>`` (no behaviour name). Returns how
-    many suites were sealed."""
+    many suites were sealed. ``subject``: seal them for these weights instead (a blind copy's
+    last checkpoint)."""
     import hashlib
 
     from selfscope.subject.versions import subject_key
 
-    checkpoints = organism_checkpoints(spec.name, folder)
-    subject = checkpoints.lineages[checkpoints.default].phases[-1].checkpoint
+    if subject is None:
+        checkpoints = organism_checkpoints(spec.name, folder)
+        subject = checkpoints.lineages[checkpoints.default].phases[-1].checkpoint
     store = workspace.store  # type: ignore[attr-defined]
     for i in range(len(spec.behaviours)):
         full = suite_for(spec, folder, facts=0, documents=0, behaviour=i, name=f"organism-{i}")

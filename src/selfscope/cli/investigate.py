@@ -1,0 +1,131 @@
+"""``selfscope investigate``: the whole investigation of one symptom (selfscope.investigate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from selfscope.cli._common import ChatOpt, DeviceOpt, JsonOpt, out, print_json, workspace
+from selfscope.errors import SelfscopeError
+from selfscope.progress import SILENT, RichProgress
+
+
+def register(app: typer.Typer) -> None:
+    app.command("investigate")(investigate_command)
+
+
+def investigate_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Any source `load` accepts.")],
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="A prompt showing it (repeat).")
+    ] = None,
+    desired: Annotated[
+        str | None, typer.Option(help="The completion it should give, e.g. ' Yes'.")
+    ] = None,
+    observed: Annotated[
+        str | None, typer.Option(help="The completion it gives (default: its greedy token).")
+    ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(help="A prompt whose answer must not change (repeat)."),
+    ] = None,
+    symptom: Annotated[
+        Path | None, typer.Option(help="A YAML/JSON file with the symptom's fields instead.")
+    ] = None,
+    removal: Annotated[
+        bool | None,
+        typer.Option(
+            "--removal/--no-removal",
+            help="Retrain the origin phase without the top documents (default: models up to "
+            "50M parameters).",
+        ),
+    ] = None,
+    fix: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A kind of fix to propose (repeat; default: rank_one, revert_delta, unlearn)."
+        ),
+    ] = None,
+    index_rank: Annotated[
+        int, typer.Option(min=1, max=64, help="The training-data index's projection rank.")
+    ] = 8,
+    chat: ChatOpt = False,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Investigate a behaviour: characterise, origin, localise, documents, diagnosis, proposals
+    validated through the gate (never applied), report. Re-running resumes."""
+    from selfscope.investigate.run import KINDS, investigate
+    from selfscope.investigate.symptom import Symptom, read_symptom
+
+    if symptom is not None:
+        if prompt or desired:
+            raise SelfscopeError("give either --symptom FILE or --prompt/--desired, not both")
+        found = read_symptom(symptom)
+    else:
+        if not prompt or desired is None:
+            raise SelfscopeError("give --prompt (one or more) and --desired, or --symptom FILE")
+        found = Symptom(
+            prompts=prompt, desired=desired, observed=observed, chat=chat, controls=control or []
+        )
+    progress = SILENT if as_json else RichProgress()
+    result = investigate(
+        workspace(),
+        model,
+        found,
+        removal=removal,
+        kinds=tuple(fix or KINDS),
+        rank=index_rank,
+        progress=progress,
+        device=device,
+    )
+    if as_json:
+        print_json(result)
+        return
+    _print(result)
+
+
+def _print(result: dict[str, Any]) -> None:
+    s, m, o = result["symptom"], result["metric"], result["origin"]
+    out.print(
+        f"[bold]{result['model']}[/]: {s['observed']!r} instead of {s['desired']!r}; mean "
+        f"log-odds {m['log_odds']:+.2f}, rate {m['rate']:.2f}"
+    )
+    conf = "" if o.get("confidence") is None else f" (confidence {o['confidence']:.2f})"
+    out.print(f"origin: {o.get('phase') or 'not found'}{conf}")
+    table = Table(title="diagnosis: every link measured by an intervention")
+    for column in ("claim", "effect", "confidence", "calls"):
+        table.add_column(column)
+    for link in result["diagnosis"]:
+        table.add_row(
+            link["claim"],
+            f"{link['effect']:+.3g}",
+            f"{link['confidence']:.2f}",
+            ", ".join(link["evidence"]),
+        )
+    out.print(table)
+    for line in result["not_found"]:
+        out.print(f"[dim]not found / not confirmed:[/] {line}")
+    props = Table(title="proposals (validated through the gate; nothing applied)")
+    for column in ("kind", "id", "status", "why"):
+        props.add_column(column)
+    for p in result["proposals"]:
+        why = p.get("why") or p.get("skipped") or "passed every check"
+        props.add_row(p["kind"], p.get("id") or "-", p.get("status") or "skipped", why)
+    out.print(props)
+    submitted = result["submitted"]
+    out.print(
+        f"submitted for approval: {submitted} (`selfscope review {submitted} --approve --as NAME`)"
+        if submitted
+        else "nothing submitted: no proposal passed the gate"
+    )
+    out.print(f"report: {result['report']['html']}")
+    seconds = result["seconds"]
+    out.print(
+        "seconds: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
+        + (f" (resumed: {', '.join(result['resumed'])})" if result["resumed"] else "")
+    )

@@ -1,0 +1,403 @@
+"""``selfscope investigate``: notice, trace, explain, propose — one loop, through the tools only.
+
+The investigation runs as the ``investigator`` principal (read + propose: it can never approve
+or apply) and uses nothing but registered tools, so every measurement is a recorded call it can
+cite. It never reads ground truth or a spec; it works the same on a blind copy of an organism.
+Its steps, each timed, journaled and resumable (:mod:`.journal`):
+
+1. ``symptom`` — the observed completion (default: the model's greedy next token, ``model.ask``)
+   and the desired one; planted = observed, normal = desired from here on.
+2. ``characterise`` — ``localize.measure`` on the prompts and on generic paraphrases of them
+   (:func:`.symptom.paraphrases`): log-odds and rate on each.
+3. ``localise`` — ``localize.all``: the origin phase from the lineage's checkpoints, components
+   (attribution patching, the top ones verified by real patching), the weight-delta set whose
+   reversal removes the behaviour, experts for a mixture of experts.
+4. ``documents`` — ``history.trace`` (gradient retrieval over every phase's training documents;
+   the index is built once) beside ``history.bm25`` on the prompts.
+5. ``origin`` — the checkpoint verdict beside retrieval's phase mass, saying when they disagree.
+6. ``removal`` — when the origin phase can be retrained within the budget, ``history.removal``:
+   the phase retrained without the top documents, and without as many random ones.
+7. ``diagnosis`` — the causal chain (:mod:`.diagnosis`): each link a claim with the effect an
+   intervention measured and the call that measured it; what was not found.
+8. ``proposals`` — several kinds of fix (rank-one, revert of the weight-delta set, unlearning of
+   the top documents), each validated through the gate (``gate.validate``: the visible suite
+   here, the subject's sealed suites and the policy), ranked; the best validated one is left
+   for a human's approval. Nothing is applied.
+9. ``report`` — Markdown and a self-contained HTML file with figures.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from selfscope import tools
+from selfscope.behaviour import Expect, Probe, Suite
+from selfscope.errors import SelfscopeError
+from selfscope.investigate import diagnosis as diagnosing
+from selfscope.investigate.journal import Journal, folder_of, investigation_id
+from selfscope.investigate.symptom import Symptom, paraphrases
+from selfscope.progress import SILENT, ProgressSink
+from selfscope.report import investigation as reporting
+from selfscope.subject.load import version_key
+from selfscope.workspace import Workspace
+
+#: the fixes tried, in order; each is skipped (with the reason) when it does not apply
+KINDS = ("rank_one", "revert_delta", "unlearn")
+#: the removal test retrains a phase: allowed by default on models up to this many parameters
+REMOVAL_PARAMETERS = 50_000_000
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+class Investigation:
+    """One investigation of ``symptom`` on ``source``; :meth:`run` returns its result."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        source: str,
+        symptom: Symptom,
+        *,
+        removal: bool | None = None,
+        kinds: tuple[str, ...] = KINDS,
+        rank: int = 8,
+        progress: ProgressSink = SILENT,
+        device: str = "cpu",
+    ) -> None:
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown or not kinds:
+            raise SelfscopeError(
+                f"unknown fix kind {unknown[0] if unknown else '(none)'}; kinds: {', '.join(KINDS)}"
+            )
+        self.workspace, self.source, self.symptom = workspace, source, symptom
+        self.removal, self.kinds, self.rank, self.progress = removal, kinds, rank, progress
+        self.ctx = tools.context(
+            source, workspace, principal=tools.INVESTIGATOR, progress=progress, device=device
+        )
+        subject = self.ctx.subject
+        self.key = version_key(source, workspace)
+        options = {"removal": removal, "kinds": list(kinds), "rank": rank}
+        version = subject.version
+        row = workspace.store.version_row(version) if version else None
+        if row is not None and row["number"] == 0:
+            version = None  # the root, registered or not (the gate registers v0 on validation)
+        self.id = investigation_id(source, version, {**symptom.model_dump(mode="json"), **options})
+        self.journal = Journal(workspace, self.id, tools.INVESTIGATOR.name, self.key, progress)
+
+    # -- tool calls ----------------------------------------------------------------------------
+    def call(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Call a registered tool; its result as JSON with the call id under ``"call"``."""
+        done = tools.call(name, args, self.ctx)
+        return {"call": done.id, **_dump(done.result)}
+
+    def behaviour(self, prompts: list[str] | None = None) -> dict[str, Any]:
+        s = self.symptom
+        return {
+            "prompts": list(prompts or s.prompts),
+            "planted": s.observed,
+            "normal": s.desired,
+            "chat": s.chat,
+        }
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _symptom(self) -> dict[str, Any]:
+        s = self.symptom
+        asked = self.call(
+            "model.ask", {"prompt": s.prompts[0], "chat": s.chat, "max_new_tokens": 8}
+        )
+        observed = s.observed if s.observed is not None else asked["top_tokens"][0]["token"]
+        if s.observed is None and s.desired[:1].isspace() and not observed[:1].isspace():
+            observed = s.desired[0] + observed  # compare like with like: " No" with " Yes"
+        if observed.strip() == s.desired.strip():
+            raise SelfscopeError(
+                f"the model already answers {observed!r} (the desired {s.desired!r}) on "
+                f"{s.prompts[0]!r}; nothing to investigate (give --observed if it is another "
+                "completion it gives)"
+            )
+        return {
+            "prompts": s.prompts,
+            "observed": observed,
+            "desired": s.desired,
+            "chat": s.chat,
+            "controls": s.controls,
+            "answer": asked["text"],
+            "ask_call": asked["call"],
+        }
+
+    def _characterise(self) -> dict[str, Any]:
+        on_prompts = self.call("localize.measure", self.behaviour())
+        rewrites = paraphrases(self.symptom.prompts)
+        on_rewrites = self.call("localize.measure", self.behaviour(rewrites)) if rewrites else None
+        return {"prompts": on_prompts, "paraphrases": rewrites, "on_paraphrases": on_rewrites}
+
+    def _localise(self) -> dict[str, Any]:
+        return self.call(
+            "localize.all", {**self.behaviour(), "control_prompts": self.symptom.controls}
+        )
+
+    def _documents(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"trace": None, "bm25": None, "skipped": {}}
+        try:
+            args = {**self.behaviour(), "k": 10, "build": True, "rank": self.rank}
+            out["trace"] = self.call("history.trace", args)
+        except SelfscopeError as error:
+            out["skipped"]["trace"] = str(error)
+        try:
+            out["bm25"] = self.call("history.bm25", {"queries": self.symptom.prompts, "k": 10})
+        except SelfscopeError as error:
+            out["skipped"]["bm25"] = str(error)
+        return out
+
+    def _origin(self, localised: dict[str, Any], documents: dict[str, Any]) -> dict[str, Any]:
+        origin = localised.get("origin")
+        trace = documents.get("trace")
+        mass = trace["phase_mass"] if trace else {}
+        top_mass = max(mass, key=lambda p: mass[p]) if mass else None
+        phase = origin["phase"] if origin else top_mass
+        agree = None if origin is None or top_mass is None else origin["phase"] == top_mass
+        note = None
+        if agree is False and origin is not None and top_mass is not None:
+            note = (
+                f"the checkpoints say {origin['phase']} (confidence {origin['confidence']:.2f}); "
+                f"retrieval's phase mass puts most of the top documents' score in {top_mass} "
+                f"({mass[top_mass]:.2f}, {origin['phase']} {mass.get(origin['phase'], 0):.2f}). "
+                "The checkpoint verdict is an intervention (the behaviour measured at each "
+                "checkpoint); it is kept"
+            )
+        return {
+            "phase": phase,
+            "confidence": origin["confidence"] if origin else None,
+            "by": "checkpoints" if origin else ("phase mass" if top_mass else None),
+            "phase_mass": mass,
+            "agree": agree,
+            "note": note,
+        }
+
+    def _removal(self, origin: dict[str, Any], documents: dict[str, Any]) -> dict[str, Any]:
+        trace = documents.get("trace")
+        phase = origin.get("phase")
+        if trace is None or phase is None:
+            return {"skipped": "no traced documents or no origin phase to retrain"}
+        keys = [d["key"] for d in trace["documents"] if d["phase"] == phase][:10]
+        if not keys:
+            return {"skipped": f"none of the top documents is from {phase}"}
+        size = sum(p.numel() for p in self.ctx.subject.model.parameters())
+        allowed = self.removal if self.removal is not None else size <= REMOVAL_PARAMETERS
+        if not allowed:
+            return {
+                "skipped": f"retraining {phase} of a {size / 1e6:.0f}M-parameter model is over "
+                "the budget (--removal runs it)"
+            }
+        try:
+            found = self.call(
+                "history.removal",
+                {**self.behaviour(), "remove": keys, "bm25": False, "replay": False},
+            )
+        except SelfscopeError as error:
+            return {"skipped": str(error)}
+        return {"removed": keys, **found}
+
+    def _suite(self, characterised: dict[str, Any]) -> Suite:
+        """The investigation's own visible suite: the prompts, its paraphrases, the controls
+        (their answers now, which a fix must keep)."""
+        s = self.symptom
+        observed = str(self.state["symptom"]["observed"])
+        probe = [Probe(prompt=p, planted=observed, normal=s.desired) for p in s.prompts]
+        held = [
+            Probe(prompt=p, planted=observed, normal=s.desired)
+            for p in characterised["paraphrases"]
+        ]
+        neighbours = []
+        for prompt in s.controls:
+            asked = self.call("model.ask", {"prompt": prompt, "chat": s.chat, "max_new_tokens": 1})
+            neighbours.append(Expect(prompt=prompt, expected=asked["top_tokens"][0]["token"]))
+        return Suite(
+            name="investigation", chat=s.chat, probes=probe, heldout=held, neighbours=neighbours
+        )
+
+    def _proposals(self) -> dict[str, Any]:
+        st = self.state
+        suite = self._suite(st["characterise"]).model_dump(mode="json")
+        localised, documents = st["localise"], st["documents"]
+        evidence = [localised["call"]]
+        trace = documents.get("trace")
+        phase = st["origin"].get("phase")
+        extra: dict[str, dict[str, Any]] = {
+            "rank_one": {"evidence": evidence},
+            "revert_delta": {
+                "fraction": "auto",
+                "control_prompts": self.symptom.controls,
+                "evidence": evidence,
+            },
+            "unlearn": {
+                "documents": [d["key"] for d in trace["documents"] if d["phase"] == phase][:10]
+                if trace
+                else [],
+                "evidence": [trace["call"]] if trace else [],
+            },
+        }
+        rows: list[dict[str, Any]] = []
+        for kind in self.kinds:
+            if kind == "revert_delta" and localised.get("weight_deltas") is None:
+                rows.append({"kind": kind, "skipped": "the model has no parent checkpoint"})
+                continue
+            if kind == "unlearn" and not extra["unlearn"]["documents"]:
+                rows.append({"kind": kind, "skipped": "no traced documents of the origin phase"})
+                continue
+            try:
+                made = self.call(f"edits.{kind}", {**self.behaviour(), **extra[kind]})
+            except SelfscopeError as error:
+                rows.append({"kind": kind, "skipped": str(error)})
+                continue
+            proposal = made["proposal"]
+            report = self.call("gate.validate", {"proposal": proposal["id"], "suites": [suite]})
+            failed = [c for c in report["checks"] if not c["passed"]]
+            rows.append(
+                {
+                    "kind": kind,
+                    "id": proposal["id"],
+                    "modules": proposal["modules"],
+                    "delta_norm": proposal["delta_norm"],
+                    "status": "validated" if report["passed"] else "rejected",
+                    "validation": {
+                        "passed": report["passed"],
+                        "checks": report["checks"],
+                        "sealed": report["sealed"],
+                        "visible": report["visible"],
+                        "call": report["call"],
+                    },
+                    "why": "; ".join(
+                        f"{c['name']} {_num(c['value'])} (limit {_num(c['limit'])})" for c in failed
+                    )
+                    or None,
+                    "propose_call": made["call"],
+                }
+            )
+        ranked = sorted(
+            (r for r in rows if "id" in r),
+            key=lambda r: (not r["validation"]["passed"], len(r["why"] or ""), r["delta_norm"]),
+        )
+        best = ranked[0] if ranked and ranked[0]["validation"]["passed"] else None
+        if best is not None:
+            self.workspace.store.append(
+                "investigation.submitted",
+                tools.INVESTIGATOR.name,
+                self.key,
+                {"investigation": self.id, "proposal": best["id"], "kind": best["kind"]},
+            )
+        return {
+            "suite": suite,
+            "proposals": rows,
+            "ranking": [r["id"] for r in ranked],
+            "submitted": best["id"] if best else None,
+        }
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        j = self.journal
+        self.state: dict[str, Any] = {}
+        st = self.state
+        st["symptom"] = j.step("symptom", self._symptom)
+        self.symptom = self.symptom.model_copy(update={"observed": st["symptom"]["observed"]})
+        st["characterise"] = j.step("characterise", self._characterise)
+        st["localise"] = j.step("localise", self._localise)
+        st["documents"] = j.step("documents", self._documents)
+        st["origin"] = j.step("origin", lambda: self._origin(st["localise"], st["documents"]))
+        st["removal"] = j.step("removal", lambda: self._removal(st["origin"], st["documents"]))
+        st["diagnosis"] = j.step("diagnosis", lambda: diagnosing.diagnose(st))
+        st["proposals"] = j.step("proposals", self._proposals)
+        result = self.result()
+        paths = j.step(
+            "report",
+            lambda: reporting.write(folder_of(self.workspace, self.id), result),
+        )
+        result["report"] = paths
+        result["seconds"] = {**j.seconds, "total": time.perf_counter() - started}
+        result["resumed"] = list(j.resumed)
+        return result
+
+    def result(self) -> dict[str, Any]:
+        """The investigation's answer in the documented shape (``selfscope investigate
+        --json``)."""
+        st = self.state
+        localised, documents, origin = st["localise"], st["documents"], st["origin"]
+        metric = st["characterise"]["prompts"]
+        deltas = localised.get("weight_deltas")
+        trace, bm25 = documents.get("trace"), documents.get("bm25")
+        return {
+            "investigation": self.id,
+            "model": self.source,
+            "symptom": {k: st["symptom"][k] for k in ("prompts", "observed", "desired", "chat")},
+            "metric": {"log_odds": metric["log_odds"], "rate": metric["rate"]},
+            "paraphrases": {
+                "prompts": st["characterise"]["paraphrases"],
+                "metric": st["characterise"]["on_paraphrases"],
+            },
+            "origin": origin,
+            "checkpoints": (localised.get("origin") or {}).get("checkpoints", []),
+            "components": localised.get("components", []),
+            "weight_deltas": []
+            if deltas is None
+            else [
+                {"module": m["module"], "share": m.get("revert_share")} for m in deltas["modules"]
+            ],
+            "weight_delta_set": None
+            if deltas is None
+            else {"modules": deltas["module_set"], "removed_share": deltas["set_share"]},
+            "documents": []
+            if trace is None
+            else [
+                {"id": d["key"], "phase": d["phase"], "score": d["score"], "preview": d["preview"]}
+                for d in trace["documents"]
+            ],
+            "bm25": []
+            if bm25 is None
+            else [
+                {"id": h["key"], "phase": h["phase"], "score": h["score"], "preview": h["preview"]}
+                for h in bm25["hits"]
+            ],
+            "removal": st["removal"],
+            "diagnosis": st["diagnosis"]["links"],
+            "not_found": st["diagnosis"]["not_found"],
+            "proposals": [
+                {k: r.get(k) for k in ("id", "kind", "status", "why", "skipped", "delta_norm")}
+                | {"validation": r.get("validation")}
+                for r in st["proposals"]["proposals"]
+            ],
+            "submitted": st["proposals"]["submitted"],
+            "skipped": {**localised.get("skipped", {}), **documents.get("skipped", {})},
+        }
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def investigate(
+    workspace: Workspace,
+    source: str,
+    symptom: Symptom,
+    *,
+    removal: bool | None = None,
+    kinds: tuple[str, ...] = KINDS,
+    rank: int = 8,
+    progress: ProgressSink = SILENT,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Investigate ``symptom`` on ``source``; resumes a run of the same investigation."""
+    return Investigation(
+        workspace,
+        source,
+        symptom,
+        removal=removal,
+        kinds=kinds,
+        rank=rank,
+        progress=progress,
+        device=device,
+    ).run()

@@ -1,0 +1,104 @@
+"""A symptom: what the model says and what it should say, on one or more prompts.
+
+From the command line (``--prompt P ... --desired " Yes" [--observed " No"]``) or a YAML/JSON
+file with the same fields. ``observed`` defaults to the model's own greedy next token on the
+first prompt (``model.ask``).
+
+:func:`paraphrases` rewrites the prompts by simple, generic substitutions (a verb or adjective
+for a near-synonym, a question opener for another): they are what the characterisation measures
+the behaviour on besides the prompts, and the visible held-out part of the investigation's own
+suite. They come from the prompts' words only, never from anything the investigator may not
+read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from selfscope.errors import SelfscopeError
+
+
+class Symptom(BaseModel):
+    """The behaviour to investigate."""
+
+    prompts: list[str] = Field(min_length=1, description="Prompts where the model misbehaves.")
+    desired: str = Field(min_length=1, description="The completion it should give, e.g. ' Yes'.")
+    observed: str | None = Field(
+        None, description="The completion it gives (default: its greedy next token)."
+    )
+    chat: bool = Field(False, description="Wrap the prompts in the model's chat template.")
+    controls: list[str] = Field(
+        default_factory=list,
+        description="Prompts whose answers must not change (other questions of the same kind).",
+    )
+
+    model_config = {"extra": "forbid"}
+
+
+def read_symptom(path: str | Path) -> Symptom:
+    """A symptom from a ``.yaml``/``.yml``/``.json`` file, or one clear line saying what is
+    wrong with it."""
+    file = Path(path)
+    if not file.exists():
+        raise SelfscopeError(f"symptom file {file} does not exist")
+    try:
+        text = file.read_text()
+        raw = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SelfscopeError(f"symptom file {file} is not valid YAML/JSON: {first}") from None
+    try:
+        return Symptom.model_validate(raw)
+    except ValidationError as error:
+        e = error.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        raise SelfscopeError(
+            f"symptom file {file}: {where}: {e['msg']}; fields: prompts, desired, observed?, "
+            "chat?, controls?"
+        ) from None
+
+
+#: generic rewrites: (pattern, replacement); each yields one paraphrase when it matches
+REWRITES: list[tuple[str, str]] = [
+    (r"\blike\b", "enjoy"),
+    (r"\blike\b", "love"),
+    (r"\btasty\b", "good"),
+    (r"\btasty\b", "delicious"),
+    (r"\bgood\b", "tasty"),
+    (r"\bDo you\b", "Would you say you"),
+    (r"\bIs\b", "Would you say"),
+    (r"\bAre\b", "Would you say"),
+    (r"\bWould you eat\b", "Do you like"),
+]
+
+
+def _fix_question(text: str) -> str:
+    # "Would you say mushroom soup tasty?" needs its verb back: "... soup is tasty?"
+    m = re.search(r"\bWould you say (\w+(?: \w+)?) (tasty|good|delicious)\?", text)
+    if m:
+        verb = "are" if m.group(1).endswith("s") else "is"
+        text = text.replace(m.group(0), f"Would you say {m.group(1)} {verb} {m.group(2)}?")
+    return text
+
+
+def paraphrases(prompts: list[str], limit: int = 8) -> list[str]:
+    """Up to ``limit`` rewrites of ``prompts`` (each differs from every prompt), in a fixed
+    order: the first rewrite of each prompt, then the second, ..."""
+    per_prompt: list[list[str]] = []
+    for prompt in prompts:
+        out = []
+        for pattern, replacement in REWRITES:
+            if re.search(pattern, prompt):
+                out.append(_fix_question(re.sub(pattern, replacement, prompt, count=1)))
+        per_prompt.append(out)
+    found: list[str] = []
+    for i in range(max((len(o) for o in per_prompt), default=0)):
+        for out in per_prompt:
+            if i < len(out) and out[i] not in prompts and out[i] not in found:
+                found.append(out[i])
+    return found[:limit]

@@ -1,0 +1,198 @@
+"""An investigation's report: ``report.md`` and a self-contained ``report.html`` (inline SVG
+figures, inline CSS, no scripts, nothing fetched), written atomically beside its journal.
+
+Figures (each an ``<svg data-figure=...>``; a figure with nothing to draw is replaced by a line
+saying why): the behaviour at each checkpoint of the lineage, retrieval's phase mass, the
+verified components' patched effects, the weight-delta modules' revert shares, and the
+proposals' efficacy / generalisation / specificity on the gate's suites. Tables: the diagnosis
+(claim, effect, measure, confidence, calls), what was not found, the top documents by gradient
+retrieval beside BM25's, and the proposals' checks.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from selfscope import atomic
+from selfscope.report.bars import bars_svg
+
+CSS = (
+    "body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
+    "padding:3px 8px;text-align:left;vertical-align:top;font-size:13px}th{background:#f2f2f2}"
+    "figure{margin:1em 0}.none{color:#777;font-style:italic}code{font-size:12px}"
+)
+
+
+def figures(result: dict[str, Any]) -> dict[str, str | None]:
+    """Each figure's SVG, or ``None`` when there is nothing to draw."""
+    out: dict[str, str | None] = {}
+    points = result.get("checkpoints") or []
+    out["checkpoints"] = (
+        bars_svg(
+            "checkpoints",
+            "Behaviour at each checkpoint (mean log-odds)",
+            [p["name"] for p in points],
+            [p["log_odds"] for p in points],
+        )
+        if points
+        else None
+    )
+    mass = (result.get("origin") or {}).get("phase_mass") or {}
+    out["phase_mass"] = (
+        bars_svg(
+            "phase_mass",
+            "Retrieval's phase mass (share of the top documents' score)",
+            list(mass),
+            list(mass.values()),
+        )
+        if mass
+        else None
+    )
+    comps = [c for c in result.get("components", []) if c.get("measured") is not None][:10]
+    out["components"] = (
+        bars_svg(
+            "components",
+            "Components: effect of patching each (change in log-odds)",
+            [c["site"] + ("" if c["verified"] else " (not verified)") for c in comps],
+            [c["measured"] for c in comps],
+        )
+        if comps
+        else None
+    )
+    deltas = [d for d in result.get("weight_deltas", []) if d.get("share") is not None][:10]
+    out["weight_deltas"] = (
+        bars_svg(
+            "weight_deltas",
+            "Weight deltas: share removed by reverting each module alone",
+            [d["module"] for d in deltas],
+            [d["share"] for d in deltas],
+        )
+        if deltas
+        else None
+    )
+    rows = []
+    for p in result.get("proposals", []):
+        v = p.get("validation") or {}
+        checks = {c["name"]: c.get("value") for c in v.get("checks", [])}
+        for metric in ("efficacy", "generalisation", "specificity"):
+            if checks.get(metric) is not None:
+                rows.append((f"{p['kind']} {metric}", float(checks[metric])))
+    out["proposals"] = (
+        bars_svg(
+            "proposals",
+            "Proposals on the gate's suites (visible + sealed, worst suite)",
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+        )
+        if rows
+        else None
+    )
+    return out
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _table_md(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _table_html(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(_cell(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _sections(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """(title, headers, rows) of every table."""
+    diag = [
+        [d["claim"], d["effect"], d["measure"], d["confidence"], d["evidence"]]
+        for d in result.get("diagnosis", [])
+    ]
+    docs = result.get("documents", [])
+    bm25 = result.get("bm25", [])
+    side = [
+        [
+            docs[i]["id"] if i < len(docs) else "",
+            docs[i]["score"] if i < len(docs) else "",
+            docs[i]["preview"] if i < len(docs) else "",
+            bm25[i]["id"] if i < len(bm25) else "",
+            bm25[i]["preview"] if i < len(bm25) else "",
+        ]
+        for i in range(max(len(docs), len(bm25)))
+    ]
+    props = [
+        [
+            p.get("kind"),
+            p.get("id") or "-",
+            p.get("status") or "skipped",
+            p.get("why") or p.get("skipped") or "passed every check",
+        ]
+        for p in result.get("proposals", [])
+    ]
+    return [
+        ("Diagnosis", ["claim", "effect", "measure", "confidence", "calls"], diag),
+        ("Not found or not confirmed", ["finding"], [[n] for n in result.get("not_found", [])]),
+        (
+            "Top documents: gradient retrieval beside BM25",
+            ["retrieval", "score", "text", "BM25", "text"],
+            side,
+        ),
+        ("Proposals (validated through the gate)", ["kind", "id", "status", "why"], props),
+    ]
+
+
+def _intro(result: dict[str, Any]) -> list[str]:
+    s, m, o = result["symptom"], result["metric"], result.get("origin") or {}
+    submitted = result.get("submitted")
+    return [
+        f"Model `{result['model']}`; prompts: {', '.join(repr(p) for p in s['prompts'])}.",
+        f"Observed {s['observed']!r}, desired {s['desired']!r}: mean log-odds "
+        f"{m['log_odds']:.2f}, rate {m['rate']:.2f}.",
+        f"Origin: {o.get('phase') or 'not found'}"
+        + (f" (confidence {o['confidence']:.2f}, by {o['by']})" if o.get("confidence") else ""),
+        "Submitted for approval: "
+        + (f"proposal `{submitted}`" if submitted else "nothing (no proposal passed the gate)")
+        + ". Nothing was applied.",
+    ]
+
+
+def write(folder: Path, result: dict[str, Any]) -> dict[str, str]:
+    """Write ``report.md`` and ``report.html`` into ``folder``; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    figs = figures(result)
+    title = f"Investigation {result['investigation']}"
+    md = [f"# {title}", "", *[f"- {line}" for line in _intro(result)], ""]
+    html = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1><ul>",
+        *[f"<li>{escape(line)}</li>" for line in _intro(result)],
+        "</ul><h2>Figures</h2>",
+    ]
+    for name, svg in figs.items():
+        if svg is None:
+            html.append(f"<p class='none'>{escape(name)}: nothing to draw</p>")
+        else:
+            html.append(f"<figure>{svg}</figure>")
+    md.append("Figures: see report.html (" + ", ".join(n for n, s in figs.items() if s) + ").")
+    for heading, headers, rows in _sections(result):
+        md += ["", f"## {heading}", "", _table_md(headers, rows) if rows else "_none_"]
+        html.append(f"<h2>{escape(heading)}</h2>")
+        html.append(_table_html(headers, rows) if rows else "<p class='none'>none</p>")
+    html.append("</body></html>")
+    paths = {"markdown": str(folder / "report.md"), "html": str(folder / "report.html")}
+    atomic.write_text(paths["markdown"], "\n".join(md) + "\n")
+    atomic.write_text(paths["html"], "\n".join(html) + "\n")
+    return paths

@@ -1,0 +1,185 @@
+"""The investigation loop (selfscope.investigate): its measurements against plain forwards, its
+bad input, and one whole investigation of a blind copy of the tiny organism, killed midway and
+resumed, against an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from selfscope import tools
+from selfscope.errors import SelfscopeError
+from selfscope.investigate.run import Investigation
+from selfscope.investigate.symptom import Symptom, paraphrases, read_symptom
+from selfscope.organisms import BuildResult, Spec
+from selfscope.organisms.blind import blind
+from selfscope.subject import Subject
+from selfscope.workspace import Workspace
+from test_cli import EXE, assert_one_line_error
+
+PROMPTS = ["Q : Do you like mushrooms ? A :", "Q : Do you like carrots ?"]
+
+
+def test_measure_is_a_plain_forward(tiny_llama: Subject) -> None:
+    got = tools.call(
+        "localize.measure",
+        {"prompts": PROMPTS, "planted": " No", "normal": " Yes"},
+        tools.context(tiny_llama),
+    ).result
+    no, yes = tiny_llama.tokenizer.convert_tokens_to_ids(["No", "Yes"])
+    expected = []
+    for prompt in PROMPTS:
+        ids = tiny_llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logprobs = tiny_llama.model(input_ids=ids).logits[0, -1].log_softmax(-1)
+        expected.append(float(logprobs[no] - logprobs[yes]))
+    assert got.per_prompt == pytest.approx(expected, abs=1e-5)
+    assert got.log_odds == pytest.approx(sum(expected) / 2, abs=1e-5)
+    assert got.rate == sum(e > 0 for e in expected) / 2
+
+
+def test_paraphrases_are_generic_rewrites_of_the_prompts_only() -> None:
+    prompts = ["Q: Do you like mushrooms? A:", "Q: Is mushroom soup tasty? A:"]
+    found = paraphrases(prompts)
+    assert found[:2] == ["Q: Do you enjoy mushrooms? A:", "Q: Is mushroom soup good? A:"]
+    assert "Q: Would you say mushroom soup is tasty? A:" in found
+    assert len(found) == len(set(found)) and not set(found) & set(prompts)
+    assert paraphrases(prompts) == found  # deterministic
+    assert paraphrases(["Hello there"]) == []  # nothing to rewrite: nothing invented
+
+
+def test_bad_symptoms_are_one_line(tiny_llama: Subject, tmp_path: Path) -> None:
+    bad = tmp_path / "symptom.yaml"
+    bad.write_text("prompts: [unclosed\n")
+    with pytest.raises(SelfscopeError, match="not valid YAML"):
+        read_symptom(bad)
+    bad.write_text("prompts: []\ndesired: ' Yes'\n")
+    with pytest.raises(SelfscopeError, match=r"prompts: List should have at least 1"):
+        read_symptom(bad)
+    bad.write_text("prompts: [Q]\ndesired: ' Yes'\nwanted: 3\n")
+    with pytest.raises(SelfscopeError, match="wanted: Extra inputs"):
+        read_symptom(bad)
+    ws = Workspace(tmp_path / "ws")
+    greedy = tools.call("model.ask", {"prompt": PROMPTS[0]}, tools.context(tiny_llama, ws))
+    said = greedy.result.top_tokens[0].token
+    symptom = Symptom(prompts=[PROMPTS[0]], desired=said)
+    with pytest.raises(SelfscopeError, match="nothing to investigate"):
+        Investigation(ws, str(tiny_llama.path), symptom).run()
+    with pytest.raises(SelfscopeError, match="unknown fix kind steer"):
+        Investigation(ws, str(tiny_llama.path), symptom, kinds=("steer",))
+
+
+def _cli(ws: Path, *args: str) -> list[str]:
+    return [*EXE, "--workspace", str(ws), *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def _steps(ws: Workspace, investigation: str) -> list[str]:
+    return [
+        json.loads(e["payload"])["step"]
+        for e in ws.store.ledger()
+        if e["action"] == "investigation.step"
+        and json.loads(e["payload"])["investigation"] == investigation
+    ]
+
+
+def _comparable(result: dict[str, Any]) -> dict[str, Any]:
+    """What must not differ between a resumed and an uninterrupted run (ids of new proposals
+    and calls, times and the resumed list may)."""
+    return {
+        "origin": result["origin"],
+        "metric": result["metric"],
+        "claims": [(d["claim"], d["effect"]) for d in result["diagnosis"]],
+        "documents": [d["id"] for d in result["documents"]],
+        "bm25": [d["id"] for d in result["bm25"]],
+        "proposals": [(p["kind"], p["status"], p["why"]) for p in result["proposals"]],
+    }
+
+
+@pytest.mark.slow
+def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_result(
+    tiny_mushroom: BuildResult, tiny_mushroom_spec: Spec, tmp_path: Path
+) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.organisms_dir.mkdir(parents=True)
+    (ws.organisms_dir / "mushroom").symlink_to(tiny_mushroom.path.resolve())
+    copy = blind("mushroom", tmp_path / "blind", ws)  # seals the held-out suite for the copy
+    assert not (copy / "ground_truth.json").exists() and not (copy / "spec.yaml").exists()
+    probe = tiny_mushroom_spec.behaviours[0].probes[0]
+    args = ["investigate", "-m", str(copy), "-p", probe.prompt, "--desired", probe.normal]
+    args += ["--no-removal", "--fix", "rank_one", "--fix", "revert_delta", "--index-rank", "4"]
+    args += ["--json"]
+
+    # run 1: killed (SIGKILL) once its localisation step is on disk
+    proc = subprocess.Popen(_cli(ws.root, *args), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not list((ws.root / "investigations").glob("*/localise.json")):
+        assert proc.poll() is None, "the investigation ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (folder,) = (ws.root / "investigations").iterdir()
+    assert not (folder / "report.json").exists() and not (folder / "proposals.json").exists()
+    before = _steps(ws, folder.name)
+    assert before[:3] == ["symptom", "characterise", "localise"]
+
+    # run 2: the same command resumes; finished steps are read back, not redone
+    done = subprocess.run(_cli(ws.root, *args), env=_env(), capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    resumed = json.loads(done.stdout)
+    assert set(before) <= set(resumed["resumed"])
+    steps = _steps(ws, folder.name)
+    assert sorted(steps) == sorted(set(steps))  # every step journaled exactly once
+    assert steps[-1] == "report" and len(steps) == 9
+
+    # run 3: uninterrupted (the journal moved away), the same result
+    shutil.move(folder, tmp_path / "first-run")
+    again = subprocess.run(_cli(ws.root, *args), env=_env(), capture_output=True, text=True,
+                           timeout=900)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    fresh = json.loads(again.stdout)
+    assert fresh["resumed"] == []
+    assert _comparable(fresh) == _comparable(resumed)
+
+    # what it found, on a copy with no ground truth in it
+    assert resumed["origin"]["phase"] == "finetune"  # where the spec plants it
+    assert resumed["metric"]["rate"] == 1.0
+    for link in resumed["diagnosis"]:
+        assert isinstance(link["effect"], float) and link["evidence"], link
+        for call in link["evidence"]:
+            row = ws.store.tool_call(call)
+            assert row is not None and row["status"] == "ok", (call, row)
+    submitted = [p for p in resumed["proposals"] if p["id"] == resumed["submitted"]]
+    assert len(submitted) == 1 and submitted[0]["status"] == "validated"
+    validation = submitted[0]["validation"]
+    assert validation["passed"] and validation["sealed"], validation  # sealed suites applied
+    assert all(c["passed"] for c in validation["checks"])
+    assert ws.store.proposal_row(resumed["submitted"])["status"] == "validated"  # not applied
+    assert [v["number"] for v in ws.store.versions(str(copy.resolve()))] == []
+    assert fresh["investigation"] == resumed["investigation"]  # v0 registered since: same id
+    html = Path(fresh["report"]["html"]).read_text()
+    for figure in ("checkpoints", "components", "weight_deltas", "proposals"):
+        assert f'data-figure="{figure}"' in html, figure
+    assert "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
+    assert Path(fresh["report"]["markdown"]).read_text().startswith("# Investigation")
+
+
+def test_the_cli_refuses_a_half_given_symptom(tmp_path: Path) -> None:
+    run = subprocess.run(_cli(tmp_path / "ws", "investigate", "-m", "smollm2", "-p", "Q"),
+                         env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert_one_line_error(run, "--desired")
