@@ -60,7 +60,7 @@ def test_paraphrases_are_generic_rewrites_of_the_prompts_only() -> None:
 def test_bad_symptoms_are_one_line(tiny_llama: Subject, tmp_path: Path) -> None:
     bad = tmp_path / "symptom.yaml"
     bad.write_text("prompts: [unclosed\n")
-    with pytest.raises(SelfscopeError, match="not valid YAML"):
+    with pytest.raises(SelfscopeError, match="not valid JSON/YAML"):
         read_symptom(bad)
     bad.write_text("prompts: []\ndesired: ' Yes'\n")
     with pytest.raises(SelfscopeError, match=r"prompts: List should have at least 1"):

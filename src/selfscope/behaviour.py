@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
@@ -105,26 +105,39 @@ class Suite(BaseModel):
     model_config = {"extra": "forbid"}
 
 
-def read_suite(path: str | Path) -> Suite:
-    """A suite from a ``.json`` or ``.yaml`` file, or one clear line saying what is wrong."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_model_file(path: str | Path, model: type[M], what: str, fields: str) -> M:
+    """``model`` from a ``.json``, ``.yaml`` or ``.yml`` file, or one clear line saying what is
+    wrong: the file missing, not parsing (its first error line), or the first field that does
+    not validate (``what``: "suite", "symptom"; ``fields``: the keys it takes, for the hint)."""
     file = Path(path)
     if not file.exists():
-        raise SelfscopeError(f"suite file {file} does not exist")
+        raise SelfscopeError(f"{what} file {file} does not exist")
     try:
         text = file.read_text()
-        data = yaml.safe_load(text) if file.suffix in {".yaml", ".yml"} else json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise SelfscopeError(f"suite file {file} is not valid JSON/YAML: {error}") from None
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SelfscopeError(f"{what} file {file} is not valid JSON/YAML: {first}") from None
     try:
-        return Suite.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "suite"
-        raise SelfscopeError(
-            f"suite file {file}: {where}: {first['msg']}; keys are name, chat, probes "
-            "[{prompt, planted, normal}], heldout, neighbours [{prompt, expected}], facts, "
-            "documents {phase: [text]}"
-        ) from None
+        e = error.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        raise SelfscopeError(f"{what} file {file}: {where}: {e['msg']}; {fields}") from None
+
+
+def read_suite(path: str | Path) -> Suite:
+    """A suite from a ``.json`` or ``.yaml`` file, or one clear line saying what is wrong."""
+    return read_model_file(
+        path,
+        Suite,
+        "suite",
+        "keys are name, chat, probes [{prompt, planted, normal}], heldout, neighbours "
+        "[{prompt, expected}], facts, documents {phase: [text]}",
+    )
 
 
 def _tensor_sha256(tensor: torch.Tensor) -> bytes:

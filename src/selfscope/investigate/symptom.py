@@ -13,14 +13,12 @@ read.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from selfscope.errors import SelfscopeError
+from selfscope.behaviour import read_model_file
 
 
 class Symptom(BaseModel):
@@ -43,24 +41,9 @@ class Symptom(BaseModel):
 def read_symptom(path: str | Path) -> Symptom:
     """A symptom from a ``.yaml``/``.yml``/``.json`` file, or one clear line saying what is
     wrong with it."""
-    file = Path(path)
-    if not file.exists():
-        raise SelfscopeError(f"symptom file {file} does not exist")
-    try:
-        text = file.read_text()
-        raw = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise SelfscopeError(f"symptom file {file} is not valid YAML/JSON: {first}") from None
-    try:
-        return Symptom.model_validate(raw)
-    except ValidationError as error:
-        e = error.errors()[0]
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        raise SelfscopeError(
-            f"symptom file {file}: {where}: {e['msg']}; fields: prompts, desired, observed?, "
-            "chat?, controls?"
-        ) from None
+    return read_model_file(
+        path, Symptom, "symptom", "fields: prompts, desired, observed?, chat?, controls?"
+    )
 
 
 #: generic rewrites: (pattern, replacement); each yields one paraphrase when it matches
