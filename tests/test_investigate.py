@@ -18,11 +18,13 @@ import torch
 
 from selfscope import tools
 from selfscope.errors import SelfscopeError
+from selfscope.investigate.journal import Journal
 from selfscope.investigate.run import Investigation
 from selfscope.investigate.symptom import Symptom, paraphrases, read_symptom
 from selfscope.organisms import BuildResult, Spec
 from selfscope.organisms.blind import blind
 from selfscope.subject import Subject
+from selfscope.subject.load import version_key
 from selfscope.workspace import Workspace
 from test_cli import EXE, assert_one_line_error
 
@@ -78,6 +80,30 @@ def test_bad_symptoms_are_one_line(tiny_llama: Subject, tmp_path: Path) -> None:
         Investigation(ws, str(tiny_llama.path), symptom, kinds=("steer",))
 
 
+def test_the_journal_runs_a_step_once_and_redoes_an_edited_one(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    runs: list[int] = []
+
+    def step() -> dict[str, int]:
+        runs.append(1)
+        return {"n": len(runs)}
+
+    first = Journal(ws, "abc123", "investigator", "subject")
+    assert first.step("count", step) == {"n": 1}
+    again = Journal(ws, "abc123", "investigator", "subject")
+    assert again.step("count", step) == {"n": 1} and len(runs) == 1
+    assert again.resumed == ["count"]
+    # a step file without its ledger entry (killed between the two) gets it on resume
+    saved = json.loads(first.path("count").read_text())
+    first.path("other").write_text(json.dumps({**saved, "step": "other"}))
+    assert Journal(ws, "abc123", "investigator", "subject").step("other", step) == {"n": 1}
+    assert set(again.logged()) == {"count", "other"} and len(runs) == 1
+    # a step file edited after its ledger entry is redone
+    first.path("count").write_text(json.dumps({**saved, "result": {"n": 99}}))
+    assert Journal(ws, "abc123", "investigator", "subject").step("count", step) == {"n": 2}
+    assert len(runs) == 2
+
+
 def _cli(ws: Path, *args: str) -> list[str]:
     return [*EXE, "--workspace", str(ws), *args]
 
@@ -126,7 +152,10 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
     proc = subprocess.Popen(_cli(ws.root, *args), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 600
-    while not list((ws.root / "investigations").glob("*/localise.json")):
+    while not any(  # the step's ledger entry: it is written after the step's file
+        e["action"] == "investigation.step" and '"localise"' in e["payload"]
+        for e in ws.store.ledger()
+    ):
         assert proc.poll() is None, "the investigation ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.2)
@@ -170,7 +199,8 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
     assert validation["passed"] and validation["sealed"], validation  # sealed suites applied
     assert all(c["passed"] for c in validation["checks"])
     assert ws.store.proposal_row(resumed["submitted"])["status"] == "validated"  # not applied
-    assert [v["number"] for v in ws.store.versions(str(copy.resolve()))] == []
+    key = version_key(str(copy), ws)  # the gate registered v0 when it validated; no v1
+    assert [v["number"] for v in ws.store.versions(key)] == [0]
     assert fresh["investigation"] == resumed["investigation"]  # v0 registered since: same id
     html = Path(fresh["report"]["html"]).read_text()
     for figure in ("checkpoints", "components", "weight_deltas", "proposals"):

@@ -273,6 +273,11 @@ def test_a_stamped_cache_skips_the_hash_until_a_file_or_the_stamp_changes(
     (folder / versioning.STAMP).write_text(json.dumps(stamp))
     assert not versioning.stamped(ws, folder, head)
     assert loads_right() == 1
+    # a malformed stamp is "not stamped", never an error
+    for junk in ("[]", '{"mac": 7}', '{"mac": "\u00e9"}', "not json"):
+        (folder / versioning.STAMP).write_text(junk)
+        assert not versioning.stamped(ws, folder, head)
+    assert loads_right() == 1 and loads_right() == 0
     # without the key (keys inside the workspace are not used) nothing is stamped: every
     # load hashes in full
     monkeypatch.setenv("SELFSCOPE_KEYS", str(ws.root / "keys"))

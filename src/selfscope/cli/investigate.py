@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from selfscope.cli._common import ChatOpt, DeviceOpt, JsonOpt, out, print_json, workspace
@@ -91,30 +92,31 @@ def investigate_command(
 def _print(result: dict[str, Any]) -> None:
     s, m, o = result["symptom"], result["metric"], result["origin"]
     out.print(
-        f"[bold]{result['model']}[/]: {s['observed']!r} instead of {s['desired']!r}; mean "
+        f"[bold]{escape(result['model'])}[/]: {escape(repr(s['observed']))} instead of "
+        f"{escape(repr(s['desired']))}; mean "
         f"log-odds {m['log_odds']:+.2f}, rate {m['rate']:.2f}"
     )
     conf = "" if o.get("confidence") is None else f" (confidence {o['confidence']:.2f})"
-    out.print(f"origin: {o.get('phase') or 'not found'}{conf}")
+    out.print(f"origin: {escape(str(o.get('phase') or 'not found'))}{conf}")
     table = Table(title="diagnosis: every link measured by an intervention")
     for column in ("claim", "effect", "confidence", "calls"):
         table.add_column(column)
     for link in result["diagnosis"]:
         table.add_row(
-            link["claim"],
+            escape(link["claim"]),
             f"{link['effect']:+.3g}",
             f"{link['confidence']:.2f}",
             ", ".join(link["evidence"]),
         )
     out.print(table)
     for line in result["not_found"]:
-        out.print(f"[dim]not found / not confirmed:[/] {line}")
+        out.print(f"[dim]not found / not confirmed:[/] {escape(line)}")
     props = Table(title="proposals (validated through the gate; nothing applied)")
     for column in ("kind", "id", "status", "why"):
         props.add_column(column)
     for p in result["proposals"]:
         why = p.get("why") or p.get("skipped") or "passed every check"
-        props.add_row(p["kind"], p.get("id") or "-", p.get("status") or "skipped", why)
+        props.add_row(p["kind"], p.get("id") or "-", p.get("status") or "skipped", escape(why))
     out.print(props)
     submitted = result["submitted"]
     out.print(
@@ -122,7 +124,7 @@ def _print(result: dict[str, Any]) -> None:
         if submitted
         else "nothing submitted: no proposal passed the gate"
     )
-    out.print(f"report: {result['report']['html']}")
+    out.print(f"report: {escape(result['report']['html'])}")
     seconds = result["seconds"]
     out.print(
         "seconds: "

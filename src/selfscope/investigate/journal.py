@@ -5,7 +5,9 @@ on (HEAD when it started) and the symptom (:func:`investigation_id`). Its steps 
 ``<workspace>/investigations/<id>/<step>.json`` (``{"step", "seconds", "result"}``, atomically)
 and then a ledger entry ``investigation.step`` with the result's SHA-256. Running the same
 investigation again (after a crash, or to read it) loads every finished step instead of
-redoing it, so a killed run resumes where it stopped and ends with the same result.
+redoing it, so a killed run resumes where it stopped and ends with the same result. A step file
+without its ledger entry (a kill between the two) gets the entry on resume; a step file whose
+SHA-256 differs from its ledger entry (edited since) is redone.
 """
 
 from __future__ import annotations
@@ -62,24 +64,49 @@ class Journal:
         path = self.path(name)
         if path.exists():
             saved = json.loads(path.read_text())
-            self.seconds[name] = float(saved["seconds"])
-            self.resumed.append(name)
-            self.progress.say(f"{name}: done earlier ({saved['seconds']:.1f} s), not redone")
-            return saved["result"]
+            logged = self.logged().get(name)
+            if logged is None:  # killed between the file and its ledger entry: record it now
+                self._log(name, float(saved["seconds"]), saved["result"], recovered=True)
+            if logged is None or logged == _sha256(saved["result"]):
+                self.seconds[name] = float(saved["seconds"])
+                self.resumed.append(name)
+                self.progress.say(f"{name}: done earlier ({saved['seconds']:.1f} s), not redone")
+                return saved["result"]
+            self.progress.say(f"{name}: its file differs from the ledger's record; redoing it")
         self.progress.say(f"[bold]{name}[/] ...")
         started = time.perf_counter()
         result = run()
         seconds = time.perf_counter() - started
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic.write_json(path, {"step": name, "seconds": seconds, "result": result})
-        digest = hashlib.sha256(
-            json.dumps(result, sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
-        self.workspace.store.append(
-            "investigation.step",
-            self.principal,
-            self.subject,
-            {"investigation": self.id, "step": name, "seconds": seconds, "result_sha256": digest},
-        )
+        self._log(name, seconds, result)
         self.seconds[name] = seconds
         return result
+
+    def logged(self) -> dict[str, str]:
+        """Each step of this investigation the ledger records, with its result's SHA-256 (the
+        last entry when a step was redone)."""
+        out = {}
+        for entry in self.workspace.store.ledger():
+            if entry["action"] != "investigation.step":
+                continue
+            payload = json.loads(entry["payload"])
+            if payload.get("investigation") == self.id:
+                out[payload["step"]] = payload["result_sha256"]
+        return out
+
+    def _log(self, name: str, seconds: float, result: Any, recovered: bool = False) -> None:
+        payload = {
+            "investigation": self.id,
+            "step": name,
+            "seconds": seconds,
+            "result_sha256": _sha256(result),
+        }
+        if recovered:
+            payload["recovered"] = True
+        self.workspace.store.append("investigation.step", self.principal, self.subject, payload)
+
+
+def _sha256(result: Any) -> str:
+    text = json.dumps(result, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -498,6 +498,7 @@ def apply(workspace: Workspace, proposal_id: str, principal: Principal) -> Appli
         "created_at": time.time(),
     }
     root = subject.root or subject.path
+    versioning.drop_cache(workspace, new)  # never trust a folder already there: write our own
     cache = versioning.write_cache(workspace, root, new, subject.model)
     new["files_sha256"] = versioning.hash_and_stamp(workspace, cache, str(new["id"]), None)
     with workspace.store.transaction():  # BEGIN IMMEDIATE: one writer at a time

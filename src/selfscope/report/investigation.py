@@ -98,7 +98,7 @@ def _cell(value: Any) -> str:
         return f"{value:.3g}"
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
-    return "" if value is None else str(value)
+    return "" if value is None else " ".join(str(value).split())  # one line per table cell
 
 
 def _table_md(headers: list[str], rows: list[list[Any]]) -> str:

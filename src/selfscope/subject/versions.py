@@ -22,9 +22,9 @@ device, MAC'd (HMAC-SHA-256) with a key kept outside the workspace
 (:func:`selfscope.workspace.keys_dir`). A later load whose files still have exactly those stats
 skips the hash, as git's index skips unchanged files. Any write to a file changes its ctime,
 which no unprivileged process can set back, and replacing it changes the inode; a stamp edited to
-match is refused without the key. Files whose ctime is within :data:`RACY_NS` of the hash's start
-are never stamped (a write in the same clock tick could go unseen, git's "racy" case; a cache
-written just now is hashed once that window has passed). What the
+match is refused without the key. Files whose ctime is not older than the file system's own
+"now" when the hash starts are never stamped (a write in the same timestamp tick could go
+unseen: git's "racy" case), whatever the file system's timestamp granularity. What the
 stamp cannot see (a root who resets the clock, bits rotting on disk under unchanged stats),
 ``selfscope versions verify`` does: it hashes everything, always.
 
@@ -36,12 +36,14 @@ version reference only when it reads ``v<number>`` or is 6+ hex digits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ _REF = re.compile(r"^(v\d+|[0-9a-f]{6,64})$")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", ".index.json")
 STAMP = "verified.json"
 STAMP_KEY = "cache-stamps.key"
-RACY_NS = 50_000_000  # files changed this close to a hash are not stamped (a tick is <= 10 ms)
+RACY_NS = 50_000_000  # a cache written this recently is waited out before its first hash
 
 
 def split_ref(source: str) -> tuple[str, str | None]:
@@ -128,46 +130,73 @@ def _mac(key: bytes, body: dict[str, Any]) -> str:
 
 def stamped(workspace: Workspace, folder: Path, row: dict[str, Any]) -> bool:
     """Whether ``folder`` holds a valid stamp for version ``row`` and its weight files still
-    have exactly the stats the stamp recorded when their hash last matched."""
+    have exactly the stats the stamp recorded when their hash last matched. Anything wrong with
+    the stamp (missing, malformed, forged, a file gone) is "not stamped": the files get hashed."""
     key = _stamp_key(workspace)
     try:
         stamp = json.loads((folder / STAMP).read_text())
-        mac = stamp.pop("mac")
-    except (OSError, ValueError, KeyError, AttributeError):
+        mac = stamp.pop("mac") if isinstance(stamp, dict) else None
+        return (
+            key is not None
+            and isinstance(mac, str)
+            and hmac.compare_digest(mac.encode(), _mac(key, stamp).encode())
+            and stamp.get("version") == row["id"]
+            and stamp.get("files_sha256") == row["files_sha256"]
+            and stamp.get("stats") == _stats(folder)
+        )
+    except (OSError, ValueError, TypeError):
         return False
-    return (
-        key is not None
-        and hmac.compare_digest(str(mac), _mac(key, stamp))
-        and stamp.get("version") == row["id"]
-        and stamp.get("files_sha256") == row["files_sha256"]
-        and stamp.get("stats") == _stats(folder)
-    )
+
+
+def _fs_now(folder: Path) -> int | None:
+    """The file system's own "now" in ``folder`` (a probe file's ctime): on the clock and at
+    the granularity its timestamps have, whatever they are. ``None`` when it cannot write."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
+        try:
+            return os.fstat(fd).st_ctime_ns
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError:
+        return None
 
 
 def hash_and_stamp(workspace: Workspace, folder: Path, version: str, want: str | None) -> str:
     """The SHA-256 of ``folder``'s weight files (:func:`files_sha256`); when it equals ``want``
     (``None``: whatever it is, e.g. a cache just written), stamp the folder for version
-    ``version``, unless the files changed while being hashed or too recently to tell."""
+    ``version``, unless the files changed while being hashed or too recently to tell.
+
+    "Too recently" is git's racy case, judged on the file system's own clock: a file whose
+    ctime is not older than a probe file created just before the hash could be written again
+    within the same timestamp tick without its stats changing, so it is not stamped. A stamp is
+    an optimisation: when it cannot be written, nothing fails."""
     newest = max((s[3] for s in _stats(folder)), default=0)
     time.sleep(min(max(newest + RACY_NS - time.time_ns(), 0), RACY_NS) / 1e9)  # out of the tick
-    before, started = _stats(folder), time.time_ns()
+    now = _fs_now(folder)
+    before = _stats(folder)
     digest = files_sha256(folder)
     key = _stamp_key(workspace)
-    racy = any(s[3] > started - RACY_NS for s in before)
+    racy = now is None or any(s[3] >= now for s in before)
     if key is None or (want is not None and digest != want) or racy or _stats(folder) != before:
         return digest
     body = {"version": version, "files_sha256": digest, "stats": before}
-    atomic.write_json(folder / STAMP, body | {"mac": _mac(key, body)})
+    with contextlib.suppress(OSError):  # a read-only cache: every load hashes
+        atomic.write_json(folder / STAMP, body | {"mac": _mac(key, body)})
     return digest
 
 
 def check_files(workspace: Workspace, folder: Path, row: dict[str, Any]) -> bool:
     """Whether ``folder``'s weight files are version ``row``'s: by its stamp when it holds,
-    else by hashing them in full (and stamping them when they match)."""
+    else by hashing them in full (and stamping them when they match). A file that vanishes
+    while being checked counts as changed (the cache is rebuilt)."""
     if stamped(workspace, folder, row):
         return True
     want = str(row["files_sha256"])
-    return hash_and_stamp(workspace, folder, str(row["id"]), want) == want
+    try:
+        return hash_and_stamp(workspace, folder, str(row["id"]), want) == want
+    except OSError:
+        return False
 
 
 def cache_dir(workspace: Workspace) -> Path:
