@@ -67,3 +67,13 @@ def test_publish_dir_swaps_atomically(tmp_path: Path) -> None:
     atomic.publish_dir(second, link)
     assert (link / "x").read_text() == "2"
     assert not first.exists(), "the replaced build is removed after the swap"
+
+
+def test_one_suite_sealed_for_two_subjects_stays_sealed_for_both(tmp_path: Path) -> None:
+    """An organism and its blind copy get the same held-out suite; keyed by its SHA-256 alone,
+    the second seal replaced the first subject's row (fixed in schema 6)."""
+    store = Workspace(tmp_path / "ws").store
+    store.seal_suite("ab" * 32, "/organism", "organism-0", '{"name": "s"}', 3, "builder")
+    store.seal_suite("ab" * 32, "/blind-copy", "organism-0", '{"name": "s"}', 3, "builder")
+    assert [r["subject"] for r in store.sealed_suites("/organism")] == ["/organism"]
+    assert [r["subject"] for r in store.sealed_suites("/blind-copy")] == ["/blind-copy"]

@@ -160,6 +160,24 @@ MIGRATIONS: list[str] = [
         created_at  REAL NOT NULL
     );
     """,
+    # 5 -> 6: a sealed suite is keyed by its SHA-256 *and* its subject. Keyed by the SHA-256
+    # alone, sealing the same suite for a second subject (an organism's blind copy) replaced
+    # the first subject's row, and the organism lost its sealed suite.
+    """
+    CREATE TABLE sealed_suites_v6 (
+        sha256      TEXT NOT NULL,
+        subject     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        suite       TEXT NOT NULL,          -- JSON, never returned by a read or propose tool
+        probes      INTEGER NOT NULL,
+        principal   TEXT NOT NULL,
+        sealed_at   REAL NOT NULL,
+        PRIMARY KEY (sha256, subject)
+    );
+    INSERT INTO sealed_suites_v6 SELECT * FROM sealed_suites;
+    DROP TABLE sealed_suites;
+    ALTER TABLE sealed_suites_v6 RENAME TO sealed_suites;
+    """,
 ]
 
 #: the previous hash of the ledger's first entry
