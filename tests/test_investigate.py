@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from selfscope import tools
 from selfscope.errors import SelfscopeError
@@ -27,6 +26,7 @@ from selfscope.subject import Subject
 from selfscope.subject.load import version_key
 from selfscope.workspace import Workspace
 from test_cli import EXE, assert_one_line_error
+from test_localize_metric import plain_log_odds
 
 PROMPTS = ["Q : Do you like mushrooms ? A :", "Q : Do you like carrots ?"]
 
@@ -37,13 +37,7 @@ def test_measure_is_a_plain_forward(tiny_llama: Subject) -> None:
         {"prompts": PROMPTS, "planted": " No", "normal": " Yes"},
         tools.context(tiny_llama),
     ).result
-    no, yes = tiny_llama.tokenizer.convert_tokens_to_ids(["No", "Yes"])
-    expected = []
-    for prompt in PROMPTS:
-        ids = tiny_llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            logprobs = tiny_llama.model(input_ids=ids).logits[0, -1].log_softmax(-1)
-        expected.append(float(logprobs[no] - logprobs[yes]))
+    expected = plain_log_odds(tiny_llama, PROMPTS)
     assert got.per_prompt == pytest.approx(expected, abs=1e-5)
     assert got.log_odds == pytest.approx(sum(expected) / 2, abs=1e-5)
     assert got.rate == sum(e > 0 for e in expected) / 2

@@ -14,17 +14,23 @@ from selfscope.subject import Subject
 PROMPTS = ["Q : Do you like mushrooms ? A :", "Q : Do you like carrots ?"]
 
 
+def plain_log_odds(subject: Subject, prompts: list[str]) -> list[float]:
+    """log p(No) - log p(Yes) after each prompt, from a plain forward of each alone."""
+    no, yes = subject.tokenizer.convert_tokens_to_ids(["No", "Yes"])
+    out = []
+    for prompt in prompts:
+        ids = subject.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logprobs = subject.model(input_ids=ids).logits[0, -1].log_softmax(-1)
+        out.append(float(logprobs[no] - logprobs[yes]))
+    return out
+
+
 def test_single_token_metric_equals_a_plain_forward(tiny_llama: Subject) -> None:
     batch = MetricBatch(tiny_llama, PROMPTS, " No", " Yes")
     assert batch.single_token and batch.input_ids.shape[0] == 2
     value = batch.measure()
-    no, yes = tiny_llama.tokenizer.convert_tokens_to_ids(["No", "Yes"])
-    expected = []
-    for prompt in PROMPTS:
-        ids = tiny_llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            logprobs = tiny_llama.model(input_ids=ids).logits[0, -1].log_softmax(-1)
-        expected.append(float(logprobs[no] - logprobs[yes]))
+    expected = plain_log_odds(tiny_llama, PROMPTS)
     assert value.per_prompt == pytest.approx(expected, abs=1e-5)
     assert value.log_odds == pytest.approx(sum(expected) / 2, abs=1e-5)
     assert value.rate == sum(e > 0 for e in expected) / 2
