@@ -59,7 +59,7 @@ def investigate_command(
 ) -> None:
     """Investigate a behaviour: characterise, origin, localise, documents, diagnosis, proposals
     validated through the gate (never applied), report. Re-running resumes."""
-    from selfscope.investigate.run import KINDS, investigate
+    from selfscope.investigate.run import KINDS, Investigation
     from selfscope.investigate.symptom import Symptom, read_symptom
 
     if symptom is not None:
@@ -73,7 +73,7 @@ def investigate_command(
             prompts=prompt, desired=desired, observed=observed, chat=chat, controls=control or []
         )
     progress = SILENT if as_json else RichProgress()
-    result = investigate(
+    result = Investigation(
         workspace(),
         model,
         found,
@@ -82,7 +82,7 @@ def investigate_command(
         rank=index_rank,
         progress=progress,
         device=device,
-    )
+    ).run()
     if as_json:
         print_json(result)
         return

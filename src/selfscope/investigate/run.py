@@ -377,27 +377,3 @@ class Investigation:
 
 def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
-
-
-def investigate(
-    workspace: Workspace,
-    source: str,
-    symptom: Symptom,
-    *,
-    removal: bool | None = None,
-    kinds: tuple[str, ...] = KINDS,
-    rank: int = 8,
-    progress: ProgressSink = SILENT,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Investigate ``symptom`` on ``source``; resumes a run of the same investigation."""
-    return Investigation(
-        workspace,
-        source,
-        symptom,
-        removal=removal,
-        kinds=kinds,
-        rank=rank,
-        progress=progress,
-        device=device,
-    ).run()

@@ -26,71 +26,52 @@ CSS = (
 )
 
 
+def _chart(name: str, title: str, pairs: list[tuple[str, float]]) -> str | None:
+    """A bar chart of ``(label, value)`` pairs, or ``None`` when there is nothing to draw."""
+    if not pairs:
+        return None
+    return bars_svg(name, title, [p[0] for p in pairs], [p[1] for p in pairs])
+
+
 def figures(result: dict[str, Any]) -> dict[str, str | None]:
     """Each figure's SVG, or ``None`` when there is nothing to draw."""
-    out: dict[str, str | None] = {}
-    points = result.get("checkpoints") or []
-    out["checkpoints"] = (
-        bars_svg(
-            "checkpoints",
-            "Behaviour at each checkpoint (mean log-odds)",
-            [p["name"] for p in points],
-            [p["log_odds"] for p in points],
-        )
-        if points
-        else None
-    )
     mass = (result.get("origin") or {}).get("phase_mass") or {}
-    out["phase_mass"] = (
-        bars_svg(
-            "phase_mass",
-            "Retrieval's phase mass (share of the top documents' score)",
-            list(mass),
-            list(mass.values()),
-        )
-        if mass
-        else None
-    )
     comps = [c for c in result.get("components", []) if c.get("measured") is not None][:10]
-    out["components"] = (
-        bars_svg(
-            "components",
-            "Components: effect of patching each (change in log-odds)",
-            [c["site"] + ("" if c["verified"] else " (not verified)") for c in comps],
-            [c["measured"] for c in comps],
-        )
-        if comps
-        else None
-    )
     deltas = [d for d in result.get("weight_deltas", []) if d.get("share") is not None][:10]
-    out["weight_deltas"] = (
-        bars_svg(
-            "weight_deltas",
-            "Weight deltas: share removed by reverting each module alone",
-            [d["module"] for d in deltas],
-            [d["share"] for d in deltas],
-        )
-        if deltas
-        else None
-    )
     rows = []
     for p in result.get("proposals", []):
-        v = p.get("validation") or {}
-        checks = {c["name"]: c.get("value") for c in v.get("checks", [])}
+        checks = {c["name"]: c.get("value") for c in (p.get("validation") or {}).get("checks", [])}
         for metric in ("efficacy", "generalisation", "specificity"):
             if checks.get(metric) is not None:
                 rows.append((f"{p['kind']} {metric}", float(checks[metric])))
-    out["proposals"] = (
-        bars_svg(
-            "proposals",
-            "Proposals on the gate's suites (visible + sealed, worst suite)",
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-        )
-        if rows
-        else None
-    )
-    return out
+    return {
+        "checkpoints": _chart(
+            "checkpoints",
+            "Behaviour at each checkpoint (mean log-odds)",
+            [(c["name"], c["log_odds"]) for c in result.get("checkpoints") or []],
+        ),
+        "phase_mass": _chart(
+            "phase_mass",
+            "Retrieval's phase mass (share of the top documents' score)",
+            list(mass.items()),
+        ),
+        "components": _chart(
+            "components",
+            "Components: effect of patching each (change in log-odds)",
+            [
+                (c["site"] + ("" if c["verified"] else " (not verified)"), c["measured"])
+                for c in comps
+            ],
+        ),
+        "weight_deltas": _chart(
+            "weight_deltas",
+            "Weight deltas: share removed by reverting each module alone",
+            [(d["module"], d["share"]) for d in deltas],
+        ),
+        "proposals": _chart(
+            "proposals", "Proposals on the gate's suites (visible + sealed, worst suite)", rows
+        ),
+    }
 
 
 def _cell(value: Any) -> str:
