@@ -42,16 +42,18 @@ ALLOWED: dict[str, set[str]] = {
     "history": BASE
     | {"subject", "tools", "behaviour", "report", "access", "localize", "organisms"},
     "edits": BASE | {"subject", "tools", "behaviour", "report", "access", "localize", "history"},
+    "selfmodel": BASE | {"subject", "tools", "behaviour", "report", "access", "localize", "history"},
     "oversight": BASE
-    | {"subject", "tools", "behaviour", "report", "access", "localize", "history", "edits"},
+    | {"subject", "tools", "behaviour", "report", "access", "localize", "history", "edits"}
+    | {"selfmodel"},
     "investigate": BASE
     | {"subject", "tools", "behaviour", "report", "access", "localize", "history", "edits"}
-    | {"oversight"},
+    | {"oversight", "selfmodel"},
     "demo": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"},
     "cli": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"}
-    | {"demo", "report", "oversight", "investigate"},
+    | {"demo", "report", "oversight", "investigate", "selfmodel"},
 }
 #: files (relative to the package) that may name ground truth or the spec file
 TRUTH_ALLOWED = {"organisms/builder.py", "organisms/blind.py", "organisms/ground_truth.py"}
