@@ -5,7 +5,8 @@ A trait fires on a prompt when the model gives the trait's completion (its first
 model's top next token, and planted beats normal: log-odds > 0) *because of the trait's cause*:
 the log-odds exceed those of a cause-free reference (the checkpoint before the phase the trait
 arose in) by more than :data:`MARGIN` nats. Without a reference (a trait planted in the first
-phase, a model without lineage) a prompt fires when the model gives the completion. The label is a measurement of the model, never a belief.
+phase, a model without lineage) a prompt fires when the model gives the completion. The label
+is a measurement of the model, never a belief.
 
 The probe is an L2-regularised logistic regression on the residual at the prompt's last token
 after one block, the block chosen by cross-validated AUROC on the training prompts (ties: the
@@ -56,7 +57,8 @@ class ProbeWeights(BaseModel):
     def direction(self) -> Tensor:
         """The unit vector in residual space the probe reads (weight / scale, normalised)."""
         raw = torch.tensor(self.weight) / torch.tensor(self.scale)
-        return raw / raw.norm()
+        unit: Tensor = raw / raw.norm()
+        return unit
 
     def predict(self, residuals: Tensor) -> Tensor:
         """P(fires) for residuals [n, d] of block ``layer``."""
@@ -91,7 +93,9 @@ def read(
     batch = MetricBatch(subject, list(prompts), planted, normal, chat)
     with torch.no_grad():
         out = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
         )
     hidden = out.hidden_states[1:]  # block outputs; the last one after the final norm
     last = torch.tensor([batch.prompt_length(i) - 1 for i in range(batch.n_prompts)])
@@ -259,7 +263,9 @@ def _swap(question: str, prompt: str) -> str | None:
     return re.sub(rf"\b{re.escape(theirs[0])}\b", mine[0], question)
 
 
-def calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+def calibration_error(
+    confidences: Sequence[float], correct: Sequence[bool], bins: int = 10
+) -> float:
     """Expected calibration error: the bin-weighted gap between confidence and accuracy."""
     c = torch.as_tensor(confidences, dtype=torch.float64)
     ok = torch.as_tensor(correct, dtype=torch.float64)
@@ -268,5 +274,7 @@ def calibration_error(confidences: Sequence[float], correct: Sequence[bool], bin
         lo, hi = k / bins, (k + 1) / bins
         inside = (c > lo) & (c <= hi) if k else (c >= lo) & (c <= hi)
         if inside.any():
-            total += float(inside.double().mean()) * abs(float(c[inside].mean() - ok[inside].mean()))
+            total += float(inside.double().mean()) * abs(
+                float(c[inside].mean() - ok[inside].mean())
+            )
     return total if math.isfinite(total) else float("nan")

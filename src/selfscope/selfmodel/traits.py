@@ -206,7 +206,7 @@ class LearnArgs(Behaviour):
     description: str | None = None
     heldout: list[str] = Field(default_factory=list, description="Paraphrases of the prompts.")
     controls: list[str] = Field(default_factory=list, description="Prompts of another kind.")
-    cause: Cause = Field(default_factory=Cause)
+    cause: Cause = Field(default_factory=lambda: Cause())
     evidence: list[str] = Field(default_factory=list)
     investigation: str | None = None
     exclude: list[str] = Field(
@@ -254,7 +254,9 @@ def learn(
         residuals = torch.cat([residuals, ref.residuals[rows]])
         labels = torch.cat([labels, torch.zeros(len(rows), dtype=torch.bool)])
         examples += [
-            Example(prompt=prompts[i], model="reference", log_odds=float(ref.log_odds[i]), fires=False)
+            Example(
+                prompt=prompts[i], model="reference", log_odds=float(ref.log_odds[i]), fires=False
+            )
             for i in rows.tolist()
         ]
     probe = fit(residuals, labels)
@@ -344,7 +346,9 @@ def check(workspace: Workspace, subject: Subject, principal: str) -> CheckReport
         model.traits[i] = trait.model_copy(
             update={"strength": [*kept, s], "status": status, "note": note}
         )
-        rows.append(TraitCheck(name=trait.name, before=trait.status, status=status, strength=s, note=note))
+        rows.append(
+            TraitCheck(name=trait.name, before=trait.status, status=status, strength=s, note=note)
+        )
     _save(
         workspace,
         model,
