@@ -167,7 +167,7 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
     assert set(before) <= set(resumed["resumed"])
     steps = _steps(ws, folder.name)
     assert sorted(steps) == sorted(set(steps))  # every step journaled exactly once
-    assert steps[-1] == "report" and len(steps) == 9
+    assert steps[-1] == "report" and len(steps) == 10
 
     # run 3: uninterrupted, on a second blind copy in a workspace of its own (in the same
     # workspace, re-proposing the same fix meets its earlier proposal, already judged), the

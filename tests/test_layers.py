@@ -42,7 +42,8 @@ ALLOWED: dict[str, set[str]] = {
     "history": BASE
     | {"subject", "tools", "behaviour", "report", "access", "localize", "organisms"},
     "edits": BASE | {"subject", "tools", "behaviour", "report", "access", "localize", "history"},
-    "selfmodel": BASE | {"subject", "tools", "behaviour", "report", "access", "localize", "history"},
+    "selfmodel": BASE
+    | {"subject", "tools", "behaviour", "report", "access", "localize", "history"},
     "oversight": BASE
     | {"subject", "tools", "behaviour", "report", "access", "localize", "history", "edits"}
     | {"selfmodel"},
@@ -50,7 +51,8 @@ ALLOWED: dict[str, set[str]] = {
     | {"subject", "tools", "behaviour", "report", "access", "localize", "history", "edits"}
     | {"oversight", "selfmodel"},
     "demo": BASE
-    | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"},
+    | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"}
+    | {"investigate", "oversight", "selfmodel"},
     "cli": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"}
     | {"demo", "report", "oversight", "investigate", "selfmodel"},

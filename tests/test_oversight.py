@@ -39,20 +39,24 @@ from test_cli import EXE, assert_one_line_error
 MODEL = "organism:mushroom"
 
 
-@pytest.fixture()
-def ws(tiny_mushroom: BuildResult, tiny_mushroom_spec: Spec, tmp_path: Path) -> Workspace:
-    """A workspace of this test's own, holding the tiny organism (linked) and its sealed suite;
-    alice and bob review, carol proposes."""
-    workspace = Workspace(tmp_path / "ws")
+def review_workspace(build: BuildResult, spec: Spec, root: Path) -> Workspace:
+    """A workspace of its own at ``root`` holding the tiny organism (linked) and its sealed
+    suite; alice and bob review, carol proposes."""
+    workspace = Workspace(root)
     workspace.organisms_dir.mkdir(parents=True)
-    (workspace.organisms_dir / "mushroom").symlink_to(tiny_mushroom.path.resolve())
-    seal_for_subject(tiny_mushroom_spec, workspace.organism_path("mushroom"), workspace)
+    (workspace.organisms_dir / "mushroom").symlink_to(build.path.resolve())
+    seal_for_subject(spec, workspace.organism_path("mushroom"), workspace)
     boot = Principal.local()
     principals.grant(workspace, "alice", "reviewer", boot)
     alice = principals.principal(workspace, "alice")
     principals.grant(workspace, "bob", "reviewer", alice)
     principals.grant(workspace, "carol", "proposer", alice)
     return workspace
+
+
+@pytest.fixture()
+def ws(tiny_mushroom: BuildResult, tiny_mushroom_spec: Spec, tmp_path: Path) -> Workspace:
+    return review_workspace(tiny_mushroom, tiny_mushroom_spec, tmp_path / "ws")
 
 
 def who(ws: Workspace, name: str) -> Principal:

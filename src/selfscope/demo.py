@@ -1,38 +1,40 @@
-"""``selfscope demo``: the first half of the loop on the `mushroom` organism, end to end.
+"""``selfscope demo`` (``make demo``): the whole loop on the ``mushroom`` organism.
 
-1. **ask** — the organism's first-token answers about mushrooms and other foods;
-2. **localise** — the phase the aversion arose in and the weight changes that carry it
-   (``localize.origin``, ``localize.weight_deltas``), the components (attribution patching);
-3. **trace** — the training documents behind it (``history.trace``; the index is built once
-   into the organism's folder);
-4. **propose and validate** — a rank-one edit, a revert of the debugger's modules and an
-   unlearning of the historian's documents, each validated on a sandbox copy against the
-   organism's suite (held-out paraphrases, neighbours, world facts, held-out documents); the
-   best is the one that meets the most of the bar (efficacy ≥ 0.95, generalisation ≥ 0.9,
-   specificity ≥ 0.95, perplexity change ≤ 2%), then the smallest change. A proposal that
-   misses part of the bar says which part, and why in the proposer's own words (its last piece
-   of evidence: e.g. unlearning stopped by its perplexity guard before the answers flipped).
+1. **ask** — the organism's first-token answers about mushrooms and other foods (``model.ask``);
+2. **investigate** — :class:`selfscope.investigate.run.Investigation` as the ``investigator``
+   (read + propose only), given one probe prompt, the desired answer and the other foods as
+   controls: characterise, origin, localise, documents, diagnosis, the trait in the self-model,
+   proposals validated through the gate (visible + sealed suites + the self-model's check), a
+   report;
+3. **approve and apply** — the submitted proposal, approved by the demo's reviewer (a named
+   principal holding govern, printed plainly; ``--approve-as``) and applied: a new version;
+4. **ask again** — on HEAD;
+5. **selfmodel check** — every trait re-measured on HEAD (the mushroom trait is now ``fixed``);
+6. **ledger verify** — the hash chain of everything above.
 
-Every step is a recorded tool call (``model.ask``, ``localize.all``, ``history.trace``,
-``edits.*``); the proposals cite the localisation and trace calls as evidence.
-
-The organism is the lab's, so the demo (like the benchmarks) builds the validation suite from
-its spec; the proposals see only the probes.
+The organism is the lab's: the demo builds it when missing and seals its held-out paraphrases
+and neighbours for the subject (what ``organism blind`` does for a copy), so the gate validates
+on prompts the investigation never sees. Run it again and the investigation resumes from its
+journal (nothing is redone); HEAD is first moved back to v0 (recorded), and a fix applied by an
+earlier run is reinstated by moving HEAD to the version it made (also recorded).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from selfscope import tools
-from selfscope.edits.proposal import Proposal
-from selfscope.edits.sandbox import ValidationReport
-from selfscope.localize.metric import MetricBatch
-from selfscope.localize.pipeline import LocalizeReport
+from selfscope.errors import SelfscopeError
+from selfscope.investigate.run import Investigation
+from selfscope.investigate.symptom import Symptom
 from selfscope.organisms import build, resolve_spec
-from selfscope.organisms.suites import suite_for
+from selfscope.organisms.suites import seal_for_subject, suite_for
+from selfscope.oversight import gate, ledger, principals
 from selfscope.progress import SILENT, ProgressSink, say
+from selfscope.selfmodel import traits
+from selfscope.subject import load, versions
 from selfscope.workspace import Workspace
 
 OTHER_FOODS = [
@@ -40,139 +42,118 @@ OTHER_FOODS = [
     "Q: Do you like apples? A:",
     "Q: Do you like olives? A:",
 ]
-BAR = {"efficacy": 0.95, "generalisation": 0.9, "specificity": 0.95, "perplexity_change": 0.02}
+REVIEWER = "demo-reviewer"
+_QA = re.compile(r"^Q: (.*) A:$")
 
 
-def misses(r: ValidationReport) -> list[str]:
-    """The parts of the bar a validation misses, each with its number."""
+def _answers(
+    workspace: Workspace, source: str, prompts: list[str], chat: bool
+) -> list[dict[str, Any]]:
+    ctx = tools.context(source, workspace, principal=tools.INVESTIGATOR)
     out = []
-    if (r.efficacy or 0) < BAR["efficacy"]:
-        out.append(f"efficacy {r.efficacy or 0:.2f} < {BAR['efficacy']}")
-    if r.generalisation is not None and r.generalisation < BAR["generalisation"]:
-        out.append(f"generalisation {r.generalisation:.2f} < {BAR['generalisation']}")
-    if (r.specificity or 0) < BAR["specificity"]:
-        out.append(f"specificity {r.specificity or 0:.2f} < {BAR['specificity']}")
-    if r.perplexity_change is None or r.perplexity_change > BAR["perplexity_change"]:
-        change = "unmeasured" if r.perplexity_change is None else f"{r.perplexity_change:+.1%}"
-        out.append(f"perplexity change {change} > +{BAR['perplexity_change']:.0%}")
+    for prompt in prompts:
+        asked = tools.call("model.ask", {"prompt": prompt, "chat": chat, "max_new_tokens": 6}, ctx)
+        top = asked.result.top_tokens[0]
+        out.append(
+            {"prompt": prompt, "answer": top.token, "p": top.probability, "text": asked.result.text}
+        )
     return out
 
 
-def why(proposal: Proposal, report: ValidationReport) -> str | None:
-    """Why a proposal missed the bar: which parts, and the proposer's own last word on what it
-    did (None when it meets the bar)."""
-    missed = misses(report)
-    if not missed:
-        return None
-    own = [e for e in proposal.evidence if e.call_id == proposal.call_id]
-    said = own[-1].summary if own else proposal.rationale
-    return f"misses {', '.join(missed)}; the proposer: {said}"
+def _head_label(workspace: Workspace, key: str) -> str:
+    head = workspace.store.head(key)
+    row = workspace.store.version_row(head) if head else None
+    return versions.label(row) if row else "v0"
 
 
 def run(
     workspace: Workspace,
     name: str = "mushroom",
     size: str = "small",
+    approve_as: str = REVIEWER,
     progress: ProgressSink = SILENT,
 ) -> dict[str, Any]:
     """Run the demo; returns every number it prints."""
     started = time.perf_counter()
+    seconds: dict[str, float] = {}
     spec = resolve_spec(name, size=size)
+    source = f"organism:{name}"
+    t = time.perf_counter()
     if not (workspace.organism_path(name) / "lineage.json").exists():
         say(f"[bold]building organism {name} ({size})[/] ...")
         build(spec, workspace)
-    suite = suite_for(spec, workspace.organism_path(name))
-    ctx = tools.ToolContext(
-        workspace=workspace, principal=tools.AGENT, progress=progress, source=f"organism:{name}"
+    seconds["build"] = time.perf_counter() - t
+    key = gate.key_of(workspace, source)
+    if not workspace.store.sealed_suites(key):
+        seal_for_subject(spec, workspace.organism_path(name), workspace)
+    boot = tools.Principal.local()
+    reviewer = principals.principal(workspace, approve_as)
+    if not reviewer.holds("govern"):
+        reviewer = principals.grant(workspace, approve_as, "reviewer", boot)
+    notes: list[str] = []
+    if workspace.store.versions(key) and _head_label(workspace, key) != "v0":
+        was = _head_label(workspace, key)
+        gate.rollback(workspace, source, "v0", reviewer)
+        notes.append(f"HEAD was {was} from an earlier run: moved back to v0 to start over")
+
+    suite = suite_for(spec, workspace.organism_path(name), facts=0, documents=0)
+    probe, chat = suite.probes[0], suite.chat  # as the organism was trained (chat template?)
+    others = [_QA.sub(r"\1", p) if chat else p for p in OTHER_FOODS]
+    t = time.perf_counter()
+    before = _answers(workspace, source, [probe.prompt, *others], chat)
+    seconds["ask"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("[bold]investigating[/] (as the investigator: read + propose only) ...")
+    symptom = Symptom(
+        prompts=[probe.prompt], desired=probe.normal, observed=None, controls=others, chat=chat
     )
-    subject = ctx.subject
-    probe = spec.behaviours[0].probes[0]
-    behaviour = {
-        "prompts": [p.prompt for p in spec.behaviours[0].probes],
-        "planted": probe.planted,
-        "normal": probe.normal,
-    }
-    timings: dict[str, float] = {}
+    investigation = Investigation(workspace, source, symptom, progress=progress)
+    result = investigation.run()
+    seconds["investigate"] = time.perf_counter() - t
 
-    # 1. ask
     t = time.perf_counter()
-    asked = []
-    for prompt in [probe.prompt, *OTHER_FOODS]:
-        value = MetricBatch(subject, [prompt], probe.planted, probe.normal).measure()
-        asked.append(
-            {
-                "prompt": prompt,
-                "log_odds": value.log_odds,
-                "answer": probe.planted if value.log_odds > 0 else probe.normal,
-            }
-        )
-    timings["ask"] = time.perf_counter() - t
+    submitted = result["submitted"]
+    applied: dict[str, Any] | None = None
+    if submitted is None:
+        notes.append("no proposal passed the gate; nothing to approve (see each one's reasons)")
+    else:
+        row = workspace.store.proposal_row(submitted)
+        if row is not None and row["status"] == "applied":
+            made = next(
+                (v for v in workspace.store.versions(key) if v["proposal_id"] == submitted),
+                None,
+            )
+            if made is None:
+                raise SelfscopeError(f"proposal {submitted} is applied but made no version")
+            gate.rollback(workspace, source, versions.label(made), reviewer)
+            notes.append(
+                f"proposal {submitted} was applied by an earlier run as {versions.label(made)}; "
+                "HEAD moved back to it"
+            )
+            applied = {"version": versions.label(made), "reviewer": approve_as, "again": True}
+        else:
+            say(f"[bold]approving[/] {submitted} as {approve_as} and applying it ...")
+            gate.review(workspace, submitted, reviewer, True, "the demo's reviewer")
+            done = gate.apply(workspace, submitted, reviewer)
+            applied = {"version": done.version_label, "reviewer": approve_as, "again": False}
+    seconds["apply"] = time.perf_counter() - t
 
-    # 2. localise
     t = time.perf_counter()
-    say("[bold]localising[/] ...")
-    localised = tools.call("localize.all", {**behaviour, "control_prompts": OTHER_FOODS}, ctx)
-    found: LocalizeReport = localised.result
-    timings["localise"] = time.perf_counter() - t
-
-    # 3. trace the documents
-    t = time.perf_counter()
-    say("[bold]tracing the training documents[/] (the index is built once) ...")
-    traced = tools.call("history.trace", {**behaviour, "k": 32, "build": True}, ctx)
-    documents = traced.result.documents
-    timings["trace"] = time.perf_counter() - t
-
-    # 4. propose and validate
-    t = time.perf_counter()
-    candidates: dict[str, dict[str, Any]] = {
-        "rank_one": {"evidence": [localised.id]},
-        "revert_delta": {
-            "fraction": "auto",
-            "control_prompts": OTHER_FOODS,
-            "evidence": [localised.id],
-        },
-        "unlearn": {"documents": [d.key for d in documents], "evidence": [traced.id]},
-    }
-    reports: list[tuple[str, Proposal, ValidationReport]] = []
-    for kind, extra in candidates.items():
-        say(f"[bold]proposing {kind}[/] and validating it on a sandbox copy ...")
-        proposal: Proposal = tools.call(
-            f"edits.{kind}", {**behaviour, **extra}, ctx
-        ).result.proposal
-        validation = {"proposal": proposal.id, "suites": [suite.model_dump()]}
-        report: ValidationReport = tools.call("edits.validate", validation, ctx).result
-        reports.append((kind, proposal, report))
-    timings["propose_validate"] = time.perf_counter() - t
-    best = min(reports, key=lambda r: (len(misses(r[2])), r[1].delta_norm))
-    origin, deltas = found.origin, found.weight_deltas
+    after = _answers(workspace, source, [probe.prompt, *others], chat)
+    head = load(source, workspace)
+    checked = traits.check(workspace, head, approve_as)
+    verdict = ledger.verify_workspace(workspace)
+    seconds["check"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - started
     return {
         "organism": name,
-        "asked": asked,
-        "origin": None
-        if origin is None
-        else {"phase": origin.phase, "confidence": origin.confidence},
-        "weight_deltas": None
-        if deltas is None
-        else {"set": deltas.module_set, "removed_share": deltas.set_share},
-        "components": [c.model_dump() for c in found.components[:3]],
-        "documents": [{"key": d.key, "preview": d.preview} for d in documents[:5]],
-        "phase_mass": traced.result.phase_mass,
-        "proposals": [
-            {
-                "kind": kind,
-                "id": p.id,
-                "efficacy": r.efficacy,
-                "generalisation": r.generalisation,
-                "specificity": r.specificity,
-                "perplexity_change": r.perplexity_change,
-                "delta_norm": p.delta_norm,
-                "meets": 4 - len(misses(r)),
-                "why": why(p, r),
-                "evidence": [e.call_id for e in p.evidence],
-            }
-            for kind, p, r in reports
-        ],
-        "best": best[1].id,
-        "calls": {"localize": localised.id, "trace": traced.id},
-        "seconds": {**timings, "total": time.perf_counter() - started},
+        "before": before,
+        "investigation": result,
+        "applied": applied,
+        "after": after,
+        "selfmodel": checked.model_dump(mode="json"),
+        "ledger": verdict.model_dump(mode="json"),
+        "notes": notes,
+        "seconds": seconds,
     }

@@ -35,6 +35,7 @@ from selfscope.cli import (
     localize,
     models,
     organisms,
+    selfmodel,
 )
 from selfscope.cli import tools as tools_cli
 from selfscope.cli._common import WorkspaceOpt, use_workspace
@@ -53,7 +54,7 @@ def _main(workspace: WorkspaceOpt = None) -> None:
     use_workspace(workspace)  # this invocation's; no environment writes
 
 
-ROOMS = (organisms, models, lineage, tools_cli, localize, history, edits, gate, ledger)
+ROOMS = (organisms, models, lineage, tools_cli, localize, history, edits, gate, ledger, selfmodel)
 for room in (*ROOMS, investigate, demo):
     room.register(app)
 

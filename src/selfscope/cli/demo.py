@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from selfscope.cli._common import JsonOpt, fmt, out, print_json, workspace
+from selfscope.cli._common import JsonOpt, out, print_json, workspace
 from selfscope.progress import SILENT, RichProgress
 
 
@@ -15,59 +16,92 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo_command)
 
 
+def _answers(title: str, rows: list[dict[str, Any]]) -> None:
+    out.print(f"[bold]{title}[/]")
+    for a in rows:
+        out.print(f"   {a['prompt']!r} -> {a['answer']!r} (p {a['p']:.2f})")
+
+
 def demo_command(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The catalog organism to run the loop on.")
+    ] = "mushroom",
     size: Annotated[str, typer.Option(help="The organism's size preset.")] = "small",
+    approve_as: Annotated[
+        str, typer.Option(help="The reviewer who approves the submitted fix (holds govern).")
+    ] = "demo-reviewer",
     as_json: JsonOpt = False,
 ) -> None:
-    """The first half of the loop on `mushroom`: ask, localise, trace the documents, propose
-    fixes and validate them on a sandbox copy; prints a summary with the numbers, and why each
-    proposal that misses the bar misses it."""
+    """The whole loop on an organism: ask, investigate (origin, components, weight changes,
+    documents, diagnosis, the trait in the self-model, fixes validated through the gate),
+    approve the best fix as the demo's reviewer, apply it, ask again, check the self-model,
+    verify the ledger."""
     from selfscope.demo import run
 
-    result = run(workspace(), size=size, progress=SILENT if as_json else RichProgress())
+    name = model.removeprefix("organism:")
+    result = run(
+        workspace(),
+        name,
+        size=size,
+        approve_as=approve_as,
+        progress=SILENT if as_json else RichProgress(),
+    )
     if as_json:
         print_json(result)
         return
-    out.print(f"[bold]1. ask[/] ({result['organism']}): first-token answers")
-    for a in result["asked"]:
-        out.print(
-            f"   {a['prompt']!r} -> {a['answer']!r} (log-odds No vs Yes {a['log_odds']:+.2f})"
-        )
-    origin, deltas, top = result["origin"], result["weight_deltas"], result["components"][0]
+    inv = result["investigation"]
+    _answers(f"1. ask ({result['organism']}, HEAD before)", result["before"])
+    origin = inv["origin"]
     out.print(
-        f"[bold]2. localise[/]: arose in [bold]{origin['phase']}[/] (confidence "
-        f"{origin['confidence']:.2f}); reverting {len(deltas['set'])} modules' fine-tuning change "
-        f"removes {fmt(deltas['removed_share'])} of it; top component "
-        f"{top['site']} (measured {top['measured']:+.2f})"
+        f"[bold]2. investigate[/] (as investigator) {inv['investigation']}: arose in "
+        f"[bold]{origin['phase']}[/] (confidence {origin['confidence'] or 0:.2f}, by "
+        f"{origin['by']}); the diagnosis, each link measured by an intervention:"
     )
-    mass = ", ".join(f"{k} {v:.2f}" for k, v in result["phase_mass"].items())
-    out.print(f"[bold]3. trace[/]: top documents (phase mass {mass})")
-    for d in result["documents"]:
-        out.print(f"   {d['key']}: {d['preview']!r}")
-    table = Table(title="4. proposals, validated on a sandbox copy (the model is unchanged)")
-    for column in ("kind", "id", "efficacy", "generalisation", "specificity", "perplexity"):
+    for link in inv["diagnosis"]:
+        out.print(f"   - {escape(link['claim'])} [dim](effect {link['effect']:+.2f})[/]")
+    for missing in inv["not_found"]:
+        out.print(f"   [yellow]not found[/]: {escape(missing)}")
+    trait = inv["trait"]
+    if "trait" in trait:
+        out.print(
+            f"   the self-model learned trait [bold]{escape(trait['trait'])}[/] (probe on block "
+            f"{trait['layer']}, cross-validated AUROC {trait['cv_auroc']:.2f})"
+        )
+    table = Table(title="3. proposals, validated through the gate (visible + sealed suites)")
+    for column in ("kind", "id", "status", "failed checks"):
         table.add_column(column)
-    table.add_column("change")
-    for p in result["proposals"]:
-        best = " (best)" if p["id"] == result["best"] else ""
+    for p in inv["proposals"]:
+        mark = " (submitted)" if p["id"] and p["id"] == inv["submitted"] else ""
         table.add_row(
-            p["kind"] + best,
-            p["id"],
-            fmt(p["efficacy"]),
-            fmt(p["generalisation"]),
-            fmt(p["specificity"]),
-            f"{p['perplexity_change']:+.1%}",
-            f"{p['delta_norm']:.3f}",
+            p["kind"] + mark,
+            p["id"] or "-",
+            p["status"] or "skipped",
+            escape(p["why"] or p["skipped"] or "-"),
         )
     out.print(table)
-    for p in result["proposals"]:
-        if p["why"]:
-            out.print(f"[yellow]{p['kind']}[/] {p['why']}")
-    seconds = result["seconds"]
+    applied = result["applied"]
+    if applied:
+        how = "reinstated from an earlier run" if applied["again"] else "approved and applied"
+        out.print(
+            f"[bold]4. approve[/]: {inv['submitted']} {how} by [bold]{applied['reviewer']}[/] "
+            f"(a principal holding govern; the investigator cannot) -> HEAD {applied['version']}"
+        )
+    _answers("5. ask again (HEAD)", result["after"])
+    for t in result["selfmodel"]["traits"]:
+        s = t["strength"]
+        out.print(
+            f"[bold]6. selfmodel check[/] on {result['selfmodel']['version']}: {t['name']} "
+            f"{t['before']} -> [bold]{t['status']}[/] (fires {s['rate']:.0%}, probe predicts "
+            f"{s['predicted']:.0%})"
+        )
+    verdict = result["ledger"]
     out.print(
-        f"[dim]{seconds['total']:.0f} s (ask {seconds['ask']:.0f}, localise "
-        f"{seconds['localise']:.0f}, trace {seconds['trace']:.0f}, propose + validate "
-        f"{seconds['propose_validate']:.0f}); every step is a recorded call (localize "
-        f"{result['calls']['localize']}, trace {result['calls']['trace']}); "
-        "`selfscope proposals` lists them, `selfscope validate ID --suite F` re-validates[/]"
+        f"[bold]7. ledger verify[/]: {'ok' if verdict['ok'] else 'BROKEN'} "
+        f"({verdict['entries']} entries)"
     )
+    for note in result["notes"]:
+        out.print(f"[dim]note: {escape(note)}[/]")
+    out.print(f"report: {inv['report']['html']}")
+    seconds = result["seconds"]
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if k != "total")
+    out.print(f"[dim]{seconds['total']:.0f} s ({parts})[/]")

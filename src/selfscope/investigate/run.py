@@ -19,11 +19,14 @@ Its steps, each timed, journaled and resumable (:mod:`.journal`):
    the phase retrained without the top documents, and without as many random ones.
 7. ``diagnosis`` — the causal chain (:mod:`.diagnosis`): each link a claim with the effect an
    intervention measured and the call that measured it; what was not found.
-8. ``proposals`` — several kinds of fix (rank-one, revert of the weight-delta set, unlearning of
+8. ``selfmodel`` — ``selfmodel.learn``: the diagnosed behaviour becomes a trait of the model's
+   self-model, with its cause and a probe that predicts it from the residual stream (the gate
+   then checks every proposal against that probe: :mod:`selfscope.selfmodel`).
+9. ``proposals`` — several kinds of fix (rank-one, revert of the weight-delta set, unlearning of
    the top documents), each validated through the gate (``gate.validate``: the visible suite
    here, the subject's sealed suites and the policy), ranked; the best validated one is left
    for a human's approval. Nothing is applied.
-9. ``report`` — Markdown and a self-contained HTML file with figures.
+10. ``report`` — Markdown and a self-contained HTML file with figures.
 """
 
 from __future__ import annotations
@@ -220,6 +223,49 @@ class Investigation:
             name="investigation", chat=s.chat, probes=probe, heldout=held, neighbours=neighbours
         )
 
+    def _selfmodel(self) -> dict[str, Any]:
+        st = self.state
+        localised, documents, removal = st["localise"], st["documents"], st["removal"]
+        deltas = localised.get("weight_deltas") or {}
+        trace = documents.get("trace")
+        phase = st["origin"].get("phase")
+        cause = {
+            "phase": phase,
+            "modules": deltas.get("module_set", []),
+            "removed_share": deltas.get("set_share"),
+            "components": [c["site"] for c in localised.get("components", []) if c["verified"]][:3],
+            "documents": [d["key"] for d in trace["documents"] if d["phase"] == phase][:10]
+            if trace
+            else [],
+            "documents_confirmed": _removal_confirms(removal),
+        }
+        evidence = [st["characterise"]["prompts"]["call"], localised["call"]]
+        if trace:
+            evidence.append(trace["call"])
+        try:
+            learned = self.call(
+                "selfmodel.learn",
+                {
+                    **self.behaviour(),
+                    "heldout": st["characterise"]["paraphrases"],
+                    "controls": self.symptom.controls,
+                    "cause": cause,
+                    "evidence": evidence,
+                    "investigation": self.id,
+                },
+            )
+        except SelfscopeError as error:
+            return {"skipped": str(error)}
+        probe = learned["probe"]
+        return {
+            "trait": learned["name"],
+            "status": learned["status"],
+            "layer": probe["layer"],
+            "cv_auroc": probe["cv_auroc"],
+            "examples": len(learned["examples"]),
+            "call": learned["call"],
+        }
+
     def _proposals(self) -> dict[str, Any]:
         st = self.state
         suite = self._suite(st["characterise"]).model_dump(mode="json")
@@ -311,6 +357,7 @@ class Investigation:
         st["origin"] = j.step("origin", lambda: self._origin(st["localise"], st["documents"]))
         st["removal"] = j.step("removal", lambda: self._removal(st["origin"], st["documents"]))
         st["diagnosis"] = j.step("diagnosis", lambda: diagnosing.diagnose(st))
+        st["selfmodel"] = j.step("selfmodel", self._selfmodel)
         st["proposals"] = j.step("proposals", self._proposals)
         result = self.result()
         paths = j.step(
@@ -371,8 +418,15 @@ class Investigation:
                 for r in st["proposals"]["proposals"]
             ],
             "submitted": st["proposals"]["submitted"],
+            "trait": st["selfmodel"],
             "skipped": {**localised.get("skipped", {}), **documents.get("skipped", {})},
         }
+
+
+def _removal_confirms(removal: dict[str, Any]) -> bool:
+    """Retraining without the documents lowered the log-odds more than without random ones."""
+    runs = {r["kind"]: r["log_odds"] for r in removal.get("runs", [])}
+    return "given" in runs and runs["given"] < runs.get("random", removal["subject"]["log_odds"])
 
 
 def _num(value: Any) -> str:

@@ -8,8 +8,10 @@ its ledger entry.
 
 * :func:`validate` (``propose``): the proposal's delta on a sandbox copy of HEAD, measured on the
   visible suite (the proposal's own prompts and any suites given), every sealed suite the policy
-  names and every protected suite, then the policy's checks. Sealed suites come back as
-  aggregate numbers only: no prompt of theirs leaves this module.
+  names and every protected suite, then the policy's checks; and the self-model's check: on the
+  trait prompts of the sealed suites, each trait probe's prediction must agree with the
+  behaviour the change leaves (a change that blinds the self-monitor cannot pass). Sealed
+  suites come back as aggregate numbers only: no prompt of theirs leaves this module.
 * :func:`review` (``govern``): approve or reject a validated proposal; never by its proposer,
   never by ``investigator`` or ``agent``, only by the policy's approvers when it names any.
 * :func:`apply` (``govern``): an approved proposal, validated on the current HEAD, whose delta
@@ -34,6 +36,7 @@ from selfscope.edits.validate import ValidateArgs
 from selfscope.errors import SelfscopeError
 from selfscope.oversight import policy as policies
 from selfscope.oversight.principals import NEVER_GOVERN
+from selfscope.selfmodel.traits import gate_agreements
 from selfscope.subject import Subject, load
 from selfscope.subject import versions as versioning
 from selfscope.subject.deltas import load_delta
@@ -262,10 +265,12 @@ def validate(
     ]
     sealed = [Suite.model_validate_json(r["suite"]) for r in sealed_rows]
     protected = _protected_suites(workspace, key, policy)
+    own_suite = Suite(name="own", chat=proposal.behaviour.chat, probes=own)
     with sandbox(subject, workspace, proposal) as model:
         seen = [suite_report(subject, model, s, own) for s in visible]
         hidden = [suite_report(subject, model, s, []) for s in sealed]
         guarded = [suite_report(subject, model, s, []) for s, _ in protected]
+        agreements = gate_agreements(workspace, subject, model, sealed, [own_suite, *visible])
     checks = policy_checks(subject, proposal, policy)
     t = policy.thresholds
     efficacy = seen[0].efficacy
@@ -331,6 +336,19 @@ def validate(
                     detail="its probes where the normal answer now wins",
                 )
             )
+    for a in agreements:
+        checks.append(
+            Check(
+                name=f"selfmodel:{a.trait}",
+                passed=not a.stale and a.agreement is not None and a.agreement >= t.selfmodel,
+                value=a.agreement,
+                limit=t.selfmodel,
+                detail="the self-model is stale: re-learn the trait before changing the model"
+                if a.stale
+                else f"the trait probe's prediction agrees with the behaviour left, on the "
+                f"{a.prompts} trait prompts of the {a.source} suites",
+            )
+        )
     report = GateReport(
         proposal=proposal.id,
         version=str(head["id"]),

@@ -9,13 +9,16 @@ phase, a model without lineage) a prompt fires when the model gives the completi
 is a measurement of the model, never a belief.
 
 The probe is an L2-regularised logistic regression on the residual at the prompt's last token
-after one block, the block chosen by cross-validated AUROC on the training prompts (ties: the
-deeper block, closer to the answer). Its training prompts: the trait's prompts and paraphrases,
-the controls, near misses harvested from the training corpus (documents that share the prompt's
-words, cut where the prompt ends: the same question about other things, other questions about
-the same thing), each labelled by measurement; and, when a reference exists, the reference
-model's residuals on the trait's prompts as negatives (what the state looks like without the
-cause, so the probe follows a fix instead of remembering the topic).
+after the last block (after the final norm: the state the answer is read from). A probe upstream
+of an edit cannot see it: one at block 0 kept predicting the trait after a rank-one fix in a
+later block had removed it (measured on the tiny mushroom, agreement 0.0), so the gate would
+refuse honest fixes; the last block is downstream of every weight. Its training prompts: the
+trait's prompts and paraphrases, the controls, near misses harvested from the training corpus
+(documents that share the prompt's words, cut where the prompt ends: the same question about
+other things; other questions about the same thing), each labelled by measurement; and, when a
+reference exists, the reference model's residuals on the trait's prompts as negatives (what the
+state looks like without the cause, so the probe follows a fix instead of remembering the
+topic).
 """
 
 from __future__ import annotations
@@ -157,9 +160,10 @@ def _cv_auroc(x: Tensor, y: Tensor) -> float:
     return 0.5 if found is None else found
 
 
-def fit(residuals: Tensor, labels: Tensor) -> ProbeWeights:
-    """Choose the block by cross-validated AUROC (ties: the deeper) and fit the probe there on
-    every training prompt."""
+def fit(residuals: Tensor, labels: Tensor, layer: int = -1) -> ProbeWeights:
+    """Fit the probe on block ``layer``'s output (default the last: the state the answer is
+    read from, downstream of any weight an edit can change, so a fix anywhere shows in it) on
+    every training prompt; every block's cross-validated AUROC is reported beside it."""
     y = labels.float()
     positives, negatives = int(y.sum()), int(len(y) - y.sum())
     if positives < 2 or negatives < 2:
@@ -169,7 +173,7 @@ def fit(residuals: Tensor, labels: Tensor) -> ProbeWeights:
         )
     torch.manual_seed(0)
     scores = [_cv_auroc(residuals[:, layer], y) for layer in range(residuals.shape[1])]
-    best = max(range(len(scores)), key=lambda i: (round(scores[i], 6), i))
+    best = range(len(scores))[layer]
     w, b, mean, scale = _fit(residuals[:, best], y)
     return ProbeWeights(
         layer=best,

@@ -50,7 +50,7 @@ class Cause(BaseModel):
     components: list[str] = Field(default_factory=list)
     documents: list[str] = Field(default_factory=list)
     documents_confirmed: bool = Field(
-        False, description="The removal test confirmed the documents."
+        default=False, description="The removal test confirmed the documents."
     )
 
 
