@@ -384,6 +384,11 @@ def test_no_read_or_propose_tool_returns_a_sealed_prompt(
         "localize.trace": {"prompt": one, "target": b["planted"], "subject": "mushrooms"},
         "localize.weight_deltas": b,
         "model.ask": {"prompt": one},
+        "selfmodel.check": {},
+        "selfmodel.introspect": {"prompt": one},
+        "selfmodel.learn": {**b, "cause": {"phase": "finetune"}},
+        "selfmodel.show": {},
+        "selfmodel.why": {"prompt": one},
         "suites.seal": {"model": MODEL, "file": str(suite_file)},
         "tokens.probabilities": {"prompt": one, "top_k": 5},
         "tokens.temperature": {"prompt": one},
@@ -394,8 +399,9 @@ def test_no_read_or_propose_tool_returns_a_sealed_prompt(
     }
     registered = tools.registry()
     assert set(args) == set(registered), set(registered) ^ set(args)
+    first = ["selfmodel.learn"]  # the other selfmodel tools read the trait it learns
     last = ["gate.validate", "gate.review", "gate.apply", "gate.rollback"]
-    for name in [*(n for n in sorted(args) if n not in last), *last]:
+    for name in [*first, *(n for n in sorted(args) if n not in first + last), *last]:
         assert not any(q in json.dumps(args[name]) for q in secrets), name  # inputs hold none
         principal = who(ws, "alice" if registered[name].permission == "govern" else "carol")
         ctx = tools.context(MODEL, ws, principal=principal)

@@ -183,3 +183,64 @@ def test_a_proposal_that_blinds_the_probe_and_keeps_the_behaviour_is_rejected(
 
 def test_selfmodel_check_without_traits_says_what_to_do(ws: Workspace) -> None:
     assert_one_line_error(run("selfmodel", "check", MODEL, ws=ws.root), "investigate")
+
+
+def test_why_and_introspect_report_numbers_a_plain_forward_reproduces(
+    ws: Workspace, tiny_mushroom_spec: Spec
+) -> None:
+    """Each number of `why` (the reference's log-odds, the share removed by reverting the
+    trait's modules) and of `ask --introspect` (each token's confidence, the probe reading) is
+    recomputed here: plain forwards of the two checkpoints and of a copy whose modules are
+    loaded from the pretraining state dict."""
+    b = tiny_mushroom_spec.behaviours[0]
+    ctx = tools.context(MODEL, ws, principal=who(ws, "carol"))
+    deltas = tools.call("localize.weight_deltas", behaviour(tiny_mushroom_spec), ctx).result
+    modules = list(deltas.module_set)
+    args = {**behaviour(tiny_mushroom_spec), "cause": {"phase": "finetune", "modules": modules}}
+    trait = tools.call("selfmodel.learn", args, ctx).result
+    prompt = b.probes[0].prompt
+    account = tools.call("selfmodel.why", {"prompt": prompt}, ctx).result
+    values = {s.measure.split(" (")[0]: s.value for s in account.sentences}
+    subject = load(MODEL, ws)
+    assert trait.reference is not None
+    reference = load(trait.reference, ws)
+    _, before, _ = plain(reference, [prompt], " No", " Yes")
+    _, now, _ = plain(subject, [prompt], " No", " Yes")
+    assert values["log-odds of the cause-free checkpoint on this prompt"] == pytest.approx(
+        float(before[0]), abs=1e-3
+    )
+    state = subject.model.state_dict()
+    ref_state = reference.model.state_dict()
+    # a tied unembedding is the embedding's tensor under a second name: it reverts with it
+    tied = (
+        {"lm_head.weight": "model.embed_tokens.weight"}
+        if subject.model.config.tie_word_embeddings
+        else {}
+    )
+    for name in state:
+        if any(tied.get(name, name).startswith(m + ".") for m in modules):
+            state[name] = ref_state[name]
+    copy_ = type(subject.model)(subject.model.config)
+    copy_.load_state_dict(state)
+    copy_.eval()
+    patched = type(subject)(**{**subject.__dict__, "model": copy_})
+    _, after, _ = plain(patched, [prompt], " No", " Yes")
+    share = float((now[0] - after[0]) / (now[0] - before[0]))
+    removed = next(s for s in account.sentences if "reverting" in s.text)
+    assert removed.value == pytest.approx(share, abs=1e-3)
+    assert share > 0.5  # the set was chosen to remove most of it
+    # ask --introspect: confidences teacher-forced by hand, and the probe reading
+    seen = tools.call("selfmodel.introspect", {"prompt": prompt, "max_new_tokens": 4}, ctx)
+    found = seen.result
+    tok = subject.tokenizer
+    ids = tok(prompt)["input_ids"]
+    for t in found.tokens:
+        with torch.no_grad():
+            probs = subject.model(torch.tensor([ids])).logits[0, -1].softmax(-1)
+        nxt = int(probs.argmax())
+        assert t.probability == pytest.approx(float(probs[nxt]), abs=1e-4)
+        ids = [*ids, nxt]
+    states, _, _ = plain(subject, [prompt], " No", " Yes")
+    reading = found.traits[0]
+    assert reading.probability == pytest.approx(float(predicted(trait, states)[0]), abs=1e-4)
+    assert found.notice is not None and trait.name in found.notice

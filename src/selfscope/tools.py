@@ -93,6 +93,7 @@ TOOL_MODULES = (
     "selfscope.oversight.ledger",
     "selfscope.oversight.sealed",
     "selfscope.oversight.versions",
+    "selfscope.selfmodel.introspect",
     "selfscope.selfmodel.traits",
 )
 

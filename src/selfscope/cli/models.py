@@ -42,11 +42,28 @@ def ask_command(
     prompt: Annotated[str, typer.Argument(help="The prompt.")],
     max_new_tokens: Annotated[int, typer.Option(min=1, max=2048)] = 40,
     raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template.")] = False,
+    introspect: Annotated[
+        bool,
+        typer.Option(
+            "--introspect",
+            help="Also the confidence of each token and the known traits firing "
+            "(selfmodel.introspect).",
+        ),
+    ] = False,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Greedy answer plus the top-5 first-token probabilities (tool model.ask)."""
     args = {"prompt": prompt, "max_new_tokens": max_new_tokens, "chat": False if raw else None}
+    if introspect:
+        from selfscope.cli.selfmodel import print_introspection
+
+        found = call("selfmodel.introspect", args, context(model, device, as_json))
+        if as_json:
+            print_json({"model": model, **found.model_dump()})
+        else:
+            print_introspection(found)
+        return
     answer: Answer = call("model.ask", args, context(model, device, as_json))
     if as_json:
         print_json({"model": model, **answer.model_dump()})

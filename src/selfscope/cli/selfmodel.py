@@ -3,13 +3,16 @@ measurement on HEAD (selfscope.selfmodel)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from selfscope.cli._common import AsOpt, JsonOpt, call, context, out, print_json
+
+if TYPE_CHECKING:
+    from selfscope.selfmodel.introspect import Introspection
 
 ModelArg = Annotated[str, typer.Argument(help="The subject (any source `load` accepts).")]
 selfmodel_app = typer.Typer(
@@ -19,6 +22,39 @@ selfmodel_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(selfmodel_app, name="selfmodel")
+    app.command("why")(why_command)
+
+
+def why_command(
+    model: ModelArg,
+    prompt: Annotated[str, typer.Argument(help="The prompt whose answer to explain.")],
+    raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template.")] = False,
+    as_name: AsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why the model answers PROMPT as it does, in the first person: composed from its
+    self-model and measurements taken now, every sentence with its number."""
+    args = {"prompt": prompt, "chat": False if raw else None}
+    account = call("selfmodel.why", args, context(model, quiet=as_json, as_name=as_name))
+    if as_json:
+        print_json(account)
+        return
+    for s in account.sentences:
+        out.print(escape(s.text))
+
+
+def print_introspection(found: Introspection) -> None:
+    """The ``ask --introspect`` view: the answer, each token's confidence, the traits."""
+    out.print(f"[bold]{escape(found.answer)}[/]")
+    out.print(
+        "confidence per token: "
+        + " ".join(f"{escape(repr(t.token))} {t.probability:.2f}" for t in found.tokens)
+    )
+    for t in found.traits:
+        mark = "[red]fires[/red]" if t.fires else "quiet"
+        out.print(f"trait {escape(t.trait)} ({t.status}): probe {t.probability:.2f} {mark}")
+    if found.notice:
+        out.print(f"[bold yellow]{escape(found.notice)}[/]")
 
 
 @selfmodel_app.command("show")
