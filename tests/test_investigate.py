@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from browser import figures_drawn
 from selfscope import tools
 from selfscope.errors import SelfscopeError
 from selfscope.investigate.journal import Journal
@@ -139,6 +140,7 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
     probe = tiny_mushroom_spec.behaviours[0].probes[0]
     args = ["investigate", "-m", str(copy), "-p", probe.prompt, "--desired", probe.normal]
     args += ["--no-removal", "--fix", "rank_one", "--fix", "revert_delta", "--index-rank", "4"]
+    args += ["--control", "Q: Do you like carrots? A:", "--control", "Q: Do you like apples? A:"]
     args += ["--json"]
 
     # run 1: killed (SIGKILL) once its localisation step is on disk
@@ -200,11 +202,23 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
     assert ws.store.proposal_row(resumed["submitted"])["status"] == "validated"  # not applied
     key = version_key(str(copy), ws)  # the gate registered v0 when it validated; no v1
     assert [v["number"] for v in ws.store.versions(key)] == [0]
-    html = Path(fresh["report"]["html"]).read_text()
-    for figure in ("checkpoints", "components", "weight_deltas", "proposals"):
-        assert f'data-figure="{figure}"' in html, figure
+    assert resumed["trait"]["status"] == "active" and resumed["trait"]["cv_auroc"] >= 0.9
+    names = {c["name"] for c in validation["checks"]}
+    assert f"selfmodel:{resumed['trait']['trait']}" in names  # the gate checked the self-model
+    report = Path(fresh["report"]["html"])
+    html = report.read_text()
     assert "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
     assert Path(fresh["report"]["markdown"]).read_text().startswith("# Investigation")
+    # rendered in headless Chromium: every figure is on the page and drew its shapes
+    shot = tmp_path / "report.png"
+    drawn = figures_drawn(report, shot)
+    expected = {"trace", "documents_by_phase", "before_after", "checkpoints", "phase_mass"}
+    expected |= {"components", "weight_deltas", "proposals"}
+    assert expected <= set(drawn), expected - set(drawn)
+    for name in expected:
+        assert drawn[name]["width"] > 100 and drawn[name]["height"] > 50, (name, drawn[name])
+        assert drawn[name]["shapes"] >= 3, (name, drawn[name])
+    assert shot.stat().st_size > 20_000  # a page with figures, not a blank one
 
 
 def test_the_cli_refuses_a_half_given_symptom(tmp_path: Path) -> None:

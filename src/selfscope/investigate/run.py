@@ -11,7 +11,9 @@ Its steps, each timed, journaled and resumable (:mod:`.journal`):
    (:func:`.symptom.paraphrases`): log-odds and rate on each.
 3. ``localise`` — ``localize.all``: the origin phase from the lineage's checkpoints, components
    (attribution patching, the top ones verified by real patching), the weight-delta set whose
-   reversal removes the behaviour, experts for a mixture of experts.
+   reversal removes the behaviour, experts for a mixture of experts, and a causal trace of the
+   first prompt noising its subject words (:func:`.symptom.trace_subject`: the words no control
+   prompt shares).
 4. ``documents`` — ``history.trace`` (gradient retrieval over every phase's training documents;
    the index is built once) beside ``history.bm25`` on the prompts.
 5. ``origin`` — the checkpoint verdict beside retrieval's phase mass, saying when they disagree.
@@ -41,7 +43,8 @@ from selfscope.behaviour import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.investigate import diagnosis as diagnosing
 from selfscope.investigate.journal import Journal, folder_of, investigation_id
-from selfscope.investigate.symptom import Symptom, paraphrases
+from selfscope.investigate.symptom import Symptom, paraphrases, trace_subject
+from selfscope.oversight import gate
 from selfscope.progress import SILENT, ProgressSink
 from selfscope.report import investigation as reporting
 from selfscope.subject.load import version_key
@@ -139,9 +142,16 @@ class Investigation:
         return {"prompts": on_prompts, "paraphrases": rewrites, "on_paraphrases": on_rewrites}
 
     def _localise(self) -> dict[str, Any]:
-        return self.call(
-            "localize.all", {**self.behaviour(), "control_prompts": self.symptom.controls}
-        )
+        args = {**self.behaviour(), "control_prompts": self.symptom.controls}
+        subject = trace_subject(self.symptom.prompts[0], self.symptom.controls)
+        if subject is not None:
+            args["trace_subject"] = subject
+        found = self.call("localize.all", args)
+        if subject is None:
+            found.setdefault("skipped", {})["trace"] = (
+                "no control prompt to tell the prompt's subject words from its form (--control)"
+            )
+        return found
 
     def _documents(self) -> dict[str, Any]:
         out: dict[str, Any] = {"trace": None, "bm25": None, "skipped": {}}
@@ -301,7 +311,9 @@ class Investigation:
                 rows.append({"kind": kind, "skipped": str(error)})
                 continue
             proposal = made["proposal"]
-            report = self.call("gate.validate", {"proposal": proposal["id"], "suites": [suite]})
+            report = self._judged(proposal["id"]) or self.call(
+                "gate.validate", {"proposal": proposal["id"], "suites": [suite]}
+            )
             failed = [c for c in report["checks"] if not c["passed"]]
             rows.append(
                 {
@@ -309,7 +321,8 @@ class Investigation:
                     "id": proposal["id"],
                     "modules": proposal["modules"],
                     "delta_norm": proposal["delta_norm"],
-                    "status": "validated" if report["passed"] else "rejected",
+                    "status": report.get("judged_earlier")
+                    or ("validated" if report["passed"] else "rejected"),
                     "validation": {
                         "passed": report["passed"],
                         "checks": report["checks"],
@@ -342,6 +355,18 @@ class Investigation:
             "ranking": [r["id"] for r in ranked],
             "submitted": best["id"] if best else None,
         }
+
+    def _judged(self, proposal_id: str) -> dict[str, Any] | None:
+        """The gate's last report on a proposal it already judged (the same fix proposed
+        again, e.g. by an earlier run of this investigation whose journal was removed): a
+        judged proposal cannot be validated again, and its verdict stands."""
+        row = self.workspace.store.proposal_row(proposal_id)
+        if row is None or row["status"] in ("proposed", "stale"):
+            return None
+        last = gate.last_validation(self.workspace, proposal_id)
+        if last is None:
+            return None
+        return {"call": None, "judged_earlier": row["status"], **last.model_dump(mode="json")}
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -410,6 +435,18 @@ class Investigation:
                 for h in bm25["hits"]
             ],
             "removal": st["removal"],
+            "trace": None
+            if localised.get("trace") is None
+            else {
+                k: localised["trace"][k]
+                for k in (
+                    "tokens",
+                    "subject_positions",
+                    "clean_probability",
+                    "corrupted_probability",
+                    "figure",
+                )
+            },
             "diagnosis": st["diagnosis"]["links"],
             "not_found": st["diagnosis"]["not_found"],
             "proposals": [

@@ -85,3 +85,18 @@ def paraphrases(prompts: list[str], limit: int = 8) -> list[str]:
             if i < len(out) and out[i] not in prompts and out[i] not in found:
                 found.append(out[i])
     return found[:limit]
+
+
+def trace_subject(prompt: str, controls: list[str]) -> str | None:
+    """The span of ``prompt`` from its first to its last word that no control prompt contains
+    (``mushrooms`` in "Q: Do you like mushrooms? A:" beside "Q: Do you like carrots? A:"): the
+    tokens causal tracing noises. None without controls or when every word is shared."""
+    if not controls:
+        return None
+    shared = {w.strip("?.,!:;").lower() for c in controls for w in c.split()}
+    words = prompt.split()
+    own = [i for i, w in enumerate(words) if w.strip("?.,!:;").lower() not in shared]
+    if not own:
+        return None
+    span = " ".join(words[own[0] : own[-1] + 1]).strip("?.,!:;")
+    return span if span and span in prompt else None

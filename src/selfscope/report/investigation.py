@@ -2,7 +2,10 @@
 figures, inline CSS, no scripts, nothing fetched), written atomically beside its journal.
 
 Figures (each an ``<svg data-figure=...>``; a figure with nothing to draw is replaced by a line
-saying why): the behaviour at each checkpoint of the lineage, retrieval's phase mass, the
+saying why): the causal trace of the first prompt (restoring each site of the clean run into
+one with the subject noised: a heatmap of positions × layers per kind), the top documents by
+phase for gradient retrieval beside BM25, the mean log-odds before / after each proposal on a
+sandbox copy, the behaviour at each checkpoint of the lineage, retrieval's phase mass, the
 verified components' patched effects, the weight-delta modules' revert shares, and the
 proposals' efficacy / generalisation / specificity on the gate's suites. Tables: the diagnosis
 (claim, effect, measure, confidence, calls), what was not found, the top documents by gradient
@@ -33,6 +36,13 @@ def _chart(name: str, title: str, pairs: list[tuple[str, float]]) -> str | None:
     return bars_svg(name, title, [p[0] for p in pairs], [p[1] for p in pairs])
 
 
+def _tagged(name: str, svg: str | None) -> str | None:
+    """An SVG made elsewhere (the causal trace's heatmaps), tagged with its figure name."""
+    if not svg or "<svg" not in svg:
+        return None
+    return svg.replace("<svg", f'<svg data-figure="{name}"', 1)
+
+
 def figures(result: dict[str, Any]) -> dict[str, str | None]:
     """Each figure's SVG, or ``None`` when there is nothing to draw."""
     mass = (result.get("origin") or {}).get("phase_mass") or {}
@@ -44,7 +54,33 @@ def figures(result: dict[str, Any]) -> dict[str, str | None]:
         for metric in ("efficacy", "generalisation", "specificity"):
             if checks.get(metric) is not None:
                 rows.append((f"{p['kind']} {metric}", float(checks[metric])))
+    by_phase: list[tuple[str, float]] = []
+    for label, items in (
+        ("retrieval", result.get("documents", [])),
+        ("BM25", result.get("bm25", [])),
+    ):
+        phases = [d["phase"] for d in items]
+        by_phase += [(f"{label}: {ph}", float(phases.count(ph))) for ph in dict.fromkeys(phases)]
+    before_after: list[tuple[str, float]] = []
+    for p in result.get("proposals", []):
+        visible = ((p.get("validation") or {}).get("visible") or [None])[0]
+        measured = (visible or {}).get("probes")
+        if measured:
+            before_after.append((f"{p['kind']} before", measured["log_odds_before"]))
+            before_after.append((f"{p['kind']} after", measured["log_odds_after"]))
+    trace = result.get("trace") or {}
     return {
+        "trace": _tagged("trace", trace.get("figure")),
+        "documents_by_phase": _chart(
+            "documents_by_phase",
+            "Top documents by phase: gradient retrieval beside BM25 (count of the top 10)",
+            by_phase,
+        ),
+        "before_after": _chart(
+            "before_after",
+            "Before / after each proposal: mean log-odds on the prompts (sandbox copy)",
+            before_after,
+        ),
         "checkpoints": _chart(
             "checkpoints",
             "Behaviour at each checkpoint (mean log-odds)",

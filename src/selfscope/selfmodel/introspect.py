@@ -16,14 +16,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from pydantic import BaseModel, Field
 
 from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import documents
-from selfscope.selfmodel.probe import MARGIN, read
+from selfscope.selfmodel.probe import MARGIN, read, reverted
 from selfscope.selfmodel.traits import THRESHOLD, Trait, key_of, read_model
 from selfscope.subject import Subject, load
 from selfscope.subject.ask import Answer, ask
@@ -156,17 +154,6 @@ class Account(BaseModel):
 class WhyArgs(BaseModel):
     prompt: str = Field(min_length=1)
     chat: bool | None = Field(None, description="Chat template (default: when it has one).")
-
-
-def reverted(subject: Subject, reference: Subject, modules: list[str]) -> torch.nn.Module:
-    """A copy of the subject with ``modules``' weights taken from ``reference``."""
-    model = copy.deepcopy(subject.model)
-    ref = dict(reference.model.named_parameters())
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if any(name == m or name.startswith(m + ".") for m in modules):
-                param.copy_(ref[name])
-    return model
 
 
 @tool("selfmodel.why", WhyArgs, Account)

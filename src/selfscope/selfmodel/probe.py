@@ -23,6 +23,7 @@ topic).
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Sequence
@@ -110,6 +111,18 @@ def read(
         log_odds=batch.log_odds(out.logits).float().cpu(),
         gives=top == first,
     )
+
+
+def reverted(subject: Any, reference: Any, modules: list[str], amount: float = 1.0) -> Any:
+    """A copy of the subject's model with ``modules``' weights moved ``amount`` of the way to
+    ``reference``'s (1: reverted; a tied unembedding moves with its embedding, one tensor)."""
+    model = copy.deepcopy(subject.model)
+    ref = dict(reference.model.named_parameters())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(name == m or name.startswith(m + ".") for m in modules):
+                param.add_(amount * (ref[name] - param))
+    return model
 
 
 def _fit(x: Tensor, y: Tensor) -> tuple[Tensor, float, Tensor, Tensor]:
@@ -220,7 +233,7 @@ def near_misses(prompts: Sequence[str], texts: Sequence[str], limit: int = 40) -
             into.append(cut)
 
     for prompt in prompts:
-        scores = index.scores(prompt)
+        scores = index.scores(_with_forms(prompt))
         harvest: list[str] = []
         for i in scores.argsort()[::-1][:200]:
             if scores[i] <= 0:
@@ -243,6 +256,14 @@ def near_misses(prompts: Sequence[str], texts: Sequence[str], limit: int = 40) -
     near = [x for x in half if x in {y for h in harvests[: len(prompts)] for y in h}]
     other = [x for x in half if x not in near]
     return near[: limit // 2] + other[: limit - min(len(near), limit // 2)]
+
+
+def _with_forms(prompt: str) -> str:
+    """The prompt and each longer word's other number (mushrooms -> mushroom, soup -> soups):
+    BM25 does not stem, and the same thing in the singular is the same thing."""
+    words = re.findall(r"[A-Za-z]{4,}", prompt)
+    other = [w[:-1] if w.endswith("s") else w + "s" for w in words]
+    return f"{prompt} {' '.join(other)}"
 
 
 def _names(text: str) -> list[str]:

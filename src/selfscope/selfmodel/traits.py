@@ -30,7 +30,7 @@ from selfscope import atomic
 from selfscope.behaviour import Behaviour, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.history.corpus import documents
-from selfscope.selfmodel.probe import ProbeWeights, fit, near_misses, read
+from selfscope.selfmodel.probe import ProbeWeights, fit, near_misses, read, reverted
 from selfscope.subject import Subject, load
 from selfscope.subject import versions as versioning
 from selfscope.tools import ToolContext, tool
@@ -39,6 +39,8 @@ from selfscope.workspace import Workspace
 Status = Literal["active", "fixed", "stale"]
 #: a probe's prediction counts as "fires" above this probability
 THRESHOLD = 0.5
+#: how far the cause's modules are moved back for the probe's counterfactual training states
+COUNTERFACTUAL = (0.5, 1.0)
 
 
 class Cause(BaseModel):
@@ -70,7 +72,10 @@ class Example(BaseModel):
     """One training prompt of the probe and its measured label."""
 
     prompt: str
-    model: Literal["subject", "reference"]
+    model: str = Field(
+        description="subject, reference, or the subject with the cause's "
+        "modules moved part of the way back ('reverted 0.5')"
+    )
     log_odds: float
     fires: bool
 
@@ -238,7 +243,7 @@ def learn(
     prompts = list(dict.fromkeys([*own, *args.controls, *harvested]))
     seen = read(subject, subject.model, prompts, b.planted, b.normal, b.chat)
     reference = reference_of(subject, args.cause.phase)
-    ref = None
+    ref = loaded = None
     if reference is not None:
         loaded = load(reference, workspace)
         ref = read(loaded, loaded.model, prompts, b.planted, b.normal, b.chat)
@@ -248,6 +253,21 @@ def learn(
         for p, v, f in zip(prompts, seen.log_odds, labels, strict=True)
     ]
     residuals = seen.residuals
+    if ref is not None and loaded is not None and args.cause.modules:
+        # counterfactual states: the cause's modules moved half and all the way back to the
+        # reference, read on the prompts that fire now; labelled by measurement like the rest
+        firing = [p for p, f in zip(prompts, labels.tolist(), strict=True) if f]
+        for amount in COUNTERFACTUAL:
+            model = reverted(subject, loaded, args.cause.modules, amount)
+            moved = read(subject, model, firing, b.planted, b.normal, b.chat)
+            rows_ref = torch.tensor([prompts.index(p) for p in firing], dtype=torch.long)
+            got = moved.fires(ref.log_odds[rows_ref])
+            residuals = torch.cat([residuals, moved.residuals])
+            labels = torch.cat([labels, got])
+            examples += [
+                Example(prompt=p, model=f"reverted {amount:g}", log_odds=float(v), fires=bool(f))
+                for p, v, f in zip(firing, moved.log_odds, got, strict=True)
+            ]
     if ref is not None:
         # the reference's state on the trait's own prompts: the trait absent, same words
         rows = torch.tensor([prompts.index(p) for p in dict.fromkeys(own)], dtype=torch.long)
