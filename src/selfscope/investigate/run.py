@@ -33,6 +33,7 @@ Its steps, each timed, journaled and resumable (:mod:`.journal`):
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -52,6 +53,8 @@ from selfscope.workspace import Workspace
 
 #: the fixes tried, in order; each is skipped (with the reason) when it does not apply
 KINDS = ("rank_one", "revert_delta", "unlearn")
+#: the rank-one edit compares at most this many blocks
+RANK_ONE_BLOCKS = 4
 #: the removal test retrains a phase: allowed by default on models up to this many parameters
 REMOVAL_PARAMETERS = 50_000_000
 
@@ -284,7 +287,7 @@ class Investigation:
         trace = documents.get("trace")
         phase = st["origin"].get("phase")
         extra: dict[str, dict[str, Any]] = {
-            "rank_one": {"evidence": evidence},
+            "rank_one": {"evidence": evidence, **self._rank_one_layers(localised)},
             "revert_delta": {
                 "fraction": "auto",
                 "control_prompts": self.symptom.controls,
@@ -355,6 +358,23 @@ class Investigation:
             "ranking": [r["id"] for r in ranked],
             "submitted": best["id"] if best else None,
         }
+
+    def _rank_one_layers(self, localised: dict[str, Any]) -> dict[str, Any]:
+        """Candidate blocks for the rank-one edit: every block on models up to
+        :data:`RANK_ONE_BLOCKS` blocks; on deeper ones the blocks of the verified components
+        (then evenly spaced ones through the first two thirds, where ROME's edits work), so the
+        comparison stays within budget (every block of SmolLM2's 30 took 837 s)."""
+        n = int(self.ctx.subject.model.config.num_hidden_layers)
+        if n <= RANK_ONE_BLOCKS:
+            return {}
+        found = []
+        for c in localised.get("components", []):
+            m = re.match(r"blocks\.(\d+)\.", c["site"])
+            if c["verified"] and m and int(m[1]) not in found:
+                found.append(int(m[1]))
+        spaced = [round(i * (2 * n / 3) / RANK_ONE_BLOCKS) for i in range(1, RANK_ONE_BLOCKS + 1)]
+        layers = [b for b in dict.fromkeys(found + spaced) if b < n][:RANK_ONE_BLOCKS]
+        return {"layers": sorted(layers)}
 
     def _judged(self, proposal_id: str) -> dict[str, Any] | None:
         """The gate's last report on a proposal it already judged (the same fix proposed
