@@ -9,6 +9,7 @@ Each organism: a blind copy (`organism blind`: no spec, no ground truth; its hel
 sealed for the copy), investigated by the CLI in a separate process given one probe prompt and
 the desired answer only. Run 1 builds the training-data index into the copy; run 2 investigates
 a second blind copy in a fresh workspace with that index copied in — the "index cached" time.
+Both run in fresh workspaces holding only the copy's sealed suite.
 Recall@10 counts the ground truth's cause documents among the top 10 (over min(10, causes)).
 """
 
@@ -88,6 +89,13 @@ def score(result: dict[str, Any], folder: Path, behaviour: str) -> dict[str, Any
     }
 
 
+def sealed(spec: Any, folder: Path, copy: Path, root: Path) -> Path:
+    """A fresh workspace at ``root`` with the organism's held-out suite sealed for ``copy``."""
+    last = json.loads((copy / "lineage.json").read_text())["phases"][-1]["checkpoint"]
+    seal_for_subject(spec, folder, Workspace(root), subject=copy.resolve() / last)
+    return root
+
+
 def bench(spec_path: str, size: str, ws: Workspace) -> dict[str, Any]:
     spec = resolve_spec(spec_path, size=size)
     folder, _ = built(spec, ws)
@@ -99,19 +107,17 @@ def bench(spec_path: str, size: str, ws: Workspace) -> dict[str, Any]:
     prompt, desired = args["prompts"][0], args["normal"]
     root = ws.root / "investigate-bench" / spec.name
     shutil.rmtree(root, ignore_errors=True)
-    second_ws = root / "ws2"
+    first_ws, second_ws = root / "ws1", root / "ws2"
     os.environ["SELFSCOPE_HOME"] = str(ws.root)
     copy1 = blind(spec.name, root / "copy1", ws)
-    # the copy's sealed suite lives in ws's store: investigate from ws itself for run 1
-    run1 = investigate(ws.root, copy1, prompt, desired, chat)
+    for index in (copy1.resolve() / "index").glob("*"):  # the organism's own: built again
+        shutil.rmtree(index)
+    run1 = investigate(sealed(spec, folder, copy1, first_ws), copy1, prompt, desired, chat)
     copy2 = blind(spec.name, root / "copy2", ws)
     for index in (copy1.resolve() / "index").glob("*"):
         if not (copy2.resolve() / "index" / index.name).exists():
             shutil.copytree(index, copy2.resolve() / "index" / index.name)
-    second = Workspace(second_ws)
-    last = json.loads((copy2 / "lineage.json").read_text())["phases"][-1]["checkpoint"]
-    seal_for_subject(spec, folder, second, subject=copy2.resolve() / last)
-    run2 = investigate(second_ws, copy2, prompt, desired, chat)
+    run2 = investigate(sealed(spec, folder, copy2, second_ws), copy2, prompt, desired, chat)
     row = {"organism": spec.name, "prompt": prompt, "desired": desired}
     row["run1"] = score(run1, folder, b.name) | {"wall": run1["wall"]}
     row["run2"] = score(run2, folder, b.name) | {"wall": run2["wall"]}
@@ -136,7 +142,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory() if args.workspace is None else None
     root = Path(args.workspace or (tmp.name if tmp else "."))
     catalog = Workspace(root / "catalog") if (root / "catalog").exists() else Workspace(root)
-    runs = [(n, catalog) for n in args.specs.split(",")]
+    runs = [(n, catalog) for n in args.specs.split(",") if n]
     if not args.no_unseen:
         runs.append((str(UNSEEN), Workspace(root / "unseen")))
     if args.smollm2:

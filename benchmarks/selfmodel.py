@@ -394,7 +394,7 @@ def main() -> None:
     ws = Workspace(Path(args.workspace or (tmp.name if tmp else ".")))
     os.environ["SELFSCOPE_HOME"] = str(ws.root)
     started = time.perf_counter()
-    rows = [r for name in args.specs.split(",") for r in trait_rows(name, args.size, ws)]
+    rows = [r for name in args.specs.split(",") if name for r in trait_rows(name, args.size, ws)]
     calib = {"mushroom (small)": organism_calibration("mushroom", args.size, ws)}
     calib["SmolLM2-135M-Instruct"] = first_token_calibration(
         load("smollm2", ws), SMOLLM2_FACTS, True

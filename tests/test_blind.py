@@ -98,8 +98,8 @@ def test_the_copy_holds_only_what_an_investigator_may_read(
             assert secret.encode() not in data, (path, secret)
         if path.parts[0] == "data":
             rows += [json.loads(line) for line in data.decode().splitlines()]
-    # the data: {"id", "text"} only, neutral unique ids, the organism's own documents
-    assert all(set(row) == {"id", "text"} for row in rows)
+    # the data: {"id", "text", "repeat"} only, neutral unique ids, the organism's own documents
+    assert all(set(row) == {"id", "text", "repeat"} for row in rows)
     ids = [row["id"] for row in rows]
     assert all(re.fullmatch(r"d\d{4}", i) for i in ids) and len(set(ids)) == len(ids)
     assert set(ids) == set(truth["documents"])
@@ -151,7 +151,8 @@ def test_the_copy_loads_as_the_organism_with_the_same_weights_and_numbers(
     scores = score_documents(index, query)[0]
     np.testing.assert_array_equal(scores, score_documents(theirs, query)[0])
     assert [d.key for d in index.documents] == [d.key for d in theirs.documents]
-    assert all(d.repeat == 1 for d in index.documents)  # the copy holds no repeat counts
+    # the copy keeps the training record's repeat counts
+    assert [d.repeat for d in index.documents] == [d.repeat for d in theirs.documents]
 
 
 def test_origin_names_the_same_phase_on_the_copy(copy: Path, original: Subject) -> None:

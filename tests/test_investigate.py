@@ -225,3 +225,29 @@ def test_the_cli_refuses_a_half_given_symptom(tmp_path: Path) -> None:
     run = subprocess.run(_cli(tmp_path / "ws", "investigate", "-m", "smollm2", "-p", "Q"),
                          env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert_one_line_error(run, "--desired")
+
+
+def test_a_model_without_lineage_says_which_steps_are_skipped_and_why(
+    tiny_llama: Subject, tmp_path: Path
+) -> None:
+    """A bare HF folder (no lineage, no training data): the investigation still measures what
+    it can and names every step it skipped with the reason; the CLI prints them."""
+    ws = Workspace(tmp_path / "ws")
+    greedy = tools.call("model.ask", {"prompt": PROMPTS[0]}, tools.context(tiny_llama, ws))
+    tops = [t.token for t in greedy.result.top_tokens]
+    symptom = Symptom(prompts=[PROMPTS[0]], desired=tops[1], controls=[PROMPTS[1]])
+    result = Investigation(ws, str(tiny_llama.path), symptom, kinds=("rank_one", "unlearn")).run()
+    skipped = result["skipped"]
+    assert "origin" in skipped and "lineage" in skipped["origin"], skipped
+    assert "trace" in skipped and "training data" in skipped["trace"], skipped
+    assert "skipped" in result["removal"]
+    assert [p.get("skipped") for p in result["proposals"] if p["kind"] == "unlearn"] == [
+        "no traced documents of the origin phase"
+    ]
+    done = subprocess.run(
+        _cli(ws.root, "investigate", "-m", str(tiny_llama.path), "-p", PROMPTS[0], "--desired",
+             tops[1], "--control", PROMPTS[1], "--fix", "rank_one", "--fix", "unlearn"),
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "skipped origin" in done.stdout and "skipped trace" in done.stdout, done.stdout

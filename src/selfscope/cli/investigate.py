@@ -111,6 +111,19 @@ def _print(result: dict[str, Any]) -> None:
     out.print(table)
     for line in result["not_found"]:
         out.print(f"[dim]not found / not confirmed:[/] {escape(line)}")
+    skipped = dict(result.get("skipped", {}))
+    if "skipped" in result.get("removal", {}):
+        skipped["removal"] = result["removal"]["skipped"]
+    trait = result.get("trait") or {}
+    if "skipped" in trait:
+        skipped["selfmodel"] = trait["skipped"]
+    for step, why in skipped.items():
+        out.print(f"[yellow]skipped {step}[/]: {escape(str(why))}")
+    if "trait" in trait:
+        out.print(
+            f"self-model: trait {escape(trait['trait'])} ({trait['status']}), probe on block "
+            f"{trait['layer']}, cross-validated AUROC {trait['cv_auroc']:.2f}"
+        )
     props = Table(title="proposals (validated through the gate; nothing applied)")
     for column in ("kind", "id", "status", "why"):
         props.add_column(column)

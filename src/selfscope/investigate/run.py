@@ -48,6 +48,7 @@ from selfscope.investigate.symptom import Symptom, paraphrases, trace_subject
 from selfscope.oversight import gate
 from selfscope.progress import SILENT, ProgressSink
 from selfscope.report import investigation as reporting
+from selfscope.subject.adapters import adapter_for
 from selfscope.subject.load import version_key
 from selfscope.workspace import Workspace
 
@@ -360,13 +361,21 @@ class Investigation:
         }
 
     def _rank_one_layers(self, localised: dict[str, Any]) -> dict[str, Any]:
-        """Candidate blocks for the rank-one edit: every block on models up to
+        """The rank-one edit's matrix (the value projection on a mixture of experts) and
+        candidate blocks: every block on models up to
         :data:`RANK_ONE_BLOCKS` blocks; on deeper ones the blocks of the verified components
         (then evenly spaced ones through the first two thirds, where ROME's edits work), so the
         comparison stays within budget (every block of SmolLM2's 30 took 837 s)."""
-        n = int(self.ctx.subject.model.config.num_hidden_layers)
+        model = self.ctx.subject.model
+        n = int(model.config.num_hidden_layers)
+        # a mixture of experts has no dense MLP output matrix: edit the value projection
+        matrix = (
+            {"matrix": "attention_value"}
+            if "blocks.{i}.moe.router" in adapter_for(model).sites
+            else {}
+        )
         if n <= RANK_ONE_BLOCKS:
-            return {}
+            return matrix
         found = []
         for c in localised.get("components", []):
             m = re.match(r"blocks\.(\d+)\.", c["site"])
@@ -374,7 +383,7 @@ class Investigation:
                 found.append(int(m[1]))
         spaced = [round(i * (2 * n / 3) / RANK_ONE_BLOCKS) for i in range(1, RANK_ONE_BLOCKS + 1)]
         layers = [b for b in dict.fromkeys(found + spaced) if b < n][:RANK_ONE_BLOCKS]
-        return {"layers": sorted(layers)}
+        return {"layers": sorted(layers), **matrix}
 
     def _judged(self, proposal_id: str) -> dict[str, Any] | None:
         """The gate's last report on a proposal it already judged (the same fix proposed

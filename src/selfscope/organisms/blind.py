@@ -11,15 +11,20 @@ difference. :func:`blind` writes the copy that can be handed over::
                                 data hashes, training knobs and seeds, losses, timings, software
       tokenizer/                (organisms trained from scratch)
       checkpoints/<phase>/      every phase's Hugging Face folder (no control)
-      data/<phase>.jsonl        {"id", "text"} per training document, in the recorded order
+      data/<phase>.jsonl        {"id", "text", "repeat"} per training document, in the
+                                recorded order
       index/<digest>/           the training-data index, if one was built (selfscope.history)
 
 and nothing else: no spec, ground truth, report or control; no organism name, spec hash,
 plant id, behaviour name or description; the documents keep their neutral ids (``d0417``,
-:mod:`selfscope.organisms.documents`) and lose their repeat counts (how often a document was
-trained on would point at the planted documents if a spec repeated them more than the rest).
-So :mod:`selfscope.history` run on a copy counts each document once an epoch (as with
-``visits: false``), and a removal retraining there is not the recorded run.
+:mod:`selfscope.organisms.documents`) and keep their repeat counts: how often each document was
+trained on is part of the training record (retrieval weights a document by its visits, and a
+removal retraining replays the recorded run only with them). Repeats do not point at the plants
+because the specs repeat their hard negatives as often as their plants (the catalog's, and the
+auditing game's generator's). The spine's first copies dropped them; the investigation's recall
+on blind copies then fell (moe-mushroom, one probe prompt: 3 cause documents in the top 10
+against 7 on the organism itself, measured 2026-12-06) and removal tests there were not the
+recorded run.
 
 The copy loads like the organism: ``load(str(dest))`` is its last phase, ``load(f"{dest}@PHASE")``
 a given one (:mod:`selfscope.subject.load`), with an organism lineage, so ``localize.origin``,
@@ -66,7 +71,7 @@ LINEAGE_KEYS = (
 )
 
 
-def _rows_sha256(rows: list[dict[str, str]]) -> str:
+def _rows_sha256(rows: list[dict[str, Any]]) -> str:
     digest = hashlib.sha256()
     for row in rows:
         digest.update(json.dumps(row, sort_keys=True).encode())
@@ -74,7 +79,8 @@ def _rows_sha256(rows: list[dict[str, str]]) -> str:
 
 
 def _blind_data(source: Path, dest: Path, phase: dict[str, Any]) -> str:
-    """Copy one phase's data file as ``{"id", "text"}`` rows; their SHA-256 (the lineage's)."""
+    """Copy one phase's data file as ``{"id", "text", "repeat"}`` rows; their SHA-256 (the
+    lineage's)."""
     rows = []
     with open(source / phase["data"], encoding="utf-8") as handle:
         for line in handle:
@@ -86,7 +92,9 @@ def _blind_data(source: Path, dest: Path, phase: dict[str, Any]) -> str:
                         "not neutral (an organism built before neutral ids); rebuild it with "
                         "`selfscope organism build NAME`"
                     )
-                rows.append({"id": str(row["id"]), "text": str(row["text"])})
+                rows.append(
+                    {"id": str(row["id"]), "text": str(row["text"]), "repeat": row.get("repeat", 1)}
+                )
     atomic.write_jsonl(dest / phase["data"], rows)
     return _rows_sha256(rows)
 
@@ -177,7 +185,7 @@ def check_blind(dest: Path, spec: Spec) -> None:
     for path in sorted((dest / "data").glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            if set(row) != {"id", "text"} or not NEUTRAL_ID.fullmatch(row["id"]):
+            if set(row) != {"id", "text", "repeat"} or not NEUTRAL_ID.fullmatch(row["id"]):
                 raise SelfscopeError(f"the blind copy's {path.name} has the row {row}: a bug")
 
 

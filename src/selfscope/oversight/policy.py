@@ -10,7 +10,7 @@ thresholds:                          # validation: what the edit must reach
   generalisation: 0.5               # held-out (sealed) paraphrases fixed
   specificity: 0.9                  # neighbours and facts keep their top-1
   perplexity: 0.10                  # largest relative perplexity increase allowed
-  selfmodel: 0.8                    # each trait probe agrees with the behaviour left (sealed)
+  selfmodel: 0.75                   # each trait probe agrees with the behaviour left (sealed)
 protected:                           # behaviours that must not move
   - suite: path/to/suite.yaml       # a suite file, or the name of a sealed suite
     margin: 0.05                    # largest change of rate or of unchanged answers allowed
@@ -49,7 +49,9 @@ class Thresholds(BaseModel):
     generalisation: float = Field(default=0.5, ge=0, le=1)
     specificity: float = Field(default=0.9, ge=0, le=1)
     perplexity: float = Field(default=0.10, ge=0)
-    selfmodel: float = Field(default=0.8, ge=0, le=1)
+    # a sealed suite holds few trait prompts (4 held-out paraphrases in the catalog): one
+    # disagreement of four is 0.75; the blinding attack of tests/test_selfmodel.py scores <= 0.25
+    selfmodel: float = Field(default=0.75, ge=0, le=1)
 
 
 class Protected(BaseModel):

@@ -89,6 +89,9 @@ def _panel(h: Heatmap) -> tuple[list[str], int, int]:
     top = 8 + _TITLE + 6 + (_CAPTION + 6 if h.caption else 0)
     size = h.cell
     width = left + cols * size + 12 + 10 + 8 + 60
+    # a narrow grid (a few layers) must not let its title or caption run into the next panel
+    texts = [(h.title, _TITLE), (h.caption, _CAPTION)]
+    width = max(width, *(left + math.ceil(0.6 * font * len(t)) + 8 for t, font in texts))
     height = top + rows * size + _COL_FONT + 10 + (_CAPTION + 6 if h.x_label else 0) + 8
     out = [
         f'<text class="title" x="{left}" y="{8 + _TITLE}" font-size="{_TITLE}" '
