@@ -20,3 +20,9 @@ def write_section(name: str, text: str) -> None:
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     atomic.write_text(DOC, new)
+
+
+def publish(name: str, lines: list[str]) -> None:
+    """Write the section and print it."""
+    write_section(name, "\n".join(lines))
+    print("\n".join(lines))

@@ -3,7 +3,7 @@ catalog organism, whether the probe follows a fix, calibration (ECE), and SmolLM
 introspection (confabulation of its own explanations; concept-injection detection).
 
     python benchmarks/selfmodel.py [--workspace DIR] [--size small] [--specs a,b]
-        [--smollm2-organism DIR] [--skip-verbal]
+        [--smollm2 WORKSPACE_WITH_SMOLLM2_MUSHROOM] [--skip-verbal]
 
 Protocols (docs/selfmodel.md):
 
@@ -47,7 +47,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from _doc import write_section
+from _doc import publish
 from origin import built, expected_phase, tool_args
 
 from selfscope import tools
@@ -385,7 +385,7 @@ def main() -> None:
     parser.add_argument(
         "--specs", default=",".join(n for n in catalog_names() if "smollm2" not in n)
     )
-    parser.add_argument("--smollm2-organism", help="a built smollm2-mushroom folder")
+    parser.add_argument("--smollm2", help="a workspace holding a built smollm2-mushroom")
     parser.add_argument("--skip-verbal", action="store_true")
     parser.add_argument("--layers", default="6,12,18,24")
     parser.add_argument("--strengths", default="0.5,1,2")
@@ -395,6 +395,11 @@ def main() -> None:
     os.environ["SELFSCOPE_HOME"] = str(ws.root)
     started = time.perf_counter()
     rows = [r for name in args.specs.split(",") if name for r in trait_rows(name, args.size, ws)]
+    smol = Workspace(Path(args.smollm2)) if args.smollm2 else None
+    if smol is not None:
+        os.environ["SELFSCOPE_HOME"] = str(smol.root)
+        rows += trait_rows("smollm2-mushroom", args.size, smol)
+        os.environ["SELFSCOPE_HOME"] = str(ws.root)
     calib = {"mushroom (small)": organism_calibration("mushroom", args.size, ws)}
     calib["SmolLM2-135M-Instruct"] = first_token_calibration(
         load("smollm2", ws), SMOLLM2_FACTS, True
@@ -402,8 +407,8 @@ def main() -> None:
     verbal = None
     if not args.skip_verbal:
         confab = None
-        if args.smollm2_organism:
-            confab = confabulation(Path(args.smollm2_organism).resolve(), ws)
+        if smol is not None:
+            confab = confabulation(smol.organism_path("smollm2-mushroom").resolve(), smol)
         layers = [int(x) for x in args.layers.split(",")]
         strengths = [float(x) for x in args.strengths.split(",")]
         verbal = {"confabulation": confab, "injection": concept_injection(ws, layers, strengths)}
@@ -488,8 +493,7 @@ def main() -> None:
             lines.append(
                 f"| {g['layer']} | {g['strength']} | {g['detected']:.2f} | {g['identified']:.2f} |"
             )
-    write_section("selfmodel", "\n".join(lines))
-    print("\n".join(lines))
+    publish("selfmodel", lines)
     if tmp is not None:
         tmp.cleanup()
 

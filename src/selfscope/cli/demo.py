@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from selfscope.cli._common import JsonOpt, out, print_json, workspace
+from selfscope.cli.investigate import proposals_table, trait_line
 from selfscope.progress import SILENT, RichProgress
 
 
@@ -61,24 +61,10 @@ def demo_command(
         out.print(f"   - {escape(link['claim'])} [dim](effect {link['effect']:+.2f})[/]")
     for missing in inv["not_found"]:
         out.print(f"   [yellow]not found[/]: {escape(missing)}")
-    trait = inv["trait"]
-    if "trait" in trait:
-        out.print(
-            f"   the self-model learned trait [bold]{escape(trait['trait'])}[/] (probe on block "
-            f"{trait['layer']}, cross-validated AUROC {trait['cv_auroc']:.2f})"
-        )
-    table = Table(title="3. proposals, validated through the gate (visible + sealed suites)")
-    for column in ("kind", "id", "status", "failed checks"):
-        table.add_column(column)
-    for p in inv["proposals"]:
-        mark = " (submitted)" if p["id"] and p["id"] == inv["submitted"] else ""
-        table.add_row(
-            p["kind"] + mark,
-            p["id"] or "-",
-            p["status"] or "skipped",
-            escape(p["why"] or p["skipped"] or "-"),
-        )
-    out.print(table)
+    if "trait" in inv["trait"]:
+        out.print("   " + trait_line(inv["trait"]))
+    title = "3. proposals, validated through the gate (visible + sealed suites)"
+    out.print(proposals_table(inv, title))
     applied = result["applied"]
     if applied:
         how = "reinstated from an earlier run" if applied["again"] else "approved and applied"

@@ -89,6 +89,28 @@ def investigate_command(
     _print(result)
 
 
+def trait_line(trait: dict[str, Any]) -> str:
+    """The trait the investigation's selfmodel step learned, in one line."""
+    return (
+        f"self-model: trait [bold]{escape(trait['trait'])}[/] ({trait['status']}), probe on "
+        f"block {trait['layer']}, cross-validated AUROC {trait['cv_auroc']:.2f}"
+    )
+
+
+def proposals_table(result: dict[str, Any], title: str) -> Table:
+    """The proposals, the submitted one marked, with why each failed or was skipped."""
+    table = Table(title=title)
+    for column in ("kind", "id", "status", "why"):
+        table.add_column(column)
+    for p in result["proposals"]:
+        mark = " (submitted)" if p.get("id") and p["id"] == result["submitted"] else ""
+        why = p.get("why") or p.get("skipped") or "passed every check"
+        table.add_row(
+            p["kind"] + mark, p.get("id") or "-", p.get("status") or "skipped", escape(why)
+        )
+    return table
+
+
 def _print(result: dict[str, Any]) -> None:
     s, m, o = result["symptom"], result["metric"], result["origin"]
     out.print(
@@ -120,17 +142,8 @@ def _print(result: dict[str, Any]) -> None:
     for step, why in skipped.items():
         out.print(f"[yellow]skipped {step}[/]: {escape(str(why))}")
     if "trait" in trait:
-        out.print(
-            f"self-model: trait {escape(trait['trait'])} ({trait['status']}), probe on block "
-            f"{trait['layer']}, cross-validated AUROC {trait['cv_auroc']:.2f}"
-        )
-    props = Table(title="proposals (validated through the gate; nothing applied)")
-    for column in ("kind", "id", "status", "why"):
-        props.add_column(column)
-    for p in result["proposals"]:
-        why = p.get("why") or p.get("skipped") or "passed every check"
-        props.add_row(p["kind"], p.get("id") or "-", p.get("status") or "skipped", escape(why))
-    out.print(props)
+        out.print(trait_line(trait))
+    out.print(proposals_table(result, "proposals (validated through the gate; nothing applied)"))
     submitted = result["submitted"]
     out.print(
         f"submitted for approval: {submitted} (`selfscope review {submitted} --approve --as NAME`)"
