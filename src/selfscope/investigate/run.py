@@ -15,7 +15,9 @@ Its steps, each timed, journaled and resumable (:mod:`.journal`):
    first prompt noising its subject words (:func:`.symptom.trace_subject`: the words no control
    prompt shares).
 4. ``documents`` — ``history.trace`` (gradient retrieval over every phase's training documents;
-   the index is built once) beside ``history.bm25`` on the prompts.
+   the index is built once) beside ``history.bm25`` on the prompts; the result lists the top 10
+   of the origin phase (the checkpoints' verdict: documents of other phases cannot have caused
+   what arose in it) beside the top 10 of all phases, whose phase mass the origin step reads.
 5. ``origin`` — the checkpoint verdict beside retrieval's phase mass, saying when they disagree.
 6. ``removal`` — when the origin phase can be retrained within the budget, ``history.removal``:
    the phase retrained without the top documents, and without as many random ones.
@@ -54,6 +56,8 @@ from selfscope.workspace import Workspace
 
 #: the fixes tried, in order; each is skipped (with the reason) when it does not apply
 KINDS = ("rank_one", "revert_delta", "unlearn")
+#: documents history.trace returns, so the origin phase's top 10 are among them
+POOL = 200
 #: the rank-one edit compares at most this many blocks
 RANK_ONE_BLOCKS = 4
 #: the removal test retrains a phase: allowed by default on models up to this many parameters
@@ -160,7 +164,8 @@ class Investigation:
     def _documents(self) -> dict[str, Any]:
         out: dict[str, Any] = {"trace": None, "bm25": None, "skipped": {}}
         try:
-            args = {**self.behaviour(), "k": 10, "build": True, "rank": self.rank}
+            # a deep pool, so the origin phase's own top 10 can be read from it
+            args = {**self.behaviour(), "k": POOL, "build": True, "rank": self.rank}
             out["trace"] = self.call("history.trace", args)
         except SelfscopeError as error:
             out["skipped"]["trace"] = str(error)
@@ -173,7 +178,7 @@ class Investigation:
     def _origin(self, localised: dict[str, Any], documents: dict[str, Any]) -> dict[str, Any]:
         origin = localised.get("origin")
         trace = documents.get("trace")
-        mass = trace["phase_mass"] if trace else {}
+        mass = _phase_mass(trace["documents"][:10]) if trace else {}
         top_mass = max(mass, key=lambda p: mass[p]) if mass else None
         phase = origin["phase"] if origin else top_mass
         agree = None if origin is None or top_mass is None else origin["phase"] == top_mass
@@ -451,12 +456,8 @@ class Investigation:
             "weight_delta_set": None
             if deltas is None
             else {"modules": deltas["module_set"], "removed_share": deltas["set_share"]},
-            "documents": []
-            if trace is None
-            else [
-                {"id": d["key"], "phase": d["phase"], "score": d["score"], "preview": d["preview"]}
-                for d in trace["documents"]
-            ],
+            "documents": [] if trace is None else _docs(trace["documents"], origin.get("phase")),
+            "documents_all_phases": [] if trace is None else _docs(trace["documents"], None),
             "bm25": []
             if bm25 is None
             else [
@@ -487,6 +488,25 @@ class Investigation:
             "trait": st["selfmodel"],
             "skipped": {**localised.get("skipped", {}), **documents.get("skipped", {})},
         }
+
+
+def _docs(ranked: list[dict[str, Any]], phase: str | None) -> list[dict[str, Any]]:
+    """The top 10 documents (of ``phase`` only, when the origin names one: documents of other
+    phases cannot have caused what arose in it), in the result's shape."""
+    kept = [d for d in ranked if phase is None or d["phase"] == phase][:10]
+    return [
+        {"id": d["key"], "phase": d["phase"], "score": d["score"], "preview": d["preview"]}
+        for d in kept
+    ]
+
+
+def _phase_mass(top: list[dict[str, Any]]) -> dict[str, float]:
+    """Each phase's share of the positive score of ``top`` (history.trace's phase mass)."""
+    positive: dict[str, float] = {}
+    for d in top:
+        positive[d["phase"]] = positive.get(d["phase"], 0.0) + max(d["score"], 0.0)
+    total = sum(positive.values())
+    return {p: (v / total if total > 0 else 0.0) for p, v in positive.items()}
 
 
 def _removal_confirms(removal: dict[str, Any]) -> bool:

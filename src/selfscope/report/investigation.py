@@ -163,7 +163,7 @@ def _sections(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[An
         ("Diagnosis", ["claim", "effect", "measure", "confidence", "calls"], diag),
         ("Not found or not confirmed", ["finding"], [[n] for n in result.get("not_found", [])]),
         (
-            "Top documents: gradient retrieval beside BM25",
+            "Top documents of the origin phase (gradient retrieval) beside BM25's",
             ["retrieval", "score", "text", "BM25", "text"],
             side,
         ),
