@@ -19,8 +19,10 @@ Its steps, each timed, journaled and resumable (:mod:`.journal`):
    of the origin phase (the checkpoints' verdict: documents of other phases cannot have caused
    what arose in it) beside the top 10 of all phases, whose phase mass the origin step reads.
 5. ``origin`` — the checkpoint verdict beside retrieval's phase mass, saying when they disagree.
-6. ``removal`` — when the origin phase can be retrained within the budget, ``history.removal``:
-   the phase retrained without the top documents, and without as many random ones.
+6. ``removal`` — when the origin phase can be retrained within the budget (models up to 50M
+   parameters, replays up to 20,000 document passes; ``--removal`` lifts both),
+   ``history.removal``: the phase retrained without the top documents, and without as many
+   random ones.
 7. ``diagnosis`` — the causal chain (:mod:`.diagnosis`): each link a claim with the effect an
    intervention measured and the call that measured it; what was not found.
 8. ``selfmodel`` — ``selfmodel.learn``: the diagnosed behaviour becomes a trait of the model's
@@ -62,6 +64,9 @@ POOL = 200
 RANK_ONE_BLOCKS = 4
 #: the removal test retrains a phase: allowed by default on models up to this many parameters
 REMOVAL_PARAMETERS = 50_000_000
+#: ... and up to this many document passes replayed (the origin phase and every later one;
+#: the small organisms' fine-tuning is ~5,000, their pretraining ~36,000)
+REMOVAL_ROWS = 20_000
 
 
 def _dump(value: Any) -> Any:
@@ -209,12 +214,20 @@ class Investigation:
         if not keys:
             return {"skipped": f"none of the top documents is from {phase}"}
         size = sum(p.numel() for p in self.ctx.subject.model.parameters())
-        allowed = self.removal if self.removal is not None else size <= REMOVAL_PARAMETERS
-        if not allowed:
+        rows = self._retrain_rows(phase)
+        if self.removal is None and size > REMOVAL_PARAMETERS:
             return {
                 "skipped": f"retraining {phase} of a {size / 1e6:.0f}M-parameter model is over "
                 "the budget (--removal runs it)"
             }
+        if self.removal is None and rows > REMOVAL_ROWS:
+            return {
+                "skipped": f"retraining {phase} and the phases after it (about {rows:,} "
+                f"document passes, twice: without the documents and without random ones) is "
+                f"over the budget of {REMOVAL_ROWS:,} (--removal runs it)"
+            }
+        if self.removal is False:
+            return {"skipped": "not asked for (--no-removal)"}
         try:
             found = self.call(
                 "history.removal",
@@ -223,6 +236,14 @@ class Investigation:
         except SelfscopeError as error:
             return {"skipped": str(error)}
         return {"removed": keys, **found}
+
+    def _retrain_rows(self, phase: str) -> int:
+        """Document passes a removal test replays: ``phase`` and every later phase, documents x
+        epochs as the lineage records them (a first-phase plant retrains from the start)."""
+        phases = self.ctx.subject.lineage.phases
+        names = [p.name for p in phases]
+        later = phases[names.index(phase) :] if phase in names else []
+        return sum((p.documents or 0) * (p.hyperparameters.epochs or 1) for p in later)
 
     def _suite(self, characterised: dict[str, Any]) -> Suite:
         """The investigation's own visible suite: the prompts, its paraphrases, the controls
