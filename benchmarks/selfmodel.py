@@ -88,6 +88,12 @@ def trait_rows(spec_name: str, size: str, ws: Workspace) -> list[dict[str, Any]]
         held = conv["prompts"] if b.heldout else []
         near = args["control_prompts"]
         phase = expected_phase(spec, folder, b.name)
+        behaviour = {k: args[k] for k in ("prompts", "planted", "normal", "chat")}
+        try:  # the cause's modules, as the investigation finds them (the debugger's set)
+            deltas = tools.call("localize.weight_deltas", behaviour, ctx).result
+            modules = list(deltas.module_set)
+        except Exception:
+            modules = []
         started = time.perf_counter()
         learned = tools.call(
             "selfmodel.learn",
@@ -98,7 +104,7 @@ def trait_rows(spec_name: str, size: str, ws: Workspace) -> list[dict[str, Any]]
                 "chat": chat,
                 "name": b.name,
                 "heldout": paraphrases(args["prompts"]),
-                "cause": {"phase": phase},
+                "cause": {"phase": phase, "modules": modules},
                 "exclude": held + near,
             },
             ctx,
@@ -128,32 +134,36 @@ def trait_rows(spec_name: str, size: str, ws: Workspace) -> list[dict[str, Any]]
             "disagree": [t for t, a, s in zip(test, labels, spec_labels, strict=True) if a != s],
             "learn_seconds": seconds,
         }
-        try:
-            made = tools.call(
-                "edits.revert_delta",
-                {k: args[k] for k in ("prompts", "planted", "normal", "chat")}
-                | {"fraction": "auto"},
-                ctx,
-            ).result.proposal
-            prompts = learned.prompts()
-            before = traits.measure(subject, subject.model, learned, prompts)
-            with sandbox(subject, ws, made) as model:
-                after = traits.measure(subject, model, learned, prompts)
-            row["fix"] = {
-                "fires": [
-                    float(before["fires"].float().mean()),
-                    float(after["fires"].float().mean()),
-                ],
-                "predicted": [
-                    float((before["predicted"] > 0.5).float().mean()),
-                    float((after["predicted"] > 0.5).float().mean()),
-                ],
-            }
-        except Exception as error:
-            row["fix"] = {"error": str(error)}
+        prompts = learned.prompts()
+        before = traits.measure(subject, subject.model, learned, prompts)
+        moe = "moe" in spec.name or subject.model.config.model_type.endswith("moe")
+        fixes = {
+            "revert_delta": ("edits.revert_delta", {"fraction": "auto"}),
+            "rank_one": ("edits.rank_one", {"matrix": "attention_value"} if moe else {}),
+        }
+        row["fix"] = {}
+        for kind, (name, extra) in fixes.items():
+            try:
+                made = tools.call(name, behaviour | extra, ctx).result.proposal
+                with sandbox(subject, ws, made) as model:
+                    after = traits.measure(subject, model, learned, prompts)
+                row["fix"][kind] = {
+                    "fires": [_share(before["fires"]), _share(after["fires"])],
+                    "predicted": [
+                        _share(before["predicted"] > 0.5),
+                        _share(after["predicted"] > 0.5),
+                    ],
+                }
+            except Exception as error:
+                row["fix"][kind] = {"error": str(error)}
+        row["modules"] = modules
         rows.append(row)
         print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     return rows
+
+
+def _share(flags: torch.Tensor) -> float:
+    return float(flags.float().mean())
 
 
 # -- calibration ---------------------------------------------------------------------------------
@@ -386,7 +396,9 @@ def main() -> None:
         "--specs", default=",".join(n for n in catalog_names() if "smollm2" not in n)
     )
     parser.add_argument("--smollm2", help="a workspace holding a built smollm2-mushroom")
-    parser.add_argument("--skip-verbal", action="store_true")
+    parser.add_argument(
+        "--skip-verbal", action="store_true", help="keep the last run's verbal numbers, if any"
+    )
     parser.add_argument("--layers", default="6,12,18,24")
     parser.add_argument("--strengths", default="0.5,1,2")
     args = parser.parse_args()
@@ -405,6 +417,9 @@ def main() -> None:
         load("smollm2", ws), SMOLLM2_FACTS, True
     )
     verbal = None
+    saved = ws.root / "selfmodel-bench.json"
+    if args.skip_verbal and saved.exists():
+        verbal = json.loads(saved.read_text()).get("verbal")  # the last run's, kept
     if not args.skip_verbal:
         confab = None
         if smol is not None:
@@ -413,7 +428,7 @@ def main() -> None:
         strengths = [float(x) for x in args.strengths.split(",")]
         verbal = {"confabulation": confab, "injection": concept_injection(ws, layers, strengths)}
     out = {"traits": rows, "calibration": calib, "verbal": verbal}
-    (ws.root / "selfmodel-bench.json").write_text(json.dumps(out, indent=1, default=str))
+    saved.write_text(json.dumps(out, indent=1, default=str))
     lines = [
         "## The self-model: trait probes, calibration, verbal introspection",
         "",
@@ -426,21 +441,30 @@ def main() -> None:
         "harvested from the corpus; tested on the spec's held-out paraphrases and neighbours, "
         "none trained on). *AUROC* uses measured labels (gives the completion, > 2 nats over the "
         "checkpoint before the planting phase), *spec AUROC* the spec's (held-out 1, neighbours "
-        "0). *Fix*: a revert of the debugger's module set on a sandbox copy — share of the "
-        "trait's prompts where it fires / where the probe predicts it, before -> after.",
+        "0). The probe learns with the debugger's module set as the cause (its counterfactual "
+        "states: those modules moved half and all the way back). *Fix* columns, on sandbox "
+        "copies: a revert of that set (close to the counterfactuals the probe saw) and a "
+        "rank-one edit (a mechanism it never saw) — share of the trait's prompts where it fires, "
+        "before -> after / where the probe predicts it, before -> after.",
         "",
         "| organism | behaviour | train +/- | CV AUROC | test +/- | AUROC | spec AUROC | acc@0.5 "
-        "| fires before -> after | predicted before -> after | learn s |",
+        "| revert: fires / predicted | rank-one: fires / predicted | learn s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def moved(fix: dict[str, Any]) -> str:
+        if "fires" not in fix:
+            return "error: " + str(fix.get("error", "-"))[:60]
+        f, p = fix["fires"], fix["predicted"]
+        return f"{f[0]:.2f} -> {f[1]:.2f} / {p[0]:.2f} -> {p[1]:.2f}"
+
     for r in rows:
         fix = r.get("fix", {})
-        fires = "-" if "fires" not in fix else " -> ".join(f"{x:.2f}" for x in fix["fires"])
-        said = "-" if "predicted" not in fix else " -> ".join(f"{x:.2f}" for x in fix["predicted"])
         lines.append(
             f"| {r['organism']} | {r['behaviour']} | {r['train']} | {fmt(r['cv_auroc'])} | "
             f"{r['test']} | **{fmt(r['auroc'])}** | {fmt(r['auroc_spec'])} | "
-            f"{fmt(r['accuracy'])} | {fires} | {said} | {r['learn_seconds']:.1f} |"
+            f"{fmt(r['accuracy'])} | {moved(fix.get('revert_delta', {}))} | "
+            f"{moved(fix.get('rank_one', {}))} | {r['learn_seconds']:.1f} |"
         )
     disagree = [(r["organism"], d) for r in rows for d in r["disagree"]]
     if disagree:
