@@ -196,7 +196,8 @@ def main() -> None:
         verified = set(json.loads(found.read_text())["verified"]) if found.exists() else set()
         for run in ("run1", "run2"):
             ids = r[run].get("top10") or journal_top10(root, r["organism"], run)
-            r[run]["verified_recall10"] = recall(ids, verified) if ids is not None else None
+            logged = r[run].get("verified_recall10_logged")  # from a table printed earlier
+            r[run]["verified_recall10"] = recall(ids, verified) if ids is not None else logged
     lines = [
         "## The investigation loop on blind copies",
         "",
@@ -221,13 +222,15 @@ def main() -> None:
             lines.append(f"| {r['organism']} | error: {why} |" + " - |" * 11)
             continue
         lines.append(
-            f"| {r['organism']} | {a['phase']} ({r['expected']}) | "
+            f"| {r['organism']}{' †' if r.get('note') else ''} | {a['phase']} ({r['expected']}) | "
             f"**{fmt(a.get('verified_recall10'))}** | {fmt(a['recall10'])} | "
             f"{fmt(a['bm25_recall10'])} | {a['links']}, {'yes' if a['links_measured'] else 'NO'} | "
             f"{'ran' if a['removal'] else 'skipped'} | {a['submitted'] or '-'} | "
             f"{'passed' if a['gate_passed'] else 'failed'} ({a['sealed']}) | {a['trait']} | "
             f"{a['seconds']['total']:.0f} | **{c['seconds']['total']:.0f}** |"
         )
+    notes = sorted({r["note"] for r in rows if r.get("note")})
+    lines += ["", *(f"† {n}." for n in notes)] if notes else []
     publish("investigate", lines)
     if tmp is not None:
         tmp.cleanup()
