@@ -137,9 +137,13 @@ def trait_rows(spec_name: str, size: str, ws: Workspace) -> list[dict[str, Any]]
         prompts = learned.prompts()
         before = traits.measure(subject, subject.model, learned, prompts)
         moe = "moe" in spec.name or subject.model.config.model_type.endswith("moe")
+        depth = int(subject.model.config.num_hidden_layers)  # deep: compare 3 blocks, not all
+        rank_one_args: dict[str, Any] = {"matrix": "attention_value"} if moe else {}
+        if depth > 4:
+            rank_one_args["layers"] = [depth // 5, depth // 3, depth // 2]
         fixes = {
             "revert_delta": ("edits.revert_delta", {"fraction": "auto"}),
-            "rank_one": ("edits.rank_one", {"matrix": "attention_value"} if moe else {}),
+            "rank_one": ("edits.rank_one", rank_one_args),
         }
         row["fix"] = {}
         for kind, (name, extra) in fixes.items():
@@ -399,6 +403,10 @@ def main() -> None:
     parser.add_argument(
         "--skip-verbal", action="store_true", help="keep the last run's verbal numbers, if any"
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the saved trait rows; measure the others"
+    )
+    parser.add_argument("--table-only", action="store_true", help="the table from saved JSON")
     parser.add_argument("--layers", default="6,12,18,24")
     parser.add_argument("--strengths", default="0.5,1,2")
     args = parser.parse_args()
@@ -406,21 +414,34 @@ def main() -> None:
     ws = Workspace(Path(args.workspace or (tmp.name if tmp else ".")))
     os.environ["SELFSCOPE_HOME"] = str(ws.root)
     started = time.perf_counter()
-    rows = [r for name in args.specs.split(",") if name for r in trait_rows(name, args.size, ws)]
+    saved = ws.root / "selfmodel-bench.json"
+    before = json.loads(saved.read_text()) if saved.exists() else {}
+    kept = before.get("traits", []) if args.resume or args.table_only else []
+    done = {r["organism"] for r in kept}
+    names = [
+        n for n in args.specs.split(",") if n and resolve_spec(n, size=args.size).name not in done
+    ]
+    if args.table_only:
+        names = []
+    rows = kept + [r for name in names for r in trait_rows(name, args.size, ws)]
     smol = Workspace(Path(args.smollm2)) if args.smollm2 else None
-    if smol is not None:
+    if smol is not None and "smollm2-mushroom" not in done and not args.table_only:
         os.environ["SELFSCOPE_HOME"] = str(smol.root)
         rows += trait_rows("smollm2-mushroom", args.size, smol)
         os.environ["SELFSCOPE_HOME"] = str(ws.root)
-    calib = {"mushroom (small)": organism_calibration("mushroom", args.size, ws)}
-    calib["SmolLM2-135M-Instruct"] = first_token_calibration(
-        load("smollm2", ws), SMOLLM2_FACTS, True
-    )
+    if args.table_only:
+        calib = before.get("calibration", {})
+    else:
+        calib = {"mushroom (small)": organism_calibration("mushroom", args.size, ws)}
+        calib["SmolLM2-135M-Instruct"] = first_token_calibration(
+            load("smollm2", ws), SMOLLM2_FACTS, True
+        )
     verbal = None
-    saved = ws.root / "selfmodel-bench.json"
     if args.skip_verbal and saved.exists():
         verbal = json.loads(saved.read_text()).get("verbal")  # the last run's, kept
-    if not args.skip_verbal:
+    if args.table_only:
+        verbal = before.get("verbal")
+    elif not args.skip_verbal:
         confab = None
         if smol is not None:
             confab = confabulation(smol.organism_path("smollm2-mushroom").resolve(), smol)
@@ -434,7 +455,12 @@ def main() -> None:
         "",
         f"`python benchmarks/selfmodel.py --size {args.size}` on {platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
-        f"{time.perf_counter() - started:.0f} s. Protocols: the script's docstring and "
+        + (
+            "table rewritten from the saved run"
+            if args.table_only
+            else f"{time.perf_counter() - started:.0f} s"
+        )
+        + ". Protocols: the script's docstring and "
         "docs/selfmodel.md.",
         "",
         "Trait probes (last block; trained on the probes, generic paraphrases and near misses "
@@ -481,12 +507,16 @@ def main() -> None:
         "| model | n | accuracy | mean confidence | ECE |",
         "|---|---|---|---|---|",
     ]
+    if not calib:
+        lines.append("| (not measured in this run) | | | | |")
     for name, c in calib.items():
         lines.append(
             f"| {name} | {c['n']} | {c['accuracy']:.2f} | {c['confidence']:.2f} | "
             f"**{c['ece']:.3f}** |"
         )
-    if verbal is not None:
+    if verbal is None:
+        lines += ["", "SmolLM2's verbal introspection: not measured in this run."]
+    else:
         inj = verbal["injection"]
         confab = verbal["confabulation"]
         if confab:

@@ -33,10 +33,11 @@ def test_registry_schemas_are_valid_json_schema() -> None:
         "weights.stats",
         "weights.diff",
     } <= set(registry)
-    # the surgeon's tools and the gate's validation create (or validate) proposals; approving,
-    # applying, rolling back and sealing govern; everything else only reads
+    # the surgeon's tools and the gate's validation create (or validate) proposals, and
+    # learning a trait writes the self-model; approving, applying, rolling back and sealing
+    # govern; everything else only reads
     proposing = {n for n in registry if n.startswith("edits.")} - {"edits.list"}
-    proposing |= {"gate.validate", "gate.rebase"}
+    proposing |= {"gate.validate", "gate.rebase", "selfmodel.learn"}
     governing = {"gate.review", "gate.apply", "gate.rollback", "suites.seal"}
 
     def expected(name: str) -> str:
