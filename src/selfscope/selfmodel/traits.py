@@ -313,7 +313,7 @@ def learn(
 
 
 class ShowArgs(BaseModel):
-    pass
+    model_config = {"extra": "forbid"}
 
 
 @tool("selfmodel.show", ShowArgs, SelfModel)
