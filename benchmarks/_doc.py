@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from selfscope import atomic
 
@@ -26,3 +27,8 @@ def publish(name: str, lines: list[str]) -> None:
     """Write the section and print it."""
     write_section(name, "\n".join(lines))
     print("\n".join(lines))
+
+
+def fmt(x: Any) -> str:
+    """A table cell: two decimals for a float, '-' for nothing."""
+    return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)

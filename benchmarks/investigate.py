@@ -30,7 +30,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from _doc import publish
+from _doc import fmt, publish
 from origin import UNSEEN, built, expected_phase, tool_args
 
 from selfscope.organisms import catalog_names, resolve_spec
@@ -144,10 +144,6 @@ def journal_top10(root: Path, organism: str, run: str) -> list[str] | None:
         trace = json.loads(found.read_text())["result"]["trace"]
         return [d["key"] for d in trace["documents"]][:10] if trace else None
     return None
-
-
-def fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
 
 
 def main() -> None:

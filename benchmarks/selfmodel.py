@@ -47,7 +47,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from _doc import publish
+from _doc import fmt, publish
 from origin import built, expected_phase, tool_args
 
 from selfscope import tools
@@ -386,10 +386,6 @@ def concept_injection(ws: Workspace, layers: list[int], strengths: list[float]) 
 
 
 # -- the table -----------------------------------------------------------------------------------
-
-
-def fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
 
 
 def main() -> None:
