@@ -178,6 +178,18 @@ MIGRATIONS: list[str] = [
     DROP TABLE sealed_suites;
     ALTER TABLE sealed_suites_v6 RENAME TO sealed_suites;
     """,
+    # 6 -> 7: API tokens of the HTTP door (selfscope.http.tokens), stored as SHA-256 only; a
+    # token acts as its principal, with the permissions the principals table gives it.
+    """
+    CREATE TABLE tokens (
+        sha256      TEXT PRIMARY KEY,       -- of the secret (the secret itself is never stored)
+        name        TEXT NOT NULL UNIQUE,
+        principal   TEXT NOT NULL,
+        created_by  TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        revoked_at  REAL
+    );
+    """,
 ]
 
 #: the previous hash of the ledger's first entry
@@ -228,7 +240,9 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # check_same_thread=False: a door may open the store in one thread and use it in another
+        # (the HTTP server's thread pool); one connection is never used by two at once.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -467,6 +481,40 @@ class Store:
             "SELECT permissions FROM principals WHERE name = ?", (name,)
         ).fetchone()
         return [p for p in str(row[0]).split(",") if p] if row else None
+
+    # API tokens ------------------------------------------------------------------------------
+    def add_token(self, name: str, principal: str, sha256: str, by: str) -> None:
+        """Store a token's hash for ``principal`` (the ledger records it, never the secret)."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, NULL)",
+                (sha256, name, principal, by, time.time()),
+            )
+            self._append("token.create", by, "-", {"name": name, "principal": principal})
+
+    def revoke_token(self, name: str, by: str) -> bool:
+        with self.transaction():
+            done = self._db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (time.time(), name),
+            ).rowcount
+            if done:
+                self._append("token.revoke", by, "-", {"name": name})
+        return bool(done)
+
+    def token_principal(self, sha256: str) -> str | None:
+        """The principal of a live token with this hash, else None."""
+        row = self._db.execute(
+            "SELECT principal FROM tokens WHERE sha256 = ? AND revoked_at IS NULL", (sha256,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def tokens(self) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            "SELECT name, principal, created_by, created_at, revoked_at FROM tokens ORDER BY name"
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     # organisms -------------------------------------------------------------------------------
     def record_organism(

@@ -12,6 +12,7 @@ selfscope proposals list|show|validate, review, apply, rollback, principal
                                    cli/gate.py        the gate (selfscope.oversight)
 selfscope ledger|versions|policy|suite  cli/ledger.py the guardian's records
 selfscope demo                     cli/demo.py        the loop on the mushroom organism
+selfscope serve, mcp, token        cli/serve.py       the other doors: HTTP + dashboard, MCP
 ```
 
 Bad input is reported as one line on stderr (``error: ...``) with exit status 2, never a
@@ -36,6 +37,7 @@ from selfscope.cli import (
     models,
     organisms,
     selfmodel,
+    serve,
 )
 from selfscope.cli import tools as tools_cli
 from selfscope.cli._common import WorkspaceOpt, use_workspace
@@ -55,7 +57,7 @@ def _main(workspace: WorkspaceOpt = None) -> None:
 
 
 ROOMS = (organisms, models, lineage, tools_cli, localize, history, edits, gate, ledger, selfmodel)
-for room in (*ROOMS, investigate, demo):
+for room in (*ROOMS, investigate, demo, serve):
     room.register(app)
 
 

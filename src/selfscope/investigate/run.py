@@ -43,7 +43,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from selfscope import tools
+from selfscope import atomic, tools
 from selfscope.behaviour import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.investigate import diagnosis as diagnosing
@@ -447,6 +447,8 @@ class Investigation:
         result["report"] = paths
         result["seconds"] = {**j.seconds, "total": time.perf_counter() - started}
         result["resumed"] = list(j.resumed)
+        # the whole answer beside the steps, for the doors that list investigations (HTTP)
+        atomic.write_json(folder_of(self.workspace, self.id) / "result.json", result)
         return result
 
     def result(self) -> dict[str, Any]:
