@@ -53,9 +53,12 @@ ALLOWED: dict[str, set[str]] = {
     "demo": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"}
     | {"investigate", "oversight", "selfmodel"},
+    # the other doors: thin, on the registry, the gate and the investigation
+    "http": BASE | {"subject", "tools", "behaviour", "edits", "oversight", "investigate"},
+    "mcp_server": BASE | {"tools", "oversight"},
     "cli": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"}
-    | {"demo", "report", "oversight", "investigate", "selfmodel"},
+    | {"demo", "report", "oversight", "investigate", "selfmodel", "http", "mcp_server"},
 }
 #: files (relative to the package) that may name ground truth or the spec file
 TRUTH_ALLOWED = {"organisms/builder.py", "organisms/blind.py", "organisms/ground_truth.py"}

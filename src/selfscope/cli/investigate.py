@@ -53,12 +53,36 @@ def investigate_command(
     index_rank: Annotated[
         int, typer.Option(min=1, max=64, help="The training-data index's projection rank.")
     ] = 8,
+    driver: Annotated[
+        str,
+        typer.Option(
+            help="builtin (the protocol), llm (an OpenAI-compatible endpoint calls the tools) "
+            "or self (the subject, a local chat model, calls them on its own weights)."
+        ),
+    ] = "builtin",
+    endpoint: Annotated[
+        str | None, typer.Option(help="--driver llm: the endpoint, e.g. http://127.0.0.1:8080/v1")
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="--driver llm: the model name the endpoint serves.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="--driver llm: the environment variable holding a key.")
+    ] = None,
+    max_steps: Annotated[
+        int, typer.Option(min=1, max=1000, help="--driver llm/self: model turns at most.")
+    ] = 30,
+    max_tokens: Annotated[
+        int, typer.Option(min=100, help="--driver llm/self: tokens at most.")
+    ] = 200_000,
     chat: ChatOpt = False,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
     """Investigate a behaviour: characterise, origin, localise, documents, diagnosis, proposals
-    validated through the gate (never applied), report. Re-running resumes."""
+    validated through the gate (never applied), report. Re-running resumes. With --driver llm
+    or self a language model runs the investigation through the tools instead, and its
+    diagnosis is re-checked by the same measurements."""
     from selfscope.investigate.run import KINDS, Investigation
     from selfscope.investigate.symptom import Symptom, read_symptom
 
@@ -73,6 +97,15 @@ def investigate_command(
             prompts=prompt, desired=desired, observed=observed, chat=chat, controls=control or []
         )
     progress = SILENT if as_json else RichProgress()
+    if driver != "builtin":
+        verdict = _driven(
+            driver, model, found, endpoint, model_name, api_key_env, max_steps, max_tokens
+        )
+        if as_json:
+            print_json(verdict)
+        else:
+            _print_driven(verdict)
+        return
     result = Investigation(
         workspace(),
         model,
@@ -87,6 +120,67 @@ def investigate_command(
         print_json(result)
         return
     _print(result)
+
+
+def _driven(
+    driver: str,
+    model: str,
+    symptom: Any,
+    endpoint: str | None,
+    model_name: str | None,
+    api_key_env: str | None,
+    max_steps: int,
+    max_tokens: int,
+) -> dict[str, Any]:
+    import os
+
+    from selfscope import tools
+    from selfscope.investigate import driver as driving
+    from selfscope.oversight.principals import principal
+
+    ws = workspace()
+    backend: driving.Backend
+    if driver == "llm":
+        if not endpoint or not model_name:
+            raise SelfscopeError("--driver llm needs --endpoint URL and --model-name NAME")
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not key:
+            raise SelfscopeError(f"--api-key-env {api_key_env}: that variable is not set")
+        backend = driving.OpenAIBackend(endpoint, model_name, key)
+    elif driver == "self":
+        ctx = tools.context(model, ws, principal=principal(ws, "agent"))
+        backend = driving.SelfBackend(ctx)
+    else:
+        raise SelfscopeError(f"unknown driver {driver!r}; use builtin, llm or self")
+    return driving.drive(
+        ws, model, symptom, backend, max_steps=max_steps, max_tokens=max_tokens,
+        progress=RichProgress(),
+    )  # fmt: skip
+
+
+def _print_driven(verdict: dict[str, Any]) -> None:
+    out.print(
+        f"agent run {verdict['run']}: {verdict['stopped']}; {verdict['steps']} turns, "
+        f"{verdict['tokens']} tokens, {verdict['tool_calls']} tool calls "
+        f"(well formed on {_share(verdict['well_formed_share'])} of the turns)"
+    )
+    checks = verdict["checks"]
+    if not checks:
+        out.print("no diagnosis was submitted")
+        return
+    table = Table(title="the agent's diagnosis, re-checked")
+    for column in ("what", "claimed", "status"):
+        table.add_column(column)
+    for what in ("phase", "modules", "proposal", "documents"):
+        c = checks[what]
+        table.add_row(what, escape(str(c["claimed"])), c["status"])
+    for c in checks["claims"]:
+        table.add_row("claim", escape(c["claim"]), c["status"])
+    out.print(table)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def trait_line(trait: dict[str, Any]) -> str:

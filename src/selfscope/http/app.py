@@ -35,7 +35,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import selfscope
 from selfscope import tools
 from selfscope.errors import LoadError, SelfscopeError
 from selfscope.http import jobs
@@ -195,13 +194,22 @@ def caller(
 Caller = Annotated[Principal, Depends(caller)]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("selfscope")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
 def create_app(root: str | Path | None = None, *, keep_loaded: int = 2) -> FastAPI:
     """The app for the workspace at ``root`` (default: ``$SELFSCOPE_HOME`` or ./.selfscope)."""
     ws_root = Workspace(root).root
     loaded = Subjects(keep_loaded)
     app = FastAPI(
         title="selfscope",
-        version=selfscope.__version__ if hasattr(selfscope, "__version__") else "0.1.0",
+        version=_version(),
         description="Hyper-introspection for language models: every tool, the gate, the "
         "ledger and the self-model, behind API tokens. Errors are JSON problems whose "
         "`detail` is one line saying what to fix.",
