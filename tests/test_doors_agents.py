@@ -101,8 +101,13 @@ def test_mcp_over_stdio_lists_no_govern_tool_and_records_calls_as_agent(ws: Work
         got["refused"].content[0].text
     )
     # both calls in the store and the ledger as `agent`
-    calls = {c["tool"]: c for c in ws.store.tool_calls() if c["principal"] == "agent"}
-    assert calls["lens.logit"]["status"] == "ok" and calls["edits.steer"]["status"] == "ok"
+    calls = [(c["tool"], c["status"]) for c in ws.store.tool_calls() if c["principal"] == "agent"]
+    assert calls == [
+        ("lens.logit", "ok"),
+        ("edits.steer", "ok"),
+        ("gate.apply", "denied"),
+        ("lens.logit", "invalid"),
+    ]
     ledgered = [e for e in ws.store.ledger() if e["action"] == "tool_call"]
     by_agent = {json.loads(e["payload"])["tool"] for e in ledgered if e["principal"] == "agent"}
     assert {"lens.logit", "edits.steer"} <= by_agent

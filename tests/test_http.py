@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_and_loses_nothing(door: Door) -> None:
         ("/api/investigations", {"model": MODEL, "symptom": {"prompts": []}}, 422, "symptom"),
         ("/api/investigations", {"model": "organism:nope", "symptom": SYMPTOM}, 422, "nope"),
         ("/api/proposals/abcdef123456/validate", None, 404, "no proposal"),
-        ("/api/jobs/nonsense/resume", None, 400, "job ids look like"),
+        ("/api/jobs/nonsense/resume", None, 404, "job ids look like"),
     ]
     for url, body, status, says in cases:
         got = door.client.post(url, json=body, headers=carol)

@@ -422,9 +422,9 @@ def create_app(root: str | Path | None = None, *, keep_loaded: int = 2) -> FastA
         found = sorted(root.glob("*/result.json"), key=lambda p: -p.stat().st_mtime)
         rows = []
         for path in found:
-            r = json.loads(path.read_text())
-            rows.append(
-                {
+            try:
+                r = json.loads(path.read_text())
+                row = {
                     "id": r["investigation"],
                     "model": r["model"],
                     "prompts": r["symptom"]["prompts"],
@@ -434,7 +434,9 @@ def create_app(root: str | Path | None = None, *, keep_loaded: int = 2) -> FastA
                     "submitted": r.get("submitted"),
                     "finished_at": path.stat().st_mtime,
                 }
-            )
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not an investigation's result (or being replaced): not listed
+            rows.append(row)
         return rows
 
     def inv_folder(ws: Workspace, inv_id: str) -> Path:

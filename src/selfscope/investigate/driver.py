@@ -282,7 +282,7 @@ def _answer(call: dict[str, Any], ctx: tools.ToolContext, run: Run) -> str:
         tool_ = tools.get(name)
         record |= {"well_formed": True, "tool_name": tool_.name}
         if tool_.permission == "govern":
-            raise SelfscopeError(f"{name} needs 'govern'; an agent only reads and proposes")
+            raise SelfscopeError(f"{tool_.name} needs 'govern'; an agent only reads and proposes")
         done = tools.call(tool_.name, args, ctx)
     except SelfscopeError as error:
         record["error"] = str(error)
