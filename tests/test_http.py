@@ -201,6 +201,38 @@ def test_bad_input_is_one_line_and_loses_nothing(door: Door) -> None:
     assert any(c["status"] == "invalid" for c in door.ws.store.tool_calls())
 
 
+def test_tokens_are_stored_hashed_and_revoking_one_takes_effect_at_once(tmp_path: Path) -> None:
+    import subprocess
+
+    ws = Workspace(tmp_path / "ws")
+    args = [*EXE, "--workspace", str(ws.root), "token", "create", "--name", "dora"]
+    env = {**os.environ, "SELFSCOPE_PRINCIPAL": "boot"}
+    made = subprocess.run(
+        [*args, "--role", "reviewer", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    token = json.loads(made.stdout)
+    secret, label = token["token"], token["name"]
+    stored = b"".join(p.read_bytes() for p in ws.root.glob("store.sqlite*"))
+    assert secret.encode() not in stored and tokens.digest(secret).encode() in stored
+    client = TestClient(create_app(ws.root))
+    who = client.get("/api/whoami", headers={"Authorization": f"Bearer {secret}"})
+    assert who.json() == {"principal": "dora", "permissions": ["govern", "propose", "read"]}
+    # a non-reviewer cannot mint a reviewer token for itself
+    with pytest.raises(SelfscopeError, match="may not grant roles"):
+        tokens.create(ws, "mallory", "reviewer", principals.principal(ws, "mallory"))
+    tokens.revoke(ws, label, principals.principal(ws, "dora"))
+    again = client.get("/api/whoami", headers={"Authorization": f"Bearer {secret}"})
+    assert again.status_code == 401 and again.json()["detail"] == "unknown or revoked token"
+    actions = [e["action"] for e in ws.store.ledger()]
+    assert "token.create" in actions and "token.revoke" in actions
+    assert secret not in json.dumps(ws.store.ledger())
+
+
 def test_serve_refuses_a_public_address_without_a_token_store(tmp_path: Path) -> None:
     import subprocess
 

@@ -359,6 +359,7 @@ def create_app(root: str | Path | None = None, *, keep_loaded: int = 2) -> FastA
         return {
             "proposal": found.model_dump(mode="json"),
             "status": row.get("status"),
+            "proposer": row.get("proposer"),
             "validations": [json.loads(v["report"]) for v in ws.store.validations(found.id)],
             "reviews": ws.store.reviews(found.id),
         }

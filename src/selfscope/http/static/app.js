@@ -191,8 +191,11 @@ async function proposalPage(id) {
     p.status !== "validated" && p.status !== "approved" ? h("p", { class: "muted" }, `status ${p.status}: nothing to decide`) : null,
     msg) : h("p", { class: "muted" }, `${me.principal} cannot approve or apply (no govern permission)`);
   show(h("h1", {}, `Proposal ${p.proposal.id}`),
-    h("p", {}, `${p.proposal.kind} by ${p.proposal.proposer}; status `, h("strong", { id: "status" }, p.status)),
+    h("p", {}, `${p.proposal.kind} by ${p.proposer}; status `, h("strong", { id: "status" }, p.status)),
     h("p", {}, p.proposal.rationale || ""),
+    h("p", { class: "muted" }, `changes ${p.proposal.modules.slice(0, 6).join(", ")}` +
+      `${p.proposal.modules.length > 6 ? ` and ${p.proposal.modules.length - 6} more` : ""}; ` +
+      `relative change ${num(p.proposal.delta_norm, 4)}`),
     h("h2", {}, "Validation"),
     report ? h("div", {},
       h("p", {}, "on ", report.version_label, ": ", h("span", { class: report.passed ? "ok" : "bad" }, report.passed ? "passed" : "failed")),
