@@ -368,7 +368,7 @@ def test_a_reviewer_approves_an_investigations_fix_in_the_dashboard(
             page.fill("#token", door.token["alice"])
             page.click("button[type=submit]")
             expect(page.locator("#who")).to_contain_text("alice (govern, propose, read)")
-            expect(page.locator("#subjects")).to_contain_text("never versioned")
+            expect(page.locator("#subjects")).to_contain_text("v0")  # the gate registered the root
 
             page.click("text=investigations")
             page.click(f"a[href='#/investigation/{done['investigation']}']")
@@ -402,7 +402,7 @@ def test_a_reviewer_approves_an_investigations_fix_in_the_dashboard(
             page.goto(url + "/#/ledger")
             page.click("#verify")
             expect(page.locator("#ledger-verdict")).to_contain_text("hash chain intact")
-            expect(page.locator("#ledger")).to_contain_text("apply")
+            expect(page.locator("#ledger")).to_contain_text("alice")
             page.screenshot(path=str(shots / "ledger.png"), full_page=True)
             assert outside == [], outside  # nothing fetched from anywhere else
         finally:
@@ -412,3 +412,5 @@ def test_a_reviewer_approves_an_investigations_fix_in_the_dashboard(
     assert [(r["principal"], r["decision"]) for r in reviews] == [("alice", "approve")]
     versions = carol.get("/api/versions", params={"model": MODEL}).json()
     assert versions["head"] == "v1" and versions["versions"][1]["proposal"] == submitted
+    moved = [e for e in door.ws.store.ledger() if e["action"] == "head"]
+    assert moved and moved[-1]["principal"] == "alice"
