@@ -382,6 +382,7 @@ def test_a_reviewer_approves_an_investigations_fix_in_the_dashboard(
             )
             assert len(drawn) >= 4 and all(n > 0 and w > 100 for _, n, w in drawn), drawn
             page.screenshot(path=str(shots / "investigation.png"), full_page=True)
+            page.locator("#report").screenshot(path=str(shots / "report.png"))
 
             page.click(f"a[href='#/proposal/{submitted}']")
             expect(page.locator("#status")).to_have_text("validated")
