@@ -8,9 +8,9 @@ A real uvicorn on 127.0.0.1 (a free port; loopback only). The organism (built in
 1. warm-up: one investigation job, so the training-data index is built and cached (untimed);
 2. alone: the same investigation in a fresh workspace, nothing else running — its wall time;
 3. loaded: again in a fresh workspace, and while it runs, ``--requests`` read requests sent at
-   once (every 4th a `lens.logit` tool call on the model, the rest ledger / proposals / jobs /
-   subjects / whoami), each bounded by 120 s; then another wave every 5 s until the job ends
+   once, each bounded by 120 s; then another wave every 5 s until the job ends
    (at most 10 waves). Latency p50/p95 per kind, errors, and the job's slowdown (loaded / alone).
+   (every 4th a `lens.logit` call, the rest ledger / proposals / job status in turn)
 """
 
 from __future__ import annotations
@@ -84,13 +84,14 @@ def wait(url: str, secret: str, job: str, started: float) -> tuple[float, dict[s
 
 
 async def wave(url: str, secret: str, n: int, model: str, job: str) -> list[dict[str, Any]]:
-    reads = ["/api/ledger?last=20", "/api/proposals", f"/api/jobs/{job}", "/api/subjects"]
+    reads = ["/api/ledger?last=20", "/api/proposals", f"/api/jobs/{job}"]
     headers = {"Authorization": f"Bearer {secret}"}
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as c:
 
         async def one(i: int) -> dict[str, Any]:
             kind = "lens.logit" if i % 4 == 3 else reads[i % 4].split("?")[0]
+            kind = kind.replace(job, "{id}")
             started = time.perf_counter()
             try:
                 if kind == "lens.logit":
@@ -162,7 +163,7 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}. uvicorn on 127.0.0.1; an investigation job (small "
         f"`{args.organism}`, index cached by a warm-up run) runs while waves of "
         f"{args.requests} read requests are sent at once (every 4th a `lens.logit` call on the "
-        "model, the rest ledger / proposals / job status / subjects); a wave every 5 s until the "
+        "model, the rest ledger / proposals / job status); a wave every 5 s until the "
         "job ends. Slowdown = the job's wall time under load / alone (fresh workspaces).",
         "",
         f"**{len(results)} requests, {len(errors)} errors; the job completed; alone "
