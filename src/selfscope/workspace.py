@@ -27,13 +27,26 @@ def keys_dir() -> Path:
     return Path(os.environ.get(KEYS_ENV) or Path.home() / ".config" / "selfscope" / "keys")
 
 
+def expand(path: str | os.PathLike[str]) -> Path:
+    """``path`` with ``~`` / ``~user`` expanded, or one line when that cannot be done (no home
+    directory, no such user) instead of a RuntimeError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        from selfscope.errors import SelfscopeError
+
+        raise SelfscopeError(
+            f"cannot expand {str(path)!r}: no such home directory; give the full path"
+        ) from None
+
+
 class Workspace:
     """A selfscope workspace rooted at ``root`` (created on first use)."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         if root is None:
             root = os.environ.get(ENV_VAR) or DEFAULT_ROOT
-        self.root = Path(root).expanduser().absolute()
+        self.root = expand(root).absolute()
         self.root.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:

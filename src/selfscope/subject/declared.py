@@ -48,6 +48,7 @@ from selfscope.subject.lineage import (
     RendererName,
     Unknown,
 )
+from selfscope.workspace import expand
 
 DIR = "lineages"
 VERSION = 1
@@ -252,7 +253,7 @@ def declare(
     random weights: ``scratch``) on the documents in ``data`` as phase ``phase``, with the knobs
     given (None: unknown). Stores it in ``workspace`` (replacing an earlier declaration of the
     same folder) and returns the lineage ``load(model)`` will carry."""
-    folder = Path(model).expanduser()
+    folder = expand(model)
     if parent is not None and scratch:
         raise SelfscopeError("give either --parent (the model it was trained from) or --scratch")
     if not phase.strip() or "/" in phase:
@@ -271,12 +272,12 @@ def declare(
         )
     parent_folder = None
     if parent is not None:
-        parent_folder = Path(parent).expanduser()
+        parent_folder = expand(parent)
         _same_architecture(folder, parent_folder)
         parent_folder = parent_folder.resolve()
         if parent_folder == folder:
             raise SelfscopeError(f"{folder} cannot be its own parent")
-    rows = read_documents(Path(data).expanduser())
+    rows = read_documents(expand(data))
     sha = _rows_sha256(rows)
     root = _root(workspace)
     copy = root / _key(folder) / "data" / f"{phase}-{sha[:12]}.jsonl"
@@ -288,7 +289,7 @@ def declare(
         parent=parent_folder,
         scratch=scratch,
         data=copy,
-        data_source=str(Path(data).expanduser().resolve()),
+        data_source=str(expand(data).resolve()),
         data_sha256=sha,
         documents=len(rows),
         hyperparameters=Hyperparameters(lr=lr, epochs=epochs, batch_size=batch_size),

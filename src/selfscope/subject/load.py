@@ -28,14 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from selfscope.behaviour import fingerprint
-from selfscope.errors import LoadError
+from selfscope.errors import LoadError, SelfscopeError
 from selfscope.subject import organism, smollm2, versions
 from selfscope.subject.declared import declared_lineage
 from selfscope.subject.gguf import converted_folder
 from selfscope.subject.hf import load_folder
 from selfscope.subject.lineage import Lineage
 from selfscope.subject.subject import Subject
-from selfscope.workspace import Workspace
+from selfscope.workspace import Workspace, expand
 
 ACCEPTED = (
     "a local Hugging Face folder, a .gguf file, 'smollm2', 'organism:NAME[@PHASE]' or an "
@@ -48,10 +48,18 @@ def _looks_like_path(source: str) -> bool:
     return "/" in source or "\\" in source or source.startswith((".", "~"))
 
 
+def _expand(source: str) -> Path:
+    """``~`` expanded, or a LoadError line ("~nobody/x": no such user)."""
+    try:
+        return expand(source)
+    except SelfscopeError as error:
+        raise LoadError(str(error)) from None
+
+
 def _organism_layout(source: str) -> tuple[Path, str | None] | None:
     """``FOLDER`` or ``FOLDER@PHASE`` when FOLDER holds ``lineage.json``, else ``None``."""
     for folder, phase in ((source, None), source.rpartition("@")[::2]):
-        path = Path(folder).expanduser()
+        path = _expand(folder)
         if folder and path.is_dir() and (path / organism.LINEAGE_FILE).is_file():
             return path, phase
     return None
@@ -86,7 +94,7 @@ def _locate(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
     layout = _organism_layout(source)
     if layout is not None:
         return _organism_folder(*layout)
-    path = Path(source).expanduser()
+    path = _expand(source)
     if path.suffix.lower() == ".gguf" and path.is_file():
         gguf = path.resolve()
         return converted_folder(gguf, workspace or Workspace()), Lineage(kind="gguf", origin=gguf)
