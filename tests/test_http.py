@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -196,6 +197,8 @@ def test_bad_input_is_one_line_and_loses_nothing(door: Door) -> None:
     # "~user" with no such user (schemathesis found it: a RuntimeError, a 500, before)
     tilde = door.client.get("/api/versions", params={"model": "~nobodyzz/x"}, headers=carol)
     assert tilde.status_code == 422 and "cannot expand '~nobodyzz/x'" in tilde.json()["detail"]
+    long = door.client.get("/api/versions", params={"model": "0" * 300}, headers=carol)
+    assert long.status_code == 422 and "File name too long" in long.json()["detail"]
     raw = door.client.post("/api/tools/lens.logit", content=b"{not json", headers=carol)
     assert raw.status_code == 422 and "\n" not in raw.json()["detail"]
     # nothing lost: the ledger still verifies, and the refused calls were recorded
@@ -388,9 +391,10 @@ def test_a_reviewer_approves_an_investigations_fix_in_the_dashboard(
             assert len(drawn) >= 4 and all(n > 0 and w > 100 for _, n, w in drawn), drawn
             page.screenshot(path=str(shots / "investigation.png"), full_page=True)
             page.locator("#report").screenshot(path=str(shots / "report.png"))
+            page.evaluate("window.scrollTo(0, 0)")  # back up to the proposals table
 
-            page.click(f"a[href='#/proposal/{submitted}']")
-            page.wait_for_url(f"**#/proposal/{submitted}")
+            page.locator(f"#inv-proposals a[href='#/proposal/{submitted}']").click()
+            expect(page).to_have_url(re.compile(f"#/proposal/{submitted}$"))
             expect(page.locator("#status")).to_have_text("validated")
             expect(page.locator("#sealed")).to_contain_text("organism-")
             page.fill("#note", "the fix holds on the sealed suite")

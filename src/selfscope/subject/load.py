@@ -84,6 +84,14 @@ def _organism_folder(path: Path, phase: str | None) -> tuple[Path, Lineage]:
 
 def _locate(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
     """The Hugging Face folder to read for ``source``, and its lineage."""
+    try:
+        return _find(source, workspace)
+    except OSError as error:  # a name too long, a folder it may not read, ...
+        shown = source if len(source) <= 80 else source[:77] + "..."
+        raise LoadError(f"cannot read {shown!r}: {error.strerror or error}") from None
+
+
+def _find(source: str, workspace: Workspace | None) -> tuple[Path, Lineage]:
     if source.lower() == smollm2.SOURCE:
         gguf = smollm2.smollm2_path()
         return converted_folder(gguf, workspace or Workspace()), Lineage(
