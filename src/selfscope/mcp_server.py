@@ -32,21 +32,26 @@ MODEL_FIELD = {
 }
 
 
-def offered() -> list[tools.Tool[Any, Any]]:
-    """The tools an agent sees: every ``read`` and ``propose`` tool, never ``govern``."""
-    return [t for t in tools.registry().values() if t.permission != "govern"]
-
-
-def tool_schema(t: tools.Tool[Any, Any]) -> types.Tool:
-    schema = t.input.model_json_schema()
-    schema.setdefault("properties", {})["model"] = MODEL_FIELD
-    return types.Tool(
-        name=t.name,
-        description=f"[{t.permission}] {t.description}",
-        input_schema=schema,
-        output_schema=t.output.model_json_schema(),
-        annotations=types.ToolAnnotations(read_only_hint=t.permission == "read"),
-    )
+def offered() -> list[types.Tool]:
+    """The tools an agent sees (from :func:`selfscope.tools.mcp_tools`): every ``read`` and
+    ``propose`` tool, never ``govern``; each input schema gains the optional ``model``."""
+    listed = []
+    for t in tools.mcp_tools():
+        permission = t["annotations"]["permission"]
+        if permission == "govern":
+            continue
+        schema = t["inputSchema"]
+        schema.setdefault("properties", {})["model"] = MODEL_FIELD
+        listed.append(
+            types.Tool(
+                name=t["name"],
+                description=f"[{permission}] {t['description']}",
+                input_schema=schema,
+                output_schema=t["outputSchema"],
+                annotations=types.ToolAnnotations(read_only_hint=permission == "read"),
+            )
+        )
+    return listed
 
 
 def server(root: str | Path | None = None, model: str | None = None) -> Server[Any]:
@@ -57,7 +62,7 @@ def server(root: str | Path | None = None, model: str | None = None) -> Server[A
     async def list_tools(
         ctx: Any, params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[tool_schema(t) for t in offered()])
+        return types.ListToolsResult(tools=offered())
 
     def run(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         ws = Workspace(ws_root)

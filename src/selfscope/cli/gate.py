@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -40,18 +39,9 @@ def _proposals(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @proposals_app.command("list")
 def list_command(as_json: JsonOpt = False) -> None:
     """Every proposal, oldest first, with its status and proposer."""
-    rows = workspace().store.proposal_rows()
-    listing = [
-        {
-            "id": r["id"],
-            "kind": r["kind"],
-            "subject": r["subject"],
-            "status": r["status"],
-            "proposer": r["proposer"],
-            "delta_norm": r["delta_norm"],
-        }
-        for r in rows
-    ]
+    from selfscope.oversight.gate import proposal_listing
+
+    listing = proposal_listing(workspace())
     if as_json:
         print_json(listing)
         return
@@ -68,24 +58,15 @@ def list_command(as_json: JsonOpt = False) -> None:
 @proposals_app.command("show")
 def show_command(proposal_id: IdArg, as_json: JsonOpt = False) -> None:
     """One proposal: what it changes, its evidence, its validations and reviews."""
-    from selfscope.edits import proposal as proposals
+    from selfscope.edits.proposal import Proposal
+    from selfscope.oversight.gate import proposal_record
 
-    ws = workspace()
-    proposal = proposals.load(ws, proposal_id)
-    row = ws.store.proposal_row(proposal.id) or {}
-    validations = [json.loads(v["report"]) for v in ws.store.validations(proposal.id)]
-    reviews = ws.store.reviews(proposal.id)
-    shown = {
-        "proposal": proposal.model_dump(mode="json"),
-        "status": row.get("status"),
-        "proposer": row.get("proposer"),
-        "validations": validations,
-        "reviews": reviews,
-    }
+    shown = proposal_record(workspace(), proposal_id)
     if as_json:
         print_json(shown)
         return
-    out.print(f"[bold]{proposal.id}[/] {proposal.kind} on {proposal.subject}: {row.get('status')}")
+    proposal, reviews = Proposal.model_validate(shown["proposal"]), shown["reviews"]
+    out.print(f"[bold]{proposal.id}[/] {proposal.kind} on {proposal.subject}: {shown['status']}")
     out.print(f"modules: {', '.join(proposal.modules)}; relative change {proposal.delta_norm:.4f}")
     out.print(proposal.rationale)
     for r in reviews:

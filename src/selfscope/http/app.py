@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from selfscope import tools
 from selfscope.errors import LoadError, SelfscopeError
 from selfscope.http import jobs
-from selfscope.oversight import tokens
+from selfscope.oversight import gate, tokens
 from selfscope.tools import Permission, PermissionDenied, Principal
 from selfscope.workspace import Workspace
 
@@ -345,24 +345,13 @@ def create_app(root: str | Path | None = None, *, keep_loaded: int = 2) -> FastA
     def proposals(who: Caller, ws: Ws) -> list[dict[str, Any]]:
         """Every proposal, oldest first, with its status."""
         need(who, "read", "list proposals")
-        keep = ("id", "kind", "subject", "status", "proposer", "delta_norm", "created_at")
-        return [{k: r.get(k) for k in keep} for r in ws.store.proposal_rows()]
+        return gate.proposal_listing(ws)
 
     @app.get("/api/proposals/{proposal_id}", tags=["proposals"])
     def proposal(proposal_id: str, who: Caller, ws: Ws) -> dict[str, Any]:
         """One proposal: what it changes, its evidence, its validations and reviews."""
         need(who, "read", "read proposals")
-        from selfscope.edits import proposal as stored
-
-        found = stored.load(ws, proposal_id)
-        row = ws.store.proposal_row(found.id) or {}
-        return {
-            "proposal": found.model_dump(mode="json"),
-            "status": row.get("status"),
-            "proposer": row.get("proposer"),
-            "validations": [json.loads(v["report"]) for v in ws.store.validations(found.id)],
-            "reviews": ws.store.reviews(found.id),
-        }
+        return gate.proposal_record(ws, proposal_id)
 
     @app.post("/api/proposals/{proposal_id}/validate", tags=["proposals"])
     def validate(proposal_id: str, who: Caller, ws: Ws) -> dict[str, Any]:

@@ -400,6 +400,33 @@ def _how_much(check: Check) -> str:
     return f"{check.value:.3g} vs limit {check.limit:.3g}" if check.limit is not None else ""
 
 
+LISTED = ("id", "kind", "subject", "status", "proposer", "delta_norm")
+
+
+def proposal_listing(workspace: Workspace) -> list[dict[str, Any]]:
+    """Every proposal, oldest first: id, kind, subject, status, proposer, relative change (what
+    `selfscope proposals` and `GET /api/proposals` show)."""
+    return [{k: r[k] for k in LISTED} for r in workspace.store.proposal_rows()]
+
+
+def proposal_record(workspace: Workspace, proposal_id: str) -> dict[str, Any]:
+    """One proposal with its status, proposer, validations and reviews (`proposals show`,
+    `GET /api/proposals/{id}`)."""
+    import json
+
+    from selfscope.edits import proposal as stored
+
+    found = stored.load(workspace, proposal_id)
+    row = workspace.store.proposal_row(found.id) or {}
+    return {
+        "proposal": found.model_dump(mode="json"),
+        "status": row.get("status"),
+        "proposer": row.get("proposer"),
+        "validations": [json.loads(v["report"]) for v in workspace.store.validations(found.id)],
+        "reviews": workspace.store.reviews(found.id),
+    }
+
+
 def last_validation(workspace: Workspace, proposal_id: str) -> GateReport | None:
     rows = [r for r in workspace.store.validations(proposal_id) if r.get("version")]
     return GateReport.model_validate_json(rows[-1]["report"]) if rows else None
