@@ -56,12 +56,15 @@ ALLOWED: dict[str, set[str]] = {
     # the other doors: thin, on the registry, the gate and the investigation
     "http": BASE | {"subject", "tools", "behaviour", "edits", "oversight", "investigate"},
     "mcp_server": BASE | {"tools", "oversight"},
+    # the auditing game: builds organisms, runs investigators in another process, scores them
+    "game": BASE | {"subject", "behaviour", "organisms", "oversight"},
     "cli": BASE
     | {"subject", "tools", "behaviour", "access", "localize", "history", "edits", "organisms"}
-    | {"demo", "report", "oversight", "investigate", "selfmodel", "http", "mcp_server"},
+    | {"demo", "report", "oversight", "investigate", "selfmodel", "http", "mcp_server", "game"},
 }
 #: files (relative to the package) that may name ground truth or the spec file
 TRUTH_ALLOWED = {"organisms/builder.py", "organisms/blind.py", "organisms/ground_truth.py"}
+TRUTH_ALLOWED |= {"game/score.py", "game/bench.py"}  # the auditing game's scorer and runner
 TRUTH_WORDS = ("ground_truth", "spec.yaml", "GroundTruth")
 
 

@@ -13,6 +13,7 @@ selfscope proposals list|show|validate, review, apply, rollback, principal
 selfscope ledger|versions|policy|suite  cli/ledger.py the guardian's records
 selfscope demo                     cli/demo.py        the loop on the mushroom organism
 selfscope serve, mcp, token        cli/serve.py       the other doors: HTTP + dashboard, MCP
+selfscope organism random, bench   cli/game.py        the auditing game (selfscope.game)
 ```
 
 Bad input is reported as one line on stderr (``error: ...``) with exit status 2, never a
@@ -28,6 +29,7 @@ import typer
 from selfscope.cli import (
     demo,
     edits,
+    game,
     gate,
     history,
     investigate,
@@ -57,7 +59,7 @@ def _main(workspace: WorkspaceOpt = None) -> None:
 
 
 ROOMS = (organisms, models, lineage, tools_cli, localize, history, edits, gate, ledger, selfmodel)
-for room in (*ROOMS, investigate, demo, serve):
+for room in (*ROOMS, investigate, demo, serve, game):
     room.register(app)
 
 

@@ -7,6 +7,8 @@ it. Building is resumable: finished shards are kept, missing or corrupt ones are
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from selfscope.history.index import IndexConfig, TrainingIndex
@@ -16,6 +18,11 @@ from selfscope.tools import ToolContext, tool
 class IndexBuildArgs(BaseModel):
     rank: int = Field(8, ge=1, le=64, description="Projection rank per layer.")
     seed: int = Field(0, ge=0, description="Seed of the random projections.")
+    token_rows: Literal["positions", "prefixes"] = Field(
+        "positions",
+        description="Token rows from each trained token's position in the document pass "
+        "('positions', one pass) or from its own prefix ('prefixes': exact, ~T/2 passes).",
+    )
 
 
 class IndexBuildReport(BaseModel):
@@ -34,6 +41,7 @@ class IndexBuildReport(BaseModel):
 def index_build(ctx: ToolContext, args: IndexBuildArgs) -> IndexBuildReport:
     """Index every training document of every phase of the model's lineage, and every trained
     token of it (resumable: finished shards are kept, corrupt ones rebuilt)."""
-    index = TrainingIndex(ctx.subject, IndexConfig(rank=args.rank, seed=args.seed), ctx.workspace)
+    config = IndexConfig(rank=args.rank, seed=args.seed, token_rows=args.token_rows)
+    index = TrainingIndex(ctx.subject, config, ctx.workspace)
     report = index.build(progress=ctx.progress)
     return IndexBuildReport(path=str(index.root), checkpoints=len(index.checkpoints), **report)

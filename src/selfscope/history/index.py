@@ -76,15 +76,21 @@ class IndexConfig:
     batch_size: int = 16
     shard_documents: int = 512
     tokens: bool = True  # also store per-trained-token rows (see the module docstring)
-    token_batch_size: int = 64  # prefixes per forward/backward when computing token rows
+    token_batch_size: int = 64  # prefixes per forward/backward ("prefixes" token rows)
+    # how token rows are computed: "positions" (the default: each trained token's position's
+    # share of the document's gradient, from the document pass itself) or "prefixes" (each
+    # token's own loss through its prefix: exact, ~T/2 document passes); module docstring
+    token_rows: str = "positions"
 
     def digest(self) -> str:
-        key = {
+        key: dict[str, Any] = {
             "version": VERSION,
             "rank": self.rank,
             "seed": self.seed,
             "shard_documents": self.shard_documents,
         }
+        if self.token_rows != "prefixes":  # an index built before the modes keeps its digest
+            key["token_rows"] = self.token_rows
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -168,15 +174,28 @@ class Projector:
     def gradients(self, ids: Tensor, mask: Tensor, loss: Callable[[Tensor], Tensor]) -> Tensor:
         """[rows, dims] projected gradient of each row's part of ``loss(logits)`` (a scalar that
         is a sum over rows, each row depending on its own logits only)."""
+        return self.gradients_and_positions(ids, mask, loss, None)[0]
+
+    def gradients_and_positions(
+        self, ids: Tensor, mask: Tensor, loss: Callable[[Tensor], Tensor], positions: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`gradients`, and (``positions``: a [rows, tokens] bool mask) each selected
+        position's term of it, ``(P_out g_t)(P_in x_t)ᵀ``: [selected positions in row then
+        position order, dims] (the terms of a row sum to its gradient)."""
         store: dict[str, Tensor] = {}
         with torch.enable_grad(), self._hooks(store):
             logits = self.model(input_ids=ids, attention_mask=mask).logits
             loss(logits).backward()
-        parts = []
+        parts, per_position = [], []
         for name in self.names:
             x, g = store[name + ":x"], store[name + ":g"]
             parts.append(torch.einsum("bto,bti->boi", g, x).flatten(1))
-        return torch.cat(parts, dim=1)
+            if positions is not None:
+                per_position.append(torch.einsum("no,ni->noi", g[positions], x[positions]))
+        rows = torch.cat(parts, dim=1)
+        if positions is None:
+            return rows, None
+        return rows, torch.cat([p.flatten(1) for p in per_position], dim=1)
 
 
 def document_batch(
@@ -384,22 +403,40 @@ class TrainingIndex:
                 model = load_checkpoint(self.subject, name, self.workspace).model
                 projector = Projector(model, self.config)
                 self.dims = projector.dims
+                pending = {(p.kind, p.phase, p.start): p for p in parts}
                 for part in parts:
+                    if (part.kind, part.phase, part.start) not in pending:
+                        continue  # written with its twin
                     docs = self.by_phase[part.phase][part.start : part.stop]
 
                     def step(n: int, note: str = f"{part.kind} {part.phase}") -> None:
                         advance(n, note)
 
-                    counts = None
-                    if part.kind == "tokens":
-                        array, counts = self._project_tokens(projector, docs, step)
-                        token_rows += int(array.shape[0])
+                    written: list[tuple[Part, np.ndarray, list[int] | None]]
+                    positions = self.config.token_rows == "positions"
+                    twin = pending.get(("tokens", part.phase, part.start))
+                    if positions and (part.kind == "tokens" or twin is not None):
+                        # one pass gives the document rows and the token rows
+                        whole, tokens, per_doc = self._project_positions(projector, docs, step)
+                        token_part = part if part.kind == "tokens" else twin
+                        assert token_part is not None
+                        written = [(token_part, tokens, per_doc)]
+                        doc_part = pending.get(("documents", part.phase, part.start))
+                        if doc_part is not None:
+                            written.append((doc_part, whole, None))
+                            step(len(docs))
+                    elif part.kind == "tokens":
+                        written = [(part, *self._project_tokens(projector, docs, step))]
                     else:
-                        array = self._project(projector, docs, step)
-                    self._write_shard(part, array, counts)
-                    done_rows += len(docs)
-                    if on_shard is not None:
-                        on_shard(part.name)
+                        written = [(part, self._project(projector, docs, step), None)]
+                    for done, array, owned in written:
+                        del pending[(done.kind, done.phase, done.start)]
+                        self._write_shard(done, array, owned)
+                        done_rows += len(docs)
+                        if done.kind == "tokens":
+                            token_rows += int(array.shape[0])
+                        if on_shard is not None:
+                            on_shard(done.name)
         seconds = time.perf_counter() - started
         return {
             "shards_built": len(todo),
@@ -426,6 +463,37 @@ class TrainingIndex:
             out.append(grads.float().cpu().numpy().astype(np.float16))
             advance(len(seqs[i : i + size]))
         return np.concatenate(out)
+
+    def _project_positions(
+        self, projector: Projector, docs: list[TrainingDocument], advance: Callable[[int], None]
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """One document pass: [docs, dims] document rows, [trained tokens, dims] token rows
+        (``token_rows = "positions"``: the term of the document's gradient at the position
+        whose output predicts the token) in document then position order, and the count per
+        document."""
+        seqs = sequences(self.subject, docs)
+        pad = self.subject.tokenizer.pad_token_id
+        device = next(projector.model.parameters()).device
+        rows, tokens, counts = [], [], []
+        size = self.config.batch_size
+        for i in range(0, len(seqs), size):
+            ids, mask, labels = document_batch(seqs[i : i + size], pad, device)
+            trained = torch.zeros_like(labels, dtype=torch.bool)
+            trained[:, :-1] = labels[:, 1:] != -100  # position t predicts the token at t + 1
+            grads, per_token = projector.gradients_and_positions(
+                ids, mask, summed_nll(labels), trained
+            )
+            assert per_token is not None
+            rows.append(grads.float().cpu().numpy().astype(np.float16))
+            tokens.append(per_token.float().cpu().numpy().astype(np.float16))
+            counts += [int(c) for c in trained.sum(dim=1).tolist()]
+            advance(len(seqs[i : i + size]))
+        dims = projector.dims
+        return (
+            np.concatenate(rows) if rows else np.zeros((0, dims), dtype=np.float16),
+            np.concatenate(tokens) if tokens else np.zeros((0, dims), dtype=np.float16),
+            counts,
+        )
 
     def _project_tokens(
         self, projector: Projector, docs: list[TrainingDocument], advance: Callable[[int], None]

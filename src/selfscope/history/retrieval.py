@@ -38,7 +38,7 @@ index row at the checkpoint (token rows in token mode, document rows otherwise),
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -89,6 +89,12 @@ class TraceArgs(Behaviour):
         description="Score each document by its best single trained token's loss gradient at "
         "the checkpoint its phase started from (the index's token rows); false: by the whole "
         "document's gradient at the checkpoints bracketing its phase.",
+    )
+    token_rows: Literal["positions", "prefixes"] = Field(
+        "positions",
+        description="Which index's token rows: 'positions' (each trained token's position's "
+        "term of the document gradient, from the document pass) or 'prefixes' (each token's "
+        "own loss through its prefix: exact, ~T/2 document passes to build).",
     )
     visits: bool = Field(
         True,
@@ -286,7 +292,8 @@ def trace(ctx: ToolContext, args: TraceArgs) -> TraceResult:
     MODEL`, or `build: true`)."""
     subject = ctx.subject
     started = time.perf_counter()
-    index = TrainingIndex(subject, IndexConfig(rank=args.rank, seed=args.seed), ctx.workspace)
+    config = IndexConfig(rank=args.rank, seed=args.seed, token_rows=args.token_rows)
+    index = TrainingIndex(subject, config, ctx.workspace)
     if not index.exists() and not args.build:
         raise SelfscopeError(
             f"{subject.source} has no training-data index (rank {args.rank}, seed {args.seed}); "

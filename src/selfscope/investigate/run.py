@@ -327,6 +327,14 @@ class Investigation:
                 "evidence": [trace["call"]] if trace else [],
             },
         }
+        # the rank-one edit keys on the symptom prompts and their paraphrases: one prompt's key
+        # is its question form, several keys make the edit hold across forms (measured on a
+        # pretraining-planted aversion: sealed paraphrases fixed 0.00 with the prompt's key,
+        # 0.75 with the paraphrases' keys as well)
+        extra["rank_one"]["prompts"] = [
+            *self.symptom.prompts,
+            *(p for p in st["characterise"]["paraphrases"] if p not in self.symptom.prompts),
+        ]
         rows: list[dict[str, Any]] = []
         for kind in self.kinds:
             if kind == "revert_delta" and localised.get("weight_deltas") is None:
@@ -335,38 +343,18 @@ class Investigation:
             if kind == "unlearn" and not extra["unlearn"]["documents"]:
                 rows.append({"kind": kind, "skipped": "no traced documents of the origin phase"})
                 continue
-            try:
-                made = self.call(f"edits.{kind}", {**self.behaviour(), **extra[kind]})
-            except SelfscopeError as error:
-                rows.append({"kind": kind, "skipped": str(error)})
-                continue
-            proposal = made["proposal"]
-            report = self._judged(proposal["id"]) or self.call(
-                "gate.validate", {"proposal": proposal["id"], "suites": [suite]}
-            )
-            failed = [c for c in report["checks"] if not c["passed"]]
-            rows.append(
-                {
-                    "kind": kind,
-                    "id": proposal["id"],
-                    "modules": proposal["modules"],
-                    "delta_norm": proposal["delta_norm"],
-                    "status": report.get("judged_earlier")
-                    or ("validated" if report["passed"] else "rejected"),
-                    "validation": {
-                        "passed": report["passed"],
-                        "checks": report["checks"],
-                        "sealed": report["sealed"],
-                        "visible": report["visible"],
-                        "call": report["call"],
-                    },
-                    "why": "; ".join(
-                        f"{c['name']} {_num(c['value'])} (limit {_num(c['limit'])})" for c in failed
+            row = self._propose(kind, {**self.behaviour(), **extra[kind]}, suite)
+            rows.append(row)
+            if kind == "rank_one" and "id" in row and row["status"] != "validated":
+                # the block the edit chose failed the gate: try the other blocks that fixed
+                # every prompt, least drift first, until one passes
+                for layer in row.get("alternatives", []):
+                    again = self._propose(
+                        kind, {**self.behaviour(), **extra[kind], "layer": layer}, suite
                     )
-                    or None,
-                    "propose_call": made["call"],
-                }
-            )
+                    rows.append(again)
+                    if again.get("status") == "validated":
+                        break
         ranked = sorted(
             (r for r in rows if "id" in r),
             key=lambda r: (not r["validation"]["passed"], len(r["why"] or ""), r["delta_norm"]),
@@ -385,6 +373,52 @@ class Investigation:
             "ranking": [r["id"] for r in ranked],
             "submitted": best["id"] if best else None,
         }
+
+    def _propose(self, kind: str, args: dict[str, Any], suite: dict[str, Any]) -> dict[str, Any]:
+        """Propose one fix of ``kind`` and validate it through the gate; its row."""
+        try:
+            made = self.call(f"edits.{kind}", args)
+        except SelfscopeError as error:
+            return {"kind": kind, "skipped": str(error)}
+        proposal = made["proposal"]
+        report = self._judged(proposal["id"]) or self.call(
+            "gate.validate", {"proposal": proposal["id"], "suites": [suite]}
+        )
+        failed = [c for c in report["checks"] if not c["passed"]]
+        row = {
+            "kind": kind,
+            "id": proposal["id"],
+            "modules": proposal["modules"],
+            "delta_norm": proposal["delta_norm"],
+            "status": report.get("judged_earlier")
+            or ("validated" if report["passed"] else "rejected"),
+            "validation": {
+                "passed": report["passed"],
+                "checks": report["checks"],
+                "sealed": report["sealed"],
+                "visible": report["visible"],
+                "call": report["call"],
+            },
+            "why": "; ".join(
+                f"{c['name']} {_num(c['value'])} (limit {_num(c['limit'])})" for c in failed
+            )
+            or None,
+            "propose_call": made["call"],
+        }
+        if kind == "rank_one" and args.get("layer") is None:
+            chosen = proposal["parameters"].get("chosen_layer")
+            candidates = [
+                c
+                for e in proposal["evidence"]
+                for c in (e.get("numbers") or {}).get("candidates", [])
+            ]
+            best = max((c["fixed"] for c in candidates), default=0.0)
+            row["alternatives"] = [
+                c["layer"]
+                for c in sorted(candidates, key=lambda c: c["drift"])
+                if c["fixed"] == best and c["layer"] != chosen
+            ]
+        return row
 
     def _rank_one_layers(self, localised: dict[str, Any]) -> dict[str, Any]:
         """The rank-one edit's matrix (the value projection on a mixture of experts) and
