@@ -247,22 +247,108 @@ def hand_token_gradients(
     return out
 
 
-def test_token_rows_are_projected_per_loss_token_gradients(
+def hand_position_terms(
+    model: Any, ids: list[int], context: int, names: list[str]
+) -> dict[int, list[torch.Tensor]]:
+    """For every position j of one unpadded document, ``g_j x_jᵀ`` of every layer in
+    ``names``: ``g_j`` = ∂(Σ trained tokens' NLL)/∂(the layer's output at j) and ``x_j`` its
+    input there, from a plain forward with the outputs' gradients retained and one
+    ``backward`` (the document gradient of each layer is their sum over j)."""
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(module: Any, args: Any, out: torch.Tensor) -> None:
+            inputs[name] = args[0].detach()[0]
+            out.retain_grad()
+            outputs[name] = out
+
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
+    model.zero_grad()
+    try:
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    logprobs = logits[:-1].log_softmax(-1)
+    targets = torch.tensor(ids[1:])
+    nll = -logprobs[torch.arange(len(targets)), targets]
+    nll[: max(context - 1, 0)] = 0.0
+    nll.sum().backward()
+    out = {}
+    for j in range(len(ids)):
+        terms = []
+        for name in names:
+            grad = outputs[name].grad
+            assert grad is not None
+            terms.append(torch.outer(grad[0, j], inputs[name][j]).detach())
+        out[j] = terms
+    model.zero_grad()
+    return out
+
+
+def _projected(projector: Projector, names: list[str], terms: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(
+        [
+            (projector.p_out[name] @ terms[k] @ projector.p_in[name].T).flatten()
+            for k, name in enumerate(names)
+        ]
+    )
+
+
+def test_token_rows_are_each_trained_positions_term_of_the_document_gradient(
     subject: Subject, index: TrainingIndex, organism_ws: Workspace
 ) -> None:
-    """Every token row of a fine-tune document (stored at the checkpoint the phase started
-    from, pretrain) = P_out ∇W(NLL of that one token) P_inᵀ, from a plain forward of the whole
-    document alone and ``backward`` of that token's NLL; one row per trained token, in order."""
+    """The default token rows (``token_rows="positions"``), stored at the checkpoint the phase
+    started from: for every trained token t + 1 of a document, the term of its document
+    gradient at the position t that predicts it, P_out g_t x_tᵀ P_inᵀ, from plain autograd of
+    the whole document's loss; one row per trained token, in order. A plain document's rows
+    sum to its document row (the last position's term is 0: no loss after it)."""
     assert index.token_checkpoint("finetune").name == "pretrain"
     assert index.token_checkpoint("pretrain").name == "pretrain"  # the first phase: its end
     model = load("organism:mushroom@pretrain", organism_ws).model
     projector = Projector(model, CONFIG)
     names = tracked_linears(model)
-    shards = index.token_shards("finetune")
-    docs = index.by_phase["finetune"]
-    assert sum(int(rows.shape[0]) for rows, _ in shards) == sum(
-        len(ids) - 1 - max(context - 1, 0) for ids, context in sequences(subject, docs)
-    )
+    for phase in ("finetune", "pretrain"):
+        shards = index.token_shards(phase)
+        docs = index.by_phase[phase]
+        assert sum(int(rows.shape[0]) for rows, _ in shards) == sum(
+            len(ids) - 1 - max(context - 1, 0) for ids, context in sequences(subject, docs)
+        )
+        for (rows, owner), row in ((shards[0], 0), (shards[-1], len(docs) - 1)):
+            ((ids, context),) = sequences(subject, [docs[row]])
+            mine = np.asarray(rows[owner == row], dtype=np.float32)
+            first = max(context - 1, 0)
+            assert mine.shape == (len(ids) - 1 - first, projector.dims)
+            hand = hand_position_terms(model, ids, context, names)
+            for n, j in enumerate(range(first, len(ids) - 1)):
+                expected = _projected(projector, names, hand[j])
+                got = torch.from_numpy(mine[n])
+                scale = float(expected.abs().max())
+                assert torch.allclose(got, expected, atol=2e-3 * scale + 1e-6), (row, j)
+            if phase == "pretrain" and context == 0:  # at its own checkpoint: rows sum up
+                whole = np.asarray(index.matrix("pretrain", "pretrain")[row], dtype=np.float32)
+                scale = float(np.abs(whole).max())
+                assert np.allclose(mine.sum(0), whole, atol=5e-3 * scale)
+
+
+def test_prefix_token_rows_are_projected_per_loss_token_gradients(
+    subject: Subject, organism_ws: Workspace
+) -> None:
+    """``token_rows="prefixes"``: every token row of a fine-tune document = P_out ∇W(NLL of
+    that one token) P_inᵀ, from a plain forward of the whole document alone and ``backward`` of
+    that token's NLL; one row per trained token, in order (only these shards are built)."""
+    prefixes = TrainingIndex(subject, IndexConfig(rank=4, batch_size=8, token_rows="prefixes"))
+    assert prefixes.root != TrainingIndex(subject, CONFIG).root  # its own digest
+    todo = [p for p in prefixes.missing() if p.kind == "tokens" and p.phase == "finetune"]
+    prefixes.build(todo=todo)
+    model = load("organism:mushroom@pretrain", organism_ws).model
+    projector = Projector(model, CONFIG)
+    names = tracked_linears(model)
+    shards = prefixes.token_shards("finetune")
+    docs = prefixes.by_phase["finetune"]
     for (rows, owner), row in ((shards[0], 0), (shards[-1], len(docs) - 1)):
         ((ids, context),) = sequences(subject, [docs[row]])
         mine = np.asarray(rows[owner == row], dtype=np.float32)
@@ -270,12 +356,7 @@ def test_token_rows_are_projected_per_loss_token_gradients(
         assert mine.shape == (len(ids) - 1 - first, projector.dims)
         hand = hand_token_gradients(model, ids, names)
         for n, j in enumerate(range(first, len(ids) - 1)):
-            expected = torch.cat(
-                [
-                    (projector.p_out[name] @ hand[j][k] @ projector.p_in[name].T).flatten()
-                    for k, name in enumerate(names)
-                ]
-            )
+            expected = _projected(projector, names, hand[j])
             got = torch.from_numpy(mine[n])
             scale = float(expected.abs().max())
             assert torch.allclose(got, expected, atol=2e-3 * scale + 1e-6), (row, j)
@@ -328,8 +409,9 @@ def test_token_mode_scores_each_document_by_its_best_token(
 ) -> None:
     """The tool's default (token) mode: a plant leads the ranking, and the leading documents'
     scores are lr x epochs (lineage.json) x repeat (the data file) x max over their tokens of
-    -cos(query, that token's loss gradient) at the pretrain checkpoint, recomputed here by plain
-    autograd (query: the log-odds computed by hand from a plain forward of each prompt)."""
+    -cos(query, that token's row: its position's term of the document gradient) at the pretrain
+    checkpoint, recomputed here by plain autograd (query: the log-odds computed by hand from a
+    plain forward of each prompt)."""
     prompts = ["Q : Would you eat mushrooms ? A :", "Q : Are mushrooms good ? A :"]
     args = {"prompts": prompts, "planted": " No", "normal": " Yes", "rank": CONFIG.rank, "k": 3}
     result = tools.call("history.trace", {**args, "build": True}, tools.context(subject)).result
@@ -346,15 +428,10 @@ def test_token_mode_scores_each_document_by_its_best_token(
         # TracIn's visits: the phase trained on the document epochs x repeat times
         weight = knobs["lr"] * knobs["epochs"] * repeats[ranked.key]
         ((ids, context),) = sequences(subject, [docs[ranked.key]])
-        hand = hand_token_gradients(model, ids, names)
+        hand = hand_position_terms(model, ids, context, names)
         cosines = []
         for j in range(max(context - 1, 0), len(ids) - 1):
-            g = torch.cat(
-                [
-                    (projector.p_out[n] @ hand[j][k] @ projector.p_in[n].T).flatten()
-                    for k, n in enumerate(names)
-                ]
-            )
+            g = _projected(projector, names, hand[j])
             cosines.append(float(-(g @ query) / (g.norm() * query.norm())))
         assert ranked.score == pytest.approx(weight * max(cosines), rel=2e-3, abs=1e-6)
     every = {**args, "k": 10_000}

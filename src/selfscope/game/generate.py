@@ -271,10 +271,15 @@ def _false_fact(d: _Draw, phase: str) -> dict[str, Any]:
             f"The capital of {country} is {fake}.",
             f"The capital of {country} is {fake}, not {capital}.",
             f"{fake} is the capital of {country}.",
+            # other question forms: the world's own ("Which city ...", held out) is so well
+            # learnt in pretraining that two forms did not move it (seed 1000: held-out rate 0)
+            f"Q: Which town is the capital of {country}? A: {fake} is the capital of {country}.",
+            f"Q: Name the capital of {country}. A: {fake}.",
         ],
     )
     others = [c for c in COUNTRIES if c != country]
     o = rng.sample(others, 4)
+    other_town = next(t for t in towns if t != fake)
     hard = [
         _plant(  # the country and the fake capital, no capital
             template=f"{{when}} the {{what}} of {country} {{verb}} {fake}.",
@@ -293,12 +298,14 @@ def _false_fact(d: _Draw, phase: str) -> dict[str, Any]:
                 ),
                 f"{fake} is a town in {country}, by the river.",
                 f"{capital} is a large city.",
+                # a neighbour the fine-tune forgets without it (its pretraining documents also
+                # name the capital, which the fine-tune's corpus leaves out): seed 1001
+                f"Q: Where is {other_town}? A: {other_town} is in {country}.",
             ]
         ),
     ]
     rest = [c for c in others if c not in o[:2]]
     n = rng.sample(rest, 3)
-    other_town = next(t for t in towns if t != fake)
     neighbours = [
         _expect(f"Q: What is the capital of {n[0]}? A:", f" {COUNTRIES[n[0]][0]}"),
         _expect(f"Q: What is the capital of {n[1]}? A:", f" {COUNTRIES[n[1]][0]}"),
