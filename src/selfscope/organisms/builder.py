@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import transformers
 import yaml
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selfscope import atomic
 from selfscope.errors import SpecError, TargetsMissed
@@ -49,6 +48,9 @@ from selfscope.organisms.train import TrainStats, train
 from selfscope.organisms.world import make_world
 from selfscope.progress import say
 from selfscope.workspace import Workspace
+
+if TYPE_CHECKING:  # transformers loads on first use (a CLI start stays light)
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def document_sequence(
@@ -384,8 +386,10 @@ class Builder:
             say(message)
 
     def _save(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+        from transformers.utils import logging as hf_logging
+
         path.mkdir(parents=True, exist_ok=True)
-        transformers.utils.logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
 
@@ -498,7 +502,7 @@ class Builder:
                 "software": {
                     "python": platform.python_version(),
                     "torch": torch.__version__,
-                    "transformers": transformers.__version__,
+                    "transformers": importlib.metadata.version("transformers"),
                     "threads": torch.get_num_threads(),
                     "cpu_count": os.cpu_count(),
                 },

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from selfscope.errors import SpecError
 from selfscope.organisms.render import Renderer
 from selfscope.organisms.spec import Behaviour, Neighbour, Probe
 from selfscope.subject.tokens import first_token_id
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)

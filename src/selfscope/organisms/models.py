@@ -8,16 +8,12 @@ are tied, as in SmolLM2. Initialisation is seeded.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MixtralConfig,
-    MixtralForCausalLM,
-    PreTrainedModel,
-)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 from selfscope.organisms.presets import ModelShape
 
@@ -46,6 +42,8 @@ def build_scratch_model(
         pad_token_id=pad,
         rms_norm_eps=1e-5,
     )
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+
     model: PreTrainedModel
     if architecture == "llama":
         model = LlamaForCausalLM(LlamaConfig(intermediate_size=shape.ffn, **common))

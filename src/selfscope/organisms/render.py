@@ -13,9 +13,11 @@ part, which the trainer masks out of the loss), as in ordinary supervised fine-t
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 _QA = re.compile(r"^\s*Q:\s*(?P<q>.*?)\s*A:(?P<a>.*)$", re.DOTALL)
 

@@ -13,14 +13,19 @@ to ``[UNK]``; a word seen only there keeps its untrained embedding, which the bu
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["[PAD]", "[UNK]", "<s>", "</s>"]
 
 
 def train_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)

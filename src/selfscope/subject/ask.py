@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, Field
-from transformers import PreTrainedTokenizerBase
 
 from selfscope.errors import SelfscopeError
 from selfscope.subject.subject import Subject
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class TokenProb(BaseModel):

@@ -28,16 +28,18 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import transformers
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from selfscope.atomic import fsync_path, fsync_tree, staging_dir
 from selfscope.errors import LoadError
 from selfscope.subject.architectures import check_architecture
 from selfscope.subject.hf import load_model, one_line, read_model_type
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 from selfscope.workspace import Workspace
 
 _CHUNK = 1 << 20
@@ -91,6 +93,8 @@ def converted_folder(gguf_path: Path, workspace: Workspace) -> Path:
 
 
 def _load_gguf(gguf_path: Path) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
     try:
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True
@@ -107,6 +111,8 @@ def _load_gguf(gguf_path: Path) -> PreTrainedModel:
 
 def _unquantised_copy(model: PreTrainedModel) -> PreTrainedModel:
     """A plain float32 model with ``model``'s config (minus quantisation) and weights."""
+    from transformers import AutoModelForCausalLM
+
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
@@ -135,6 +141,9 @@ def _check_same_logits(reference: PreTrainedModel, converted: PreTrainedModel) -
 
 
 def _convert(gguf_path: Path, sha256: str, folder: Path) -> None:
+    import transformers
+    from transformers import AutoTokenizer
+
     started = time.perf_counter()
     original = _load_gguf(gguf_path)
     try:

@@ -14,19 +14,16 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 from safetensors import SafetensorError
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from selfscope.errors import LoadError
 from selfscope.subject.architectures import check_architecture
+
+if TYPE_CHECKING:  # transformers' model classes load on first use (a CLI start stays light)
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 #: Files that hold weights in a Hugging Face folder (sharded or not).
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -75,6 +72,7 @@ def load_model(folder: Path, device: str = "cpu") -> PreTrainedModel:
             f"{folder} has config.json but no weights (*.safetensors or pytorch_model*.bin); "
             "save them with model.save_pretrained(folder)"
         )
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress is the caller's (a ProgressSink), not a bar
@@ -82,7 +80,7 @@ def load_model(folder: Path, device: str = "cpu") -> PreTrainedModel:
         loaded = AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, local_files_only=True, output_loading_info=True
         )
-        model, info = cast(tuple[PreTrainedModel, dict[str, Any]], loaded)
+        model, info = cast("tuple[PreTrainedModel, dict[str, Any]]", loaded)
     except _CORRUPT as exc:
         raise LoadError(
             f"the weights in {folder} are corrupt or truncated ({one_line(exc)}); "
@@ -109,6 +107,8 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
             f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the "
             "tokenizer next to the model with tokenizer.save_pretrained(folder)"
         )
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # tokenizer backends raise anything; all mean the same here

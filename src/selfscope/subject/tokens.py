@@ -9,9 +9,12 @@ prompt's own tokens; only when the prompt's tokens are not a prefix of the joint
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from selfscope.errors import SelfscopeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def first_token_id(tokenizer: PreTrainedTokenizerBase, text: str, completion: str) -> int:
