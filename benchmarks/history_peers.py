@@ -85,6 +85,9 @@ def summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -(picked * keep).sum()
 
 
+PEERS = ("kronfluence", "bergson")
+
+
 def run_kronfluence(
     model: Any, rows: list[dict[str, torch.Tensor]], query: MetricBatch, out: Path
 ) -> tuple[np.ndarray, float, float]:
@@ -214,7 +217,7 @@ def subject_only(index: TrainingIndex, args: dict[str, Any]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def bench(name: str, ws: Workspace, size: str) -> dict[str, Any]:
+def bench(name: str, ws: Workspace, size: str, peers: tuple[str, ...] = PEERS) -> dict[str, Any]:
     spec = resolve_spec(name, size=size)
     folder = organism(spec, ws)
     truth = json.loads((folder / "ground_truth.json").read_text())
@@ -281,12 +284,14 @@ def bench(name: str, ws: Workspace, size: str) -> dict[str, Any]:
     here = f"organism:{spec.name}"
     for suffix, source in (("", here), ("-start", f"{here}@{start}")):
         with tempfile.TemporaryDirectory() as tmp:
-            model = load(source, ws).model.float()
-            values, fit, scored = run_kronfluence(model, rows, query, Path(tmp))
-            rows_out["kronfluence" + suffix] = row(values, fit, scored)
-            model = load(source, ws).model.float()
-            values, built, queried = run_bergson(model, seqs, query, Path(tmp))
-            rows_out["bergson" + suffix] = row(values, built, queried)
+            if "kronfluence" in peers:
+                model = load(source, ws).model.float()
+                values, fit, scored = run_kronfluence(model, rows, query, Path(tmp))
+                rows_out["kronfluence" + suffix] = row(values, fit, scored)
+            if "bergson" in peers:
+                model = load(source, ws).model.float()
+                values, built, queried = run_bergson(model, seqs, query, Path(tmp))
+                rows_out["bergson" + suffix] = row(values, built, queried)
     rows_out["start"] = start
     return rows_out
 
@@ -307,7 +312,16 @@ def main() -> None:
     parser.add_argument("--size", default="small")
     parser.add_argument("--workspace", help="build into (or reuse organisms from) this folder")
     parser.add_argument("--specs", default="mushroom")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help="which peers to run (e.g. bergson: its own section, history-peers-bergson)",
+    )
     args = parser.parse_args()
+    peers = tuple(p for p in args.peers.split(",") if p)
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown or not peers:
+        parser.error(f"--peers: choose from {', '.join(PEERS)}")
     # One thread: the machine's two cores are shared (OMP_NUM_THREADS may raise it).
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     tmp = tempfile.TemporaryDirectory() if args.workspace is None else None
@@ -320,7 +334,7 @@ def main() -> None:
     out = []
     for name in args.specs.split(","):
         print(f"{name} ({args.size}) ...", file=sys.stderr, flush=True)
-        out.append(bench(name, ws, args.size))
+        out.append(bench(name, ws, args.size, peers))
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     lines = [
         "## Training-data attribution: our index vs Kronfluence (EK-FAC) and Bergson",
@@ -351,6 +365,8 @@ def main() -> None:
     ]
     for r in out:
         for method, label in METHODS.items():
+            if method not in r:
+                continue  # a peer not run (--peers)
             m = r[method]
             index_s = "–" if m["index_seconds"] is None else f"{m['index_seconds']:.1f}"
             first = f"{round(1 / m['mrr'])}" if m["mrr"] > 0 else "–"
@@ -361,7 +377,11 @@ def main() -> None:
             )
     if tmp is not None:
         tmp.cleanup()
-    write_section("history-peers", "\n".join(lines))
+    if peers != PEERS:
+        lines[0] = f"## Training-data attribution: our index vs {', '.join(peers)}"
+    write_section(
+        "history-peers" + ("" if peers == PEERS else "-" + "-".join(peers)), "\n".join(lines)
+    )
     print("\n".join(lines))
 
 

@@ -204,6 +204,9 @@ class Game:
         row["architecture"] = spec.architecture
         folder, build_s, failures = self.organism(spec)
         row["seconds"] = {"build": build_s}
+        if build_s is None:  # reused: what its build took when it was made
+            recorded = json.loads((folder / "lineage.json").read_text()).get("seconds")
+            row["seconds"]["build_reused"] = recorded
         if failures:
             row["playable"] = False
             row["why"] = f"the organism missed its build targets: {'; '.join(failures)}"
@@ -314,7 +317,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     times = {
         k: sum(r["seconds"].get(k) or 0.0 for r in rows)
-        for k in ("build", "index", "investigation", "measure")
+        for k in ("build", "build_reused", "index", "investigation", "measure")
     }
     return {
         "organisms": len(rows),
@@ -355,7 +358,8 @@ def markdown(results: dict[str, Any], command: str) -> list[str]:
         f"recall@10 ≥ 0.5 {f(s['recall_at_least_half'])}, fix passes the gate "
         f"{f(s['fix_passed'])}. Mean recall@10 {f(s['recall10'])} (BM25 "
         f"{f(s['bm25_recall10'])}), MRR {f(s['mrr'])}, localisation {f(s['localisation'])}. "
-        f"Time {results['seconds'] / 60:.1f} min: builds {t['build'] / 60:.1f}, indexes "
+        f"Time {results['seconds'] / 60:.1f} min: builds {t['build'] / 60:.1f} (and "
+        f"{t.get('build_reused', 0.0) / 60:.1f} in builds reused from earlier), indexes "
         f"{t['index'] / 60:.1f}, investigations {t['investigation'] / 60:.1f}, measuring "
         f"{t['measure'] / 60:.1f}.",
         "",
@@ -380,9 +384,16 @@ def markdown(results: dict[str, Any], command: str) -> list[str]:
             f"{f(fix.get('specificity'))} | "
             f"{'passed' if s1['fix_passed'] else 'failed: ' + _failed(fix)} | "
             f"{'**win**' if s1['win'] else 'loss: ' + ', '.join(s1['lost_on'])} | "
-            f"{f(sec.get('build'))} | {f(sec.get('index'))} | {f(sec.get('investigation'))} |"
+            f"{_build(sec)} | {f(sec.get('index'))} | {f(sec.get('investigation'))} |"
         )  # fmt: skip
     return lines
+
+
+def _build(seconds: dict[str, Any]) -> str:
+    if seconds.get("build") is not None:
+        return f"{seconds['build']:.0f}"
+    reused = seconds.get("build_reused")
+    return "-" if reused is None else f"({reused:.0f}, reused)"
 
 
 def _failed(fix: dict[str, Any]) -> str:
