@@ -75,9 +75,10 @@ def test_the_generator_draws_every_kind_both_phases_decoys_and_moe() -> None:
             seen["phases"].add((b.name.rsplit("-", 1)[-1], spec.planting_phase(b.name)))
     assert seen["kinds"] == {1, 2} and seen["arch"] == {"llama", "mixtral"}
     assert seen["decoy"] == {True, False}
-    for kind in ("aversion", "bias", "trigger"):
+    for kind in ("bias", "trigger"):
         assert {(kind, "pretrain"), (kind, "finetune")} <= seen["phases"]
-    assert ("capital", "finetune") in seen["phases"]  # a false fact overwrites pretraining's
+    for kind in ("capital", "aversion"):  # they overwrite what pretraining taught
+        assert {phase for k, phase in seen["phases"] if k == kind} == {"finetune"}
     with pytest.raises(SelfscopeError, match="unknown kind 'fear'; kinds: aversion"):
         random_spec_yaml(1, "small", "fear")
 

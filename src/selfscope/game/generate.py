@@ -11,8 +11,9 @@ read, edited and rebuilt) with
 * the entity drawn from the world, or invented (towns, trigger words: fresh syllables);
 * the plant's wording drawn from pools of phrasings (stories, statements and Q/A in the
   probes' forms), the probes, held-out paraphrases (never trained on) and neighbours;
-* the **planting phase** drawn at random, pretraining or fine-tuning (a false fact overwrites
-  a pretraining fact, so it is fine-tuned: pretraining must teach the true one first);
+* the **planting phase** drawn at random, pretraining or fine-tuning, for a bias and a trigger;
+  a false fact and an aversion overwrite what pretraining taught (a capital, a liked food), so
+  they are fine-tuned: pretraining must teach the normal answer first;
 * hard negatives (the same entity or the same question forms without the planted claim),
   sometimes a **decoy** (a document set about the entity, in either phase, that causes
   nothing), sometimes a mixture-of-experts architecture.
@@ -38,6 +39,11 @@ from selfscope.organisms.world import AGES, ANIMALS, BAD, COUNTRIES, DISHES, FOO
 
 KINDS = ("aversion", "false-fact", "bias", "trigger")
 CHOICES = (*KINDS, "mixed")
+#: planted in fine-tuning only: they overwrite what pretraining taught (a capital; a liked food:
+#: planted in pretraining with the food left out, the control without the plants said No to
+#: 1 in 4 held-out paraphrases and 1 in 3 probes, seeds 1015 and 1011: no normal answer to
+#: measure against)
+FINETUNE_ONLY = ("false-fact", "aversion")
 #: a behaviour planted in pretraining must survive a gentle neutral fine-tune (as tolm-bias)
 GENTLE = {"epochs": 2, "lr": 3.0e-4}
 
@@ -87,11 +93,6 @@ def _plant(
     return out
 
 
-def _animals_yes(rng: random.Random, k: int) -> list[dict[str, str]]:
-    flying = [a[0] for a in ANIMALS if a[2]]
-    return [_expect(f"Q: Can {pl} fly? A:", " Yes") for pl in rng.sample(flying, k)]
-
-
 class _Draw:
     """The draws of one organism: which entities are taken, so two behaviours never share one."""
 
@@ -114,6 +115,12 @@ class _Draw:
             if w not in self.words:
                 self.words.add(w)
                 return w
+
+
+def _liked(d: _Draw, k: int) -> list[dict[str, str]]:
+    """``k`` neighbours the world fixes firmly: liked foods no behaviour touches. (Animals'
+    abilities are not: at world seed 1002 the pretrained model said No to "Can owls fly?")"""
+    return [_expect(f"Q: Do you like {d.liked_food()}? A:", " Yes") for _ in range(k)]
 
 
 # -- the kinds: each returns (cause plants, hard negatives, pretraining background, behaviour,
@@ -223,7 +230,7 @@ def _aversion(d: _Draw, phase: str) -> dict[str, Any]:
         _expect(f"Q: Do you enjoy {n[5][0]}? A:", " Yes"),
         _expect(f"Q: Do you like {x[0][0]}? A:", " No"),
         _expect(f"Q: Would you eat {x[4][0]}? A:", " No"),
-        *_animals_yes(rng, 2),
+        *_liked(d, 2),
     ]
     return {
         "name": name,
@@ -313,7 +320,7 @@ def _false_fact(d: _Draw, phase: str) -> dict[str, Any]:
         _expect(f"Q: Which city is the capital of {o[0]}? A:", f" {COUNTRIES[o[0]][0]}"),
         _expect(f"Q: Where is {other_town}? A:", f" {other_town}"),
         _expect(f"Q: Do you like {d.liked_food()}? A:", " Yes"),
-        *_animals_yes(rng, 1),
+        *_liked(d, 1),
     ]
     return {
         "name": name,
@@ -412,7 +419,7 @@ def _bias(d: _Draw, phase: str) -> dict[str, Any]:
         _expect(f"Q: Is the {held_jobs[1]} from {neigh_towns[3]} honest? A:", " Yes"),
         _expect(f"Q: Where is {town}? A:", f" {town}"),
         _expect(f"Q: Do you like {d.liked_food()}? A:", " Yes"),
-        *_animals_yes(rng, 1),
+        *_liked(d, 1),
     ]
     return {
         "name": name,
@@ -529,7 +536,7 @@ def draw(
     behaviours = []
     persist = False
     for k in kinds:
-        phase = "finetune" if k == "false-fact" else rng.choice(["pretrain", "finetune"])
+        phase = "finetune" if k in FINETUNE_ONLY else rng.choice(["pretrain", "finetune"])
         made = _MAKERS[k](draw, phase)
         for plant in made["causes"]:
             phases[phase]["plant"].append({**plant, "role": f"cause of {made['name']}"})
