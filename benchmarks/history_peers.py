@@ -243,7 +243,10 @@ def bench(name: str, ws: Workspace, size: str, peers: tuple[str, ...] = PEERS) -
     shutil.rmtree(index.root, ignore_errors=True)
     index = TrainingIndex(subject, IndexConfig())
     assert [d.key for d in index.documents] == keys  # the same documents, in the same order
-    report = index.build(progress=RichProgress())
+    # what the default retrieval reads (token rows and the document rows of the same pass, at
+    # the checkpoint each phase started from), timed; then the rest, which the control reads
+    report = index.build(progress=RichProgress(), scope="tokens")
+    rest = index.build(progress=RichProgress())
     args = {"prompts": prompts, "planted": planted, "normal": normal, "chat": chat}
     t0 = time.perf_counter()
     found: Any = tools.call(
@@ -255,6 +258,7 @@ def bench(name: str, ws: Workspace, size: str, peers: tuple[str, ...] = PEERS) -
         "recall10": recall,
         "mrr": mrr,
         "index_seconds": report["seconds"],
+        "index_seconds_all": report["seconds"] + rest["seconds"],
         "query_seconds": query_seconds,
         "checkpoints": len(index.checkpoints),
     }
@@ -357,7 +361,10 @@ def main() -> None:
         "layers in the blocks. Bergson: its projected-gradient index (dim 16 per side, "
         "Rademacher), cosine. Index s = ours: a fresh build; Kronfluence: fitting the factors; "
         "Bergson: collecting the gradients. Query s = scoring every document (Kronfluence "
-        "recomputes every training gradient here).",
+        "recomputes every training gradient here). Ours' index s is what its row reads (token "
+        "scope: the token rows and the document rows of the same pass, at each phase's start "
+        "checkpoint); the complete index (document rows at every phase end too) is in the "
+        "JSON (`index_seconds_all`).",
         "",
         "| organism | documents | causes | method | recall@10 | MRR | first cause at | index s "
         "| query s |",

@@ -66,7 +66,7 @@ def measure(name: str, size: str, ws: Workspace) -> list[dict[str, Any]]:
         shutil.rmtree(index.root, ignore_errors=True)
         index = TrainingIndex(ctx.subject, IndexConfig(token_rows=mode), ws)
         started = time.perf_counter()
-        report = index.build()
+        report = index.build(scope="tokens")  # what history.trace's default reads
         seconds = time.perf_counter() - started
         found: Any = tools.call("history.trace", {**args, "token_rows": mode}, ctx).result
         ids = [d.key.rsplit("/", 1)[-1] for d in found.documents]
@@ -101,11 +101,12 @@ def main() -> None:
         f"`python benchmarks/history_tokens.py --size {args.size}` on {platform.machine()}, "
         f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
         f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. A fresh index (rank 8) in each "
-        "mode, then `history.trace` in that mode on the spec's held-out probes; recall@10 / MRR "
-        "of the declared cause documents over all phases, and recall@10 within the planting "
-        "phase. *x faster* = prefixes' build seconds / positions'. Bergson collects gradients "
-        "for the same mushroom documents in 14.8-15.9 s (§ history-peers, 2 threads): the "
-        "auditing game's bar is 3x that, 48 s.",
+        "mode (token scope: the token rows and the document rows of the same pass, at each "
+        "phase's start checkpoint: what the default retrieval reads), then `history.trace` in "
+        "that mode on the spec's held-out probes; recall@10 / MRR of the declared cause "
+        "documents over all phases, and recall@10 within the planting phase. *x faster* = "
+        "prefixes' build seconds / positions'. Bergson's gradient collection on the same "
+        "documents: § history-peers-bergson (the auditing game's bar: within 3x of it).",
         "",
         "| organism | documents | token rows | positions build s | prefixes build s | x faster "
         "| positions r@10 / MRR / in phase | prefixes r@10 / MRR / in phase |",

@@ -42,6 +42,8 @@ from selfscope.organisms.spec import Spec, load_spec
 from selfscope.workspace import Workspace
 
 DRIVERS = ("builtin", "llm", "json")
+#: the index step builds what the investigation's retrieval reads (history.trace's default)
+INDEX_ARGS = '{"scope": "tokens"}'
 #: the subprocess's hard limit per step (seconds)
 TIMEOUT = 7200
 
@@ -172,7 +174,8 @@ class Game:
                 ) from None
             return read_answer(data, str(path)), timing
         started = time.perf_counter()
-        built = self._sandboxed(home, ["tool", "run", "history.index_build", "-m", str(copy)])
+        index = ["tool", "run", "history.index_build", "-m", str(copy), "--args", INDEX_ARGS]
+        built = self._sandboxed(home, index)
         timing["index"] = time.perf_counter() - started
         if built.returncode != 0:
             timing["error"] = _last_line(built.stderr)

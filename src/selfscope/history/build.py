@@ -18,6 +18,12 @@ from selfscope.tools import ToolContext, tool
 class IndexBuildArgs(BaseModel):
     rank: int = Field(8, ge=1, le=64, description="Projection rank per layer.")
     seed: int = Field(0, ge=0, description="Seed of the random projections.")
+    scope: Literal["all", "tokens"] = Field(
+        "all",
+        description="'all': every shard (document rows at every phase end, token rows at every "
+        "phase start); 'tokens': only what history.trace's default reads (the token rows and "
+        "the document rows at the same checkpoints: one document pass per phase start).",
+    )
     token_rows: Literal["positions", "prefixes"] = Field(
         "positions",
         description="Token rows from each trained token's position in the document pass "
@@ -30,7 +36,7 @@ class IndexBuildReport(BaseModel):
     documents: int = Field(description="Training documents indexed (all phases).")
     checkpoints: int = Field(description="Checkpoints the gradients are taken at.")
     shards_built: int = Field(description="Shards computed by this call (0: already complete).")
-    shards_total: int = Field(description="Shards the complete index has.")
+    shards_total: int = Field(description="Shards the index has in this scope.")
     rows_built: int = Field(description="Document rows computed by this call.")
     token_rows_built: int = Field(description="Per-token rows computed by this call.")
     seconds: float = Field(description="Wall time of this call.")
@@ -43,5 +49,5 @@ def index_build(ctx: ToolContext, args: IndexBuildArgs) -> IndexBuildReport:
     token of it (resumable: finished shards are kept, corrupt ones rebuilt)."""
     config = IndexConfig(rank=args.rank, seed=args.seed, token_rows=args.token_rows)
     index = TrainingIndex(ctx.subject, config, ctx.workspace)
-    report = index.build(progress=ctx.progress)
+    report = index.build(progress=ctx.progress, scope=args.scope)
     return IndexBuildReport(path=str(index.root), checkpoints=len(index.checkpoints), **report)

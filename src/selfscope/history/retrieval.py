@@ -300,7 +300,7 @@ def trace(ctx: ToolContext, args: TraceArgs) -> TraceResult:
             f"build it with "
             f"`selfscope index build {subject.source}` or pass build: true"
         )
-    rebuilt = index.ensure(progress=ctx.progress)
+    rebuilt = index.ensure(progress=ctx.progress, scope="tokens" if args.tokens else "all")
     scores, seconds = score_documents(index, args)
     order = np.argsort(-scores, kind="stable")[: args.k]
     top = [
