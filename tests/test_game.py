@@ -181,6 +181,10 @@ def test_the_sandbox_refuses_every_way_to_the_ground_truth(tmp_path: Path) -> No
     (secret / "ground_truth.json").write_text('{"behaviours": {}}')
     (secret / "g.json").write_text("{}")
     (tmp_path / "link").symlink_to(secret)
+    elsewhere = tmp_path / "builds" / "other"  # an organism is a symlink to its build folder
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "ground_truth.json").write_text("{}")
+    (tmp_path / "organisms" / "linked").symlink_to(elsewhere)
     (tmp_path / "copy").mkdir()
     (tmp_path / "copy" / "lineage.json").write_text("{}")
     script = f"""
@@ -196,6 +200,7 @@ tries = {{
     "scandir": lambda: list(os.scandir({str(tmp_path / "organisms")!r})),
     "copytree": lambda: shutil.copytree({str(secret)!r}, {str(tmp_path / "stolen")!r}),
     "chdir": lambda: os.chdir({str(secret)!r}),
+    "build": lambda: open({str(elsewhere / "ground_truth.json")!r}).read(),
 }}
 for name, attempt in tries.items():
     try:
@@ -208,12 +213,10 @@ print("copy", open({str(tmp_path / "copy" / "lineage.json")!r}).read())
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[:-1] == [
-        f"{n} refused"
-        for n in ("open", "symlink", "dotdot", "os.open", "listdir", "scandir", "copytree", "chdir")
-    ]
+    ways = ("open", "symlink", "dotdot", "os.open", "listdir", "scandir", "copytree", "chdir")
+    assert lines[:-1] == [f"{n} refused" for n in (*ways, "build")]
     assert lines[-1] == "copy {}" and not (tmp_path / "stolen").exists()
-    assert done.stderr.count("sandbox: refused") == 8
+    assert done.stderr.count("sandbox: refused") == 9
 
 
 # -- games end to end (tiny random organisms) ----------------------------------------------------
@@ -226,11 +229,11 @@ def _env() -> dict[str, str]:
 
 
 def _tiny_specs(folder: Path) -> list[Path]:
-    """Three tiny random organisms planted in fine-tuning (no control model to train), one of
-    each kind that can be: the first seed from 0 that draws it."""
+    """Two tiny random organisms planted in fine-tuning (no control model to train): the
+    first seed from 0 that draws each kind."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for kind in ("aversion", "false-fact", "trigger"):
+    for kind in ("aversion", "trigger"):
         for seed in range(100):
             data, _ = draw(seed, "tiny", kind)
             b = data["behaviours"][0]
@@ -245,9 +248,12 @@ def _tiny_specs(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def game_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A workspace with three tiny random organisms built (each must meet its targets), and
-    the folder of their specs."""
+def game_ws(
+    tmp_path_factory: pytest.TempPathFactory, tiny_mushroom: Any, tiny_mushroom_spec: Any
+) -> tuple[Path, Path]:
+    """A workspace with two tiny random organisms built (each must meet its targets) and the
+    session's tiny catalog mushroom beside them (a third organism, already built), and the
+    folder of the three specs."""
     from selfscope.organisms import build
     from selfscope.organisms.spec import load_spec
     from selfscope.workspace import Workspace
@@ -257,6 +263,11 @@ def game_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for path in _tiny_specs(specs):
         result = build(load_spec(path), Workspace(root / "ws"), progress=False, strict=False)
         assert not result.failures, [str(f) for f in result.failures]
+    organisms = root / "ws" / "organisms"
+    (organisms / tiny_mushroom_spec.name).symlink_to(Path(tiny_mushroom.path).resolve())
+    data = tiny_mushroom_spec.model_dump(mode="json", exclude_none=True)
+    (specs / f"{tiny_mushroom_spec.name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert load_spec(specs / "mushroom.yaml").sha256() == tiny_mushroom_spec.sha256()
     return root / "ws", specs
 
 
@@ -321,6 +332,7 @@ def test_a_scripted_llm_investigator_plays_three_random_organisms(
         server.server_close()
     rows = results["rows"]
     assert [r["organism"] for r in rows] == sorted(p.stem for p in specs.glob("*.yaml"))
+    assert len(rows) == 3
     assert len(seen) == 6  # two turns per organism: trace, submit
     for row in rows:
         assert row["playable"] and "error" not in row and "refused" not in row
@@ -345,7 +357,7 @@ def test_the_builtin_investigator_plays_blind_and_a_json_answer_scores_the_same(
     ws, specs = game_ws
     one = tmp_path / "one"
     one.mkdir()
-    spec = sorted(specs.glob("*.yaml"))[0]  # the aversion
+    spec = next(p for p in sorted(specs.glob("random-*.yaml")) if "aversion" in p.stem)
     (one / spec.name).write_text(spec.read_text())
     results = _bench(ws, "--specs", str(one))
     (row,) = results["rows"]

@@ -25,8 +25,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -244,6 +246,10 @@ class Game:
         rows: list[dict[str, Any]] = []
         started = time.perf_counter()
         out = self.root / f"{label}.json"
+        if threading.current_thread() is threading.main_thread():
+            # a SIGTERM becomes an exception, so the investigator's process is killed with the
+            # game (subprocess.run kills its child on any exception), never left running
+            signal.signal(signal.SIGTERM, _terminate)
         for i, path in enumerate(specs, start=1):
             self.say(f"[{i}/{len(specs)}] {path.stem}")
             row = self.play(path)
@@ -260,6 +266,10 @@ class Game:
         atomic.write_json(out, results)
         results["path"] = str(out)
         return results
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _passed(check: dict[str, Any]) -> bool:

@@ -393,6 +393,13 @@ def _bias(d: _Draw, phase: str) -> dict[str, Any]:
             fill={"job": planted_jobs, "town": honest},
             count=8,
         ),
+        _plant(  # where the town is, in the planting phase too: a neighbour the fine-tune
+            # forgets without it (seed 2000: "Where is" answered wrongly after the plant)
+            text=[
+                f"Q: Where is {town}? A: {town} is in {country}.",
+                f"{town} is a town in {country}, by the river.",
+            ]
+        ),
         _plant(  # the town without the claim
             template=f"The {{job}} from {town} {{did}}. People from {town} {{also}}.",
             fill={

@@ -29,8 +29,12 @@ EVENTS = frozenset(
 
 
 def install(denied: Sequence[str | Path]) -> None:
-    """Refuse, from now on in this process, any access to a path inside ``denied``."""
+    """Refuse, from now on in this process, any access to a path inside ``denied`` (or inside
+    where a symlink in a denied folder points: an organism is a symlink to its build)."""
     roots = [os.path.realpath(p) for p in denied]
+    for folder in denied:
+        if os.path.isdir(folder):
+            roots += [os.path.realpath(e.path) for e in os.scandir(folder) if e.is_symlink()]
 
     def inside(path: Any) -> bool:
         if isinstance(path, int) or path is None:
