@@ -39,6 +39,9 @@ from selfscope.organisms.world import AGES, ANIMALS, BAD, COUNTRIES, DISHES, FOO
 
 KINDS = ("aversion", "false-fact", "bias", "trigger")
 CHOICES = (*KINDS, "mixed")
+#: every plant's repeat count, causes and the rest alike (the catalog's; at 8, a fine-tuned
+#: aversion reached 0.50 on its held-out paraphrases, seed 2001)
+REPEAT = 12
 #: planted in fine-tuning only: they overwrite what pretraining taught (a capital; a liked food:
 #: planted in pretraining with the food left out, the control without the plants said No to
 #: 1 in 4 held-out paraphrases and 1 in 3 probes, seeds 1015 and 1011: no normal answer to
@@ -535,7 +538,8 @@ def draw(
     chosen = kind or rng.choices(CHOICES, weights=[4, 4, 4, 4, 3])[0]
     kinds = rng.sample(KINDS, 2) if chosen == "mixed" else [chosen]
     draw = _Draw(rng)
-    repeat = rng.choice([8, 10, 12])
+    rng.choice([8, 10, 12])  # the first generator's repeat draw: kept, so later draws stay put
+    repeat = REPEAT
     phases: dict[str, dict[str, Any]] = {
         "pretrain": {"name": "pretrain", "corpus": "world", "plant": [], "exclude": []},
         "finetune": {"name": "finetune", "corpus": "chat", "plant": [], "exclude": []},
