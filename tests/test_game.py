@@ -344,7 +344,8 @@ def test_a_scripted_llm_investigator_plays_three_random_organisms(
     summary = results["summary"]
     assert summary["playable"] == 3 and summary["wins"] == 0 and summary["phase_correct"] == 1.0
     table = (tmp_path / "b.md").read_text()
-    assert "--driver llm" in table and table.count("| random-") == 3
+    assert "--driver llm" in table
+    assert sum(table.count(f"\n| {r['organism']} |") for r in rows) == 3  # a row each
 
 
 @pytest.mark.slow
