@@ -98,7 +98,8 @@ def main() -> None:
     lines = [
         "## Token rows: positions (one pass) vs prefixes (exact)",
         "",
-        f"`python benchmarks/history_tokens.py --size {args.size}` on {platform.machine()}, "
+        f"`python benchmarks/history_tokens.py --size {args.size} --specs {args.specs}` on "
+        f"{platform.machine()}, "
         f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
         f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. A fresh index (rank 8) in each "
         "mode (token scope: the token rows and the document rows of the same pass, at each "
