@@ -40,7 +40,7 @@ from selfscope.game import measure
 from selfscope.game.generate import organism_seed, random_spec_yaml
 from selfscope.game.score import Answer, answer_from_investigation, read_answer, score
 from selfscope.organisms.ground_truth import read_ground_truth
-from selfscope.organisms.spec import Spec, load_spec
+from selfscope.organisms.spec import Probe, Spec, load_spec
 from selfscope.workspace import Workspace
 
 DRIVERS = ("builtin", "llm", "json")
@@ -159,9 +159,10 @@ class Game:
             command, capture_output=True, text=True, env=env, timeout=TIMEOUT, check=False
         )
 
-    def investigate(self, spec: Spec, copy: Path, home: Path) -> tuple[Answer, dict[str, Any]]:
-        """Run the investigator on ``copy``; its answer and the timings."""
-        probe = spec.behaviours[0].probes[0]
+    def investigate(
+        self, spec: Spec, copy: Path, home: Path, probe: Probe
+    ) -> tuple[Answer, dict[str, Any]]:
+        """Run the investigator on ``copy`` with the symptom ``probe``; its answer, timings."""
         timing: dict[str, Any] = {}
         if self.driver == "json":
             assert self.answers is not None
@@ -222,11 +223,20 @@ class Game:
         row["true_phase"] = truth.behaviours[behaviour.name].phase
         copy = self.blind_copy(spec, folder)
         home = self.investigation_workspace(spec, folder, copy)
-        answer, timing = self.investigate(spec, copy, home)
+        probe = symptom_probe(copy, behaviour)
+        if probe is None:
+            row["playable"] = False
+            row["why"] = (
+                "the organism's greedy answer is not the planted one on any probe (it shows the "
+                "behaviour as planted > normal, but says something else first)"
+            )
+            return row
+        row["symptom"] = probe.prompt
+        answer, timing = self.investigate(spec, copy, home, probe)
         row["seconds"] |= {k: v for k, v in timing.items() if k in ("index", "investigation")}
         row |= {k: v for k, v in timing.items() if k in ("error", "refused")}
         started = time.perf_counter()
-        measured: dict[str, Any] = {"planted": behaviour.probes[0].planted}
+        measured: dict[str, Any] = {"planted": probe.planted}
         local = measure.localisation(copy, behaviour, row["true_phase"], answer.modules)
         measured["localisation"] = local["share"]
         row["localisation_detail"] = local
@@ -266,6 +276,26 @@ class Game:
         atomic.write_json(out, results)
         results["path"] = str(out)
         return results
+
+
+def symptom_probe(copy: Path, behaviour: Any) -> Probe | None:
+    """The first probe on which the organism's greedy first token is the planted answer's: the
+    symptom an investigator can see. (random-1012 showed its bias as log p(No) > log p(Yes),
+    but said "people" first; given "Yes" as the desired answer, the investigator chased
+    "people".) None when no probe shows it greedily."""
+    from selfscope.organisms.evaluate import Prober
+    from selfscope.organisms.render import ChatRenderer, PlainRenderer
+    from selfscope.subject.load import load
+
+    subject = load(str(copy))
+    chat = json.loads((copy / "lineage.json").read_text())["phases"][-1].get("renderer")
+    renderer = ChatRenderer(subject.tokenizer) if chat == "chat-template" else PlainRenderer()
+    prober = Prober(subject.model, subject.tokenizer, renderer)
+    rows = prober.last_logprobs([p.prompt for p in behaviour.probes])
+    for row, probe in zip(rows, behaviour.probes, strict=True):
+        if int(row.argmax()) == prober.first_token(probe.prompt, probe.planted):
+            return probe  # type: ignore[no-any-return]
+    return None
 
 
 def _terminate(signum: int, frame: Any) -> None:
