@@ -386,6 +386,11 @@ def main() -> None:
         tmp.cleanup()
     if peers != PEERS:
         lines[0] = f"## Training-data attribution: our index vs {', '.join(peers)}"
+        lines[2] = lines[2].replace(
+            f"`make bench-peers` (`benchmarks/history_peers.py --size {args.size}`)",
+            f"`benchmarks/history_peers.py --size {args.size} --specs {args.specs} --peers "
+            f"{args.peers}` (in `.venv-peers`)",
+        )
     write_section(
         "history-peers" + ("" if peers == PEERS else "-" + "-".join(peers)), "\n".join(lines)
     )
