@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from selfscope import atomic
+from selfscope.game.bench import write_markdown
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEAD = "# Benchmarks\n\nEach section is written by its script in `benchmarks/`.\n"
 
 
 def write_section(name: str, text: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    old = DOC.read_text() if DOC.exists() else HEAD
-    block = f"{start}\n{text}\n{end}"
-    if start in old:
-        new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    atomic.write_text(DOC, new)
+    if not DOC.exists():
+        atomic.write_text(DOC, HEAD)
+    write_markdown(DOC, name, text.split("\n"))
 
 
 def publish(name: str, lines: list[str]) -> None:

@@ -288,8 +288,7 @@ def symptom_probe(copy: Path, behaviour: Any) -> Probe | None:
     from selfscope.subject.load import load
 
     subject = load(str(copy))
-    chat = json.loads((copy / "lineage.json").read_text())["phases"][-1].get("renderer")
-    renderer = ChatRenderer(subject.tokenizer) if chat == "chat-template" else PlainRenderer()
+    renderer = ChatRenderer(subject.tokenizer) if measure._chat(copy) else PlainRenderer()
     prober = Prober(subject.model, subject.tokenizer, renderer)
     rows = prober.last_logprobs([p.prompt for p in behaviour.probes])
     for row, probe in zip(rows, behaviour.probes, strict=True):

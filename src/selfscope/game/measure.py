@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +72,17 @@ def localisation(
     }
 
 
-def _phases(organism: Path) -> list[str]:
-    import json
+def _lineage(organism: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((organism / "lineage.json").read_text())
+    return data
 
-    lineage = json.loads((organism / "lineage.json").read_text())
-    return [p["name"] for p in lineage["phases"]]
+
+def _phases(organism: Path) -> list[str]:
+    return [p["name"] for p in _lineage(organism)["phases"]]
 
 
 def _chat(organism: Path) -> bool:
-    import json
-
-    lineage = json.loads((organism / "lineage.json").read_text())
-    return bool(lineage["phases"][-1].get("renderer") == "chat-template")
+    return bool(_lineage(organism)["phases"][-1].get("renderer") == "chat-template")
 
 
 def fix(workspace: Workspace, proposal: str | None, spec_suite: Any) -> dict[str, Any] | None:
