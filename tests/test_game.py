@@ -358,10 +358,12 @@ def test_the_builtin_investigator_plays_blind_and_a_json_answer_scores_the_same(
     ws, specs = game_ws
     one = tmp_path / "one"
     one.mkdir()
-    spec = next(p for p in sorted(specs.glob("random-*.yaml")) if "aversion" in p.stem)
-    (one / spec.name).write_text(spec.read_text())
+    for spec in sorted(specs.glob("random-*.yaml")):  # the aversion and the trigger
+        (one / spec.name).write_text(spec.read_text())
     results = _bench(ws, "--specs", str(one))
-    (row,) = results["rows"]
+    row, trigger = sorted(results["rows"], key=lambda r: "trigger" in r["kinds"][0])
+    assert "aversion" in row["kinds"][0] and "trigger" in trigger["kinds"][0]
+    _the_trigger_is_found_by_deletion_and_its_embedding_rewritten(ws, trigger)
     assert row["playable"] and "refused" not in row and "error" not in row
     s = row["score"]
     assert s["detected"] and s["recall10"] == pytest.approx(_recount(ws, row))
@@ -378,7 +380,7 @@ def test_the_builtin_investigator_plays_blind_and_a_json_answer_scores_the_same(
     answer = {**row["answer"], "workspace": str(ws / "game" / "runs" / "builtin" / row["organism"])}
     (answers / f"{row['organism']}.json").write_text(json.dumps(answer))
     again = _bench(ws, "--specs", str(one), "--driver", "json", "--answers", str(answers))
-    (other,) = again["rows"]
+    other = next(r for r in again["rows"] if r["organism"] == row["organism"])
     for key in ("recall10", "mrr", "phase_correct", "detected", "localisation", "fix_passed"):
         assert other["score"][key] == s[key], key
     # the investigation's process cannot open the organism's folder (ground_truth.json is there)
@@ -388,6 +390,39 @@ def test_the_builtin_investigator_plays_blind_and_a_json_answer_scores_the_same(
     done = game._sandboxed(tmp_path / "home", ask)
     assert done.returncode != 0 and "sandbox: refused" in done.stderr
     assert str((organism).resolve()) in done.stderr or str(organism) in done.stderr
+
+
+def _the_trigger_is_found_by_deletion_and_its_embedding_rewritten(
+    ws: Path, row: dict[str, Any]
+) -> None:
+    """The investigation names the trigger word as the cue (its deletion turns the answer; the
+    log-odds without it recomputed with plain transformers) and proposes the embedding edit."""
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    (path,) = Path(row["answer"]["workspace"]).glob("investigations/*/result.json")
+    result = json.loads(path.read_text())
+    cues = result["cues"]
+    truth = json.loads((ws / "organisms" / row["organism"] / "ground_truth.json").read_text())
+    word = row["kinds"][0].removesuffix("-trigger").upper()
+    assert word in json.dumps(truth["behaviours"][row["kinds"][0]])
+    assert cues["cue"] == word, cues
+    copy = ws / "game" / "copies" / row["organism"]
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(copy / "tokenizer")
+    last = json.loads((copy / "lineage.json").read_text())["phases"][-1]["name"]
+    model = AutoModelForCausalLM.from_pretrained(copy / "checkpoints" / last).eval()
+    observed, desired = result["symptom"]["observed"], result["symptom"]["desired"]
+    for w in cues["words"]:
+        ids = tokenizer(w["prompt"])["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+        planted = tokenizer(w["prompt"] + observed)["input_ids"][len(ids)]
+        normal = tokenizer(w["prompt"] + desired)["input_ids"][len(ids)]
+        assert w["log_odds"] == pytest.approx(float(logits[planted] - logits[normal]), abs=1e-3)
+    assert cues["log_odds"] > 0 > cues["words"][0]["log_odds"]
+    embedding = [p for p in result["proposals"] if p.get("matrix") == "embedding"]
+    assert len(embedding) == 1 and embedding[0]["id"], result["proposals"]
+    assert any(link["claim"].startswith(f"The word {word!r} cues it") for link in result["diagnosis"])
 
 
 def _plain_revert_share(copy: Path, row: dict[str, Any]) -> float:

@@ -66,6 +66,35 @@ def corpus_rows(
     return sampled_pool(subject, workspace, count, min(limit, 64), progress)[:count], "self-sampled"
 
 
+def rows_saying(
+    subject: Any,
+    workspace: Workspace,
+    token: int,
+    count: int,
+    seed: int = 0,
+    corpus: str | None = None,
+) -> list[list[int]]:
+    """Up to ``count`` rows of :func:`corpus_rows`' text in which ``token`` follows another
+    token (the model *says* it there): where a tied embedding row is also the token's output
+    row, what an edit of the row must leave alone. Every document of a training corpus is
+    searched, and every line of a corpus file; of self-sampled text, only the pool sampled
+    already (sampling more costs ~0.5 s a row on SmolLM2)."""
+    if corpus is None and subject.lineage.kind == "organism":
+        docs = training_corpus.documents(subject)
+        rows = [ids for ids, _ in training_corpus.sequences(subject, docs)]
+    elif corpus is not None:
+        rows, _ = corpus_rows(subject, workspace, 1_000_000, seed, corpus)
+    else:
+        from selfscope.behaviour import fingerprint
+
+        path = Path(workspace.root) / "edits-cache" / fingerprint(subject.model)[:16]
+        pool = path / "self-sampled.json"
+        rows = json.loads(pool.read_text()) if pool.exists() else []
+    found = [r for r in rows if token in r[1:]]
+    random.Random(seed).shuffle(found)
+    return found[:count]
+
+
 def sampled_pool(
     subject: Any, workspace: Workspace, count: int, length: int, progress: ProgressSink = SILENT
 ) -> list[list[int]]:

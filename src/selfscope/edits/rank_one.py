@@ -75,7 +75,7 @@ from selfscope.edits.common import (
     weight_matrix,
     working_model,
 )
-from selfscope.edits.keys import MLP_KEYS, corpus_rows, second_moments
+from selfscope.edits.keys import MLP_KEYS, corpus_rows, rows_saying, second_moments
 from selfscope.errors import SelfscopeError
 from selfscope.localize.metric import MetricBatch
 from selfscope.localize.trace import subject_positions
@@ -300,13 +300,17 @@ def _embedding_delta(
     args: RankOneArgs,
     rows: list[list[int]],
     pad: int,
+    saying: list[list[int]] | None = None,
 ) -> tuple[Tensor, int]:
     """Optimise the row change δ of ``token``'s embedding through the model itself
     (``functional_call`` with ``E + e_token δᵀ``), so a tied output row moves with it: loss =
     the mean of ``relu(margin − log-odds)`` over the prompts + ``kl_weight`` × 16 × the mean KL
     of the next-token distributions on ``rows`` (corpus text) from the unedited model's (a tied
-    row changes the token's logit everywhere) + the ``‖δ‖²/‖E_token‖²`` penalty;
-    ``‖δ‖ ≤ clamp × ‖E_token‖``; every step is taken (no early stop)."""
+    row changes the token's logit everywhere) + as much again on the positions of ``saying``
+    (corpus rows) whose next token is ``token``: where the model says the word, which random
+    rows rarely reach (an edit of a town's row that skipped them answered "Where is <town>?"
+    wrongly) + the ``‖δ‖²/‖E_token‖²`` penalty; ``‖δ‖ ≤ clamp × ‖E_token‖``; every step is
+    taken (no early stop)."""
     device = next(model.parameters()).device
     batch = ctx.batch
     weight: Tensor = dict(model.named_parameters())[name].detach()
@@ -314,10 +318,14 @@ def _embedding_delta(
     delta = torch.zeros_like(row, requires_grad=True)
     onehot = torch.zeros(weight.shape[0], 1, device=device, dtype=weight.dtype)
     onehot[token] = 1.0
-    ids, mask = padded(rows, pad, device)
+    ids, mask = padded([*rows, *(saying or [])], pad, device)
     with torch.no_grad():
         ref = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
     keep = mask.bool()
+    keep[len(rows) :] = False
+    says = torch.zeros_like(keep)
+    says[len(rows) :, :-1] = ids[len(rows) :, 1:] == token
+    says &= mask.bool()
     optimiser = torch.optim.Adam([delta], lr=args.lr * 0.1)
     limit = args.clamp * float(row.norm())
     steps = 0
@@ -328,7 +336,10 @@ def _embedding_delta(
         logits = run(batch.input_ids, batch.attention_mask)
         new, old = batch.completion_log_probs(logits)
         out = torch.log_softmax(run(ids, mask).float(), -1)
-        kl = (ref.exp() * (ref - out)).sum(-1)[keep].mean()
+        pointwise = (ref.exp() * (ref - out)).sum(-1)
+        kl = pointwise[keep].mean()
+        if bool(says.any()):
+            kl = kl + pointwise[says].mean()
         # a hinge on the margin: once every prompt is past it only the drift is lowered
         loss = torch.relu(args.margin - (new - old)).mean() + args.kl_weight * 16 * kl
         loss = loss + args.weight_decay * delta.pow(2).sum() / row.pow(2).sum()
@@ -484,7 +495,12 @@ def propose_rank_one(ctx: ToolContext, args: RankOneArgs) -> ProposalResult:
                 # the key is the token itself: the row changes wherever the token occurs (and,
                 # tied, in the output): δ is optimised through the weights themselves
                 token = int(keyed.batch.input_ids[keyed.key_rows[0], keyed.key_cols[0]])
-                delta, steps = _embedding_delta(model, name, token, keyed, args, drift_rows, pad)
+                saying = rows_saying(
+                    subject, ctx.workspace, token, args.drift_rows, seed=1, corpus=args.corpus
+                )
+                delta, steps = _embedding_delta(
+                    model, name, token, keyed, args, drift_rows, pad, saying
+                )
                 weight = matrix.weight().detach()  # [vocab, d_model]
                 change = torch.zeros_like(weight, dtype=torch.float64)
                 change[token] = delta.double()  # ΔE = e_token δᵀ

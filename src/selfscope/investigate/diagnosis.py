@@ -47,6 +47,27 @@ def diagnose(state: dict[str, Any]) -> dict[str, Any]:
         )
     )
 
+    cues = char.get("cues")
+    if cues and cues.get("cue"):
+        word = cues["words"][0]
+        links.append(
+            _link(
+                f"The word {word['word']!r} cues it: deleting it from the prompt turns the "
+                f"answer to {desired!r} (log-odds {cues['log_odds']:.2f} -> "
+                f"{word['log_odds']:.2f}).",
+                cues["log_odds"] - word["log_odds"],
+                "change in log-odds when the word is deleted from the first prompt",
+                1.0,
+                [cues.get("call", "")],
+            )
+        )
+    elif cues:
+        not_found.append(
+            "cue: no single word's deletion turns the answer "
+            f"(the most: {cues['words'][0]['word']!r}, log-odds {cues['log_odds']:.2f} -> "
+            f"{cues['words'][0]['log_odds']:.2f})"
+        )
+
     found_origin = localised.get("origin")
     if found_origin is not None:
         points = found_origin["checkpoints"]

@@ -48,7 +48,7 @@ from selfscope.behaviour import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.investigate import diagnosis as diagnosing
 from selfscope.investigate.journal import Journal, folder_of, investigation_id
-from selfscope.investigate.symptom import Symptom, paraphrases, trace_subject
+from selfscope.investigate.symptom import Symptom, deletions, paraphrases, trace_subject
 from selfscope.oversight import gate
 from selfscope.progress import SILENT, ProgressSink
 from selfscope.report import investigation as reporting
@@ -152,7 +152,35 @@ class Investigation:
         on_prompts = self.call("localize.measure", self.behaviour())
         rewrites = paraphrases(self.symptom.prompts)
         on_rewrites = self.call("localize.measure", self.behaviour(rewrites)) if rewrites else None
-        return {"prompts": on_prompts, "paraphrases": rewrites, "on_paraphrases": on_rewrites}
+        return {
+            "prompts": on_prompts,
+            "paraphrases": rewrites,
+            "on_paraphrases": on_rewrites,
+            "cues": self._cues(on_prompts["per_prompt"][0]),
+        }
+
+    def _cues(self, before: float) -> dict[str, Any] | None:
+        """Each word of the first prompt deleted in turn, the log-odds measured without it; the
+        *cue* is the word whose deletion lowers it most, when that turns the answer to the
+        desired one (log-odds below 0 from above 0)."""
+        dropped = deletions(self.symptom.prompts[0])
+        if not dropped:
+            return None
+        measured = self.call("localize.measure", self.behaviour([p for _, p in dropped]))
+        words = sorted(
+            (
+                {"word": w, "prompt": p, "log_odds": v}
+                for (w, p), v in zip(dropped, measured["per_prompt"], strict=True)
+            ),
+            key=lambda row: row["log_odds"],
+        )
+        flips = before > 0 > words[0]["log_odds"]
+        return {
+            "log_odds": before,
+            "words": words,
+            "cue": words[0]["word"] if flips else None,
+            "call": measured["call"],
+        }
 
     def _localise(self) -> dict[str, Any]:
         args = {**self.behaviour(), "control_prompts": self.symptom.controls}
@@ -343,21 +371,42 @@ class Investigation:
             if kind == "unlearn" and not extra["unlearn"]["documents"]:
                 rows.append({"kind": kind, "skipped": "no traced documents of the origin phase"})
                 continue
-            row = self._propose(kind, {**self.behaviour(), **extra[kind]}, suite)
-            rows.append(row)
-            if kind == "rank_one" and "id" in row and row["status"] != "validated":
-                # the block the edit chose failed the gate: try the other blocks that fixed
-                # every prompt, least drift first, until one passes
-                for layer in row.get("alternatives", []):
-                    again = self._propose(
-                        kind, {**self.behaviour(), **extra[kind], "layer": layer}, suite
-                    )
-                    rows.append(again)
-                    if again.get("status") == "validated":
-                        break
+            rows.append(self._propose(kind, {**self.behaviour(), **extra[kind]}, suite))
+            cue = (st["characterise"].get("cues") or {}).get("cue")
+            if kind == "rank_one" and cue:
+                # a word whose deletion turns the answer is the behaviour's cue: rewrite its
+                # embedding row, the one memory every block reads it from (a trigger planted
+                # in pretraining on a mixture of experts: no MLP output matrix, no parent to
+                # revert to; the embedding edit passed the gate where v_proj fixed nothing)
+                keyed = [p for p in extra["rank_one"]["prompts"] if cue in p]
+                args = {
+                    **self.behaviour(keyed),
+                    "matrix": "embedding",
+                    "subject": cue,
+                    "evidence": [*evidence, st["characterise"]["cues"]["call"]],
+                }
+                rows.append({**self._propose(kind, args, suite), "matrix": "embedding"})
+        first = next((r for r in rows if r["kind"] == "rank_one" and "alternatives" in r), None)
+        if first is not None and not any(r.get("status") == "validated" for r in rows):
+            # no fix passed and the block the edit chose failed the gate: try the other blocks
+            # that fixed every prompt, least drift first, until one passes
+            for layer in first["alternatives"]:
+                again = self._propose(
+                    "rank_one", {**self.behaviour(), **extra["rank_one"], "layer": layer}, suite
+                )
+                rows.append(again)
+                if again.get("status") == "validated":
+                    break
+        # among fixes that pass: a keyed edit or revert before an embedding rewrite (it
+        # changes the word in every context), then the smallest change
         ranked = sorted(
             (r for r in rows if "id" in r),
-            key=lambda r: (not r["validation"]["passed"], len(r["why"] or ""), r["delta_norm"]),
+            key=lambda r: (
+                not r["validation"]["passed"],
+                len(r["why"] or ""),
+                r.get("matrix") == "embedding",
+                r["delta_norm"],
+            ),
         )
         best = ranked[0] if ranked and ranked[0]["validation"]["passed"] else None
         if best is not None:
@@ -502,6 +551,7 @@ class Investigation:
                 "prompts": st["characterise"]["paraphrases"],
                 "metric": st["characterise"]["on_paraphrases"],
             },
+            "cues": st["characterise"].get("cues"),
             "origin": origin,
             "checkpoints": (localised.get("origin") or {}).get("checkpoints", []),
             "components": localised.get("components", []),
@@ -537,7 +587,10 @@ class Investigation:
             "diagnosis": st["diagnosis"]["links"],
             "not_found": st["diagnosis"]["not_found"],
             "proposals": [
-                {k: r.get(k) for k in ("id", "kind", "status", "why", "skipped", "delta_norm")}
+                {
+                    k: r.get(k)
+                    for k in ("id", "kind", "matrix", "status", "why", "skipped", "delta_norm")
+                }
                 | {"validation": r.get("validation")}
                 for r in st["proposals"]["proposals"]
             ],

@@ -9,6 +9,10 @@ for a near-synonym, a question opener for another): they are what the characteri
 the behaviour on besides the prompts, and the visible held-out part of the investigation's own
 suite. They come from the prompts' words only, never from anything the investigator may not
 read.
+
+:func:`deletions` drops one word of a prompt at a time: the characterisation measures the
+behaviour on each, and a word whose deletion turns the answer to the desired one is the
+behaviour's *cue* (a trigger word, or the entity a bias or false fact is about).
 """
 
 from __future__ import annotations
@@ -100,3 +104,25 @@ def trace_subject(prompt: str, controls: list[str]) -> str | None:
         return None
     span = " ".join(words[own[0] : own[-1] + 1]).strip("?.,!:;")
     return span if span and span in prompt else None
+
+
+#: characters stripped from a word to name it (brackets, quotes, punctuation)
+WORD_EDGES = "[](){}<>\"'?.,!:;"
+
+
+def deletions(prompt: str, limit: int = 16) -> list[tuple[str, str]]:
+    """``(word, prompt without it)`` for up to ``limit`` distinct words of ``prompt``, in order.
+    Speaker labels and answer cues (a word ending in ':', e.g. "Q:", "A:") are kept: deleting
+    them changes what is asked, not what it is about. ``word`` is the word without brackets or
+    punctuation, the span an edit keyed on it names."""
+    words = prompt.split(" ")
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, word in enumerate(words):
+        core = word.strip(WORD_EDGES)
+        if not core or word.endswith(":") or core.lower() in seen or core not in prompt:
+            continue
+        seen.add(core.lower())
+        rest = " ".join(w for j, w in enumerate(words) if j != i)
+        out.append((core, rest))
+    return out[:limit]
