@@ -422,7 +422,8 @@ def _the_trigger_is_found_by_deletion_and_its_embedding_rewritten(
     assert cues["log_odds"] > 0 > cues["words"][0]["log_odds"]
     embedding = [p for p in result["proposals"] if p.get("matrix") == "embedding"]
     assert len(embedding) == 1 and embedding[0]["id"], result["proposals"]
-    assert any(link["claim"].startswith(f"The word {word!r} cues it") for link in result["diagnosis"])
+    claims = [link["claim"] for link in result["diagnosis"]]
+    assert any(c.startswith(f"The word {word!r} cues it") for c in claims), claims
 
 
 def _plain_revert_share(copy: Path, row: dict[str, Any]) -> float:
