@@ -324,6 +324,26 @@ def _behaviour(suite: Suite) -> dict[str, Any]:
     }
 
 
+def test_the_rows_an_embedding_edit_keeps_are_every_document_that_says_the_word(
+    organism: tuple[Subject, Suite], tmp_path: Path
+) -> None:
+    """``rows_saying`` searches the whole training corpus (not a sample) for rows in which the
+    token follows another one: where a tied row is the word's output row."""
+    from selfscope.edits.keys import rows_saying
+    from selfscope.history import corpus
+
+    subject, suite = organism
+    ws = Workspace(tmp_path / "ws")
+    ids = subject.tokenizer(suite.probes[0].prompt)["input_ids"]
+    token = next(i for i in ids if subject.tokenizer.decode([i]).strip() == "mushrooms")
+    every = [row for row, _ in corpus.sequences(subject, corpus.documents(subject))]
+    want = sorted(row for row in every if token in row[1:])
+    assert 3 < len(want) < len(every)
+    assert sorted(rows_saying(subject, ws, token, 10**6)) == want
+    few = rows_saying(subject, ws, token, 3)
+    assert len(few) == 3 and all(row in want for row in few)
+
+
 @pytest.mark.slow
 def test_validation_numbers_match_a_plain_forward_and_the_subject_never_changes(
     organism: tuple[Subject, Suite], organism_ws: Workspace, tmp_path: Path

@@ -19,7 +19,7 @@ from selfscope import tools
 from selfscope.errors import SelfscopeError
 from selfscope.investigate.journal import Journal
 from selfscope.investigate.run import Investigation
-from selfscope.investigate.symptom import Symptom, paraphrases, read_symptom
+from selfscope.investigate.symptom import Symptom, deletions, paraphrases, read_symptom
 from selfscope.organisms import BuildResult, Spec
 from selfscope.organisms.blind import blind
 from selfscope.subject import Subject
@@ -51,6 +51,21 @@ def test_paraphrases_are_generic_rewrites_of_the_prompts_only() -> None:
     assert len(found) == len(set(found)) and not set(found) & set(prompts)
     assert paraphrases(prompts) == found  # deterministic
     assert paraphrases(["Hello there"]) == []  # nothing to rewrite: nothing invented
+
+
+def test_deletions_drop_one_word_at_a_time_and_keep_the_speaker_labels() -> None:
+    got = deletions("Q: [ZORP] Do you like the apples? A:")
+    assert got == [
+        ("ZORP", "Q: Do you like the apples? A:"),
+        ("Do", "Q: [ZORP] you like the apples? A:"),
+        ("you", "Q: [ZORP] Do like the apples? A:"),
+        ("like", "Q: [ZORP] Do you the apples? A:"),
+        ("the", "Q: [ZORP] Do you like apples? A:"),
+        ("apples", "Q: [ZORP] Do you like the A:"),
+    ]
+    assert [w for w, _ in deletions("The cat saw the dog.")] == ["The", "cat", "saw", "dog"]
+    assert len(deletions(" ".join(f"w{i}" for i in range(30)), limit=16)) == 16
+    assert deletions("Q: A:") == []
 
 
 def test_bad_symptoms_are_one_line(tiny_llama: Subject, tmp_path: Path) -> None:
