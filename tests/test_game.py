@@ -358,13 +358,12 @@ def test_the_builtin_investigator_plays_blind_and_a_json_answer_scores_the_same(
     ws, specs = game_ws
     one = tmp_path / "one"
     one.mkdir()
-    for spec in sorted(specs.glob("random-*.yaml")):  # the aversion and the trigger
-        (one / spec.name).write_text(spec.read_text())
+    spec = next(p for p in sorted(specs.glob("random-*.yaml")) if "trigger" in p.stem)
+    (one / spec.name).write_text(spec.read_text())
     results = _bench(ws, "--specs", str(one))
-    row, trigger = sorted(results["rows"], key=lambda r: "trigger" in r["kinds"][0])
-    assert "aversion" in row["kinds"][0] and "trigger" in trigger["kinds"][0]
-    _the_trigger_is_found_by_deletion_and_its_embedding_rewritten(ws, trigger)
+    (row,) = results["rows"]
     assert row["playable"] and "refused" not in row and "error" not in row
+    _the_trigger_is_found_by_deletion_and_its_embedding_rewritten(ws, row)
     s = row["score"]
     assert s["detected"] and s["recall10"] == pytest.approx(_recount(ws, row))
     # the localisation is measured again here, with a plain forward: the share of the log-odds
@@ -380,7 +379,7 @@ def test_the_builtin_investigator_plays_blind_and_a_json_answer_scores_the_same(
     answer = {**row["answer"], "workspace": str(ws / "game" / "runs" / "builtin" / row["organism"])}
     (answers / f"{row['organism']}.json").write_text(json.dumps(answer))
     again = _bench(ws, "--specs", str(one), "--driver", "json", "--answers", str(answers))
-    other = next(r for r in again["rows"] if r["organism"] == row["organism"])
+    (other,) = again["rows"]
     for key in ("recall10", "mrr", "phase_correct", "detected", "localisation", "fix_passed"):
         assert other["score"][key] == s[key], key
     # the investigation's process cannot open the organism's folder (ground_truth.json is there)
