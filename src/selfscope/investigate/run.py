@@ -8,7 +8,9 @@ Its steps, each timed, journaled and resumable (:mod:`.journal`):
 1. ``symptom`` — the observed completion (default: the model's greedy next token, ``model.ask``)
    and the desired one; planted = observed, normal = desired from here on.
 2. ``characterise`` — ``localize.measure`` on the prompts and on generic paraphrases of them
-   (:func:`.symptom.paraphrases`): log-odds and rate on each.
+   (:func:`.symptom.paraphrases`): log-odds and rate on each; then on the first prompt with
+   each word deleted in turn (:func:`.symptom.deletions`): a word whose deletion turns the
+   answer to the desired one is the behaviour's *cue* (a trigger word, the entity of a bias).
 3. ``localise`` — ``localize.all``: the origin phase from the lineage's checkpoints, components
    (attribution patching, the top ones verified by real patching), the weight-delta set whose
    reversal removes the behaviour, experts for a mixture of experts, and a causal trace of the
@@ -28,8 +30,9 @@ Its steps, each timed, journaled and resumable (:mod:`.journal`):
 8. ``selfmodel`` — ``selfmodel.learn``: the diagnosed behaviour becomes a trait of the model's
    self-model, with its cause and a probe that predicts it from the residual stream (the gate
    then checks every proposal against that probe: :mod:`selfscope.selfmodel`).
-9. ``proposals`` — several kinds of fix (rank-one, revert of the weight-delta set, unlearning of
-   the top documents), each validated through the gate (``gate.validate``: the visible suite
+9. ``proposals`` — several kinds of fix (rank-one, and rank-one on the cue's embedding row
+   when there is a cue; revert of the weight-delta set; unlearning of the top documents), each
+   validated through the gate (``gate.validate``: the visible suite
    here, the subject's sealed suites and the policy), ranked; the best validated one is left
    for a human's approval. Nothing is applied.
 10. ``report`` — Markdown and a self-contained HTML file with figures.
