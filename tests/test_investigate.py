@@ -228,7 +228,7 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
     shot = tmp_path / "report.png"
     drawn = figures_drawn(report, shot)
     expected = {"trace", "documents_by_phase", "before_after", "checkpoints", "phase_mass"}
-    expected |= {"components", "weight_deltas", "proposals"}
+    expected |= {"components", "weight_deltas", "proposals", "cues"}
     assert expected <= set(drawn), expected - set(drawn)
     for name in expected:
         assert drawn[name]["width"] > 100 and drawn[name]["height"] > 50, (name, drawn[name])

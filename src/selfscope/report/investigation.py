@@ -43,6 +43,12 @@ def _tagged(name: str, svg: str | None) -> str | None:
     return svg.replace("<svg", f'<svg data-figure="{name}"', 1)
 
 
+def _kind(proposal: dict[str, Any]) -> str:
+    """A proposal's kind, with the memory a rank-one edit rewrote when it is not the default."""
+    matrix = proposal.get("matrix")
+    return f"{proposal['kind']} ({matrix})" if matrix else str(proposal["kind"])
+
+
 def figures(result: dict[str, Any]) -> dict[str, str | None]:
     """Each figure's SVG, or ``None`` when there is nothing to draw."""
     mass = (result.get("origin") or {}).get("phase_mass") or {}
@@ -53,7 +59,7 @@ def figures(result: dict[str, Any]) -> dict[str, str | None]:
         checks = {c["name"]: c.get("value") for c in (p.get("validation") or {}).get("checks", [])}
         for metric in ("efficacy", "generalisation", "specificity"):
             if checks.get(metric) is not None:
-                rows.append((f"{p['kind']} {metric}", float(checks[metric])))
+                rows.append((f"{_kind(p)} {metric}", float(checks[metric])))
     by_phase: list[tuple[str, float]] = []
     for label, items in (
         ("retrieval", result.get("documents", [])),
@@ -66,11 +72,20 @@ def figures(result: dict[str, Any]) -> dict[str, str | None]:
         visible = ((p.get("validation") or {}).get("visible") or [None])[0]
         measured = (visible or {}).get("probes")
         if measured:
-            before_after.append((f"{p['kind']} before", measured["log_odds_before"]))
-            before_after.append((f"{p['kind']} after", measured["log_odds_after"]))
+            before_after.append((f"{_kind(p)} before", measured["log_odds_before"]))
+            before_after.append((f"{_kind(p)} after", measured["log_odds_after"]))
     trace = result.get("trace") or {}
+    cues = result.get("cues") or {}
+    deleted = [("(no word deleted)", cues["log_odds"])] if cues else []
+    deleted += [(f"without {w['word']!r}", w["log_odds"]) for w in cues.get("words", [])]
     return {
         "trace": _tagged("trace", trace.get("figure")),
+        "cues": _chart(
+            "cues",
+            "The cue scan: mean log-odds on the first prompt with each word deleted "
+            "(below 0: the desired answer wins)",
+            deleted,
+        ),
         "documents_by_phase": _chart(
             "documents_by_phase",
             "Top documents by phase: gradient retrieval beside BM25 (count of the top 10)",
@@ -152,7 +167,7 @@ def _sections(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[An
     ]
     props = [
         [
-            p.get("kind"),
+            _kind(p),
             p.get("id") or "-",
             p.get("status") or "skipped",
             p.get("why") or p.get("skipped") or "passed every check",
