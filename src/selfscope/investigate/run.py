@@ -51,7 +51,13 @@ from selfscope.behaviour import Expect, Probe, Suite
 from selfscope.errors import SelfscopeError
 from selfscope.investigate import diagnosis as diagnosing
 from selfscope.investigate.journal import Journal, folder_of, investigation_id
-from selfscope.investigate.symptom import Symptom, deletions, paraphrases, trace_subject
+from selfscope.investigate.symptom import (
+    Symptom,
+    deletions,
+    paraphrases,
+    siblings,
+    trace_subject,
+)
 from selfscope.oversight import gate
 from selfscope.progress import SILENT, ProgressSink
 from selfscope.report import investigation as reporting
@@ -362,9 +368,14 @@ class Investigation:
         # is its question form, several keys make the edit hold across forms (measured on a
         # pretraining-planted aversion: sealed paraphrases fixed 0.00 with the prompt's key,
         # 0.75 with the paraphrases' keys as well)
+        # other prompts of the behaviour, read from the documents that taught it: the fixes
+        # are made and gated on them too (a fix keyed on "Do you like nuts?" alone left "Is nut
+        # pie tasty?" planted on 6 of the auditing game's seed-1 organisms)
+        sibs = self._siblings()
+        fix_prompts = [*self.symptom.prompts, *sibs["prompts"]]
         extra["rank_one"]["prompts"] = [
-            *self.symptom.prompts,
-            *(p for p in st["characterise"]["paraphrases"] if p not in self.symptom.prompts),
+            *fix_prompts,
+            *(p for p in st["characterise"]["paraphrases"] if p not in fix_prompts),
         ]
         rows: list[dict[str, Any]] = []
         for kind in self.kinds:
@@ -374,7 +385,7 @@ class Investigation:
             if kind == "unlearn" and not extra["unlearn"]["documents"]:
                 rows.append({"kind": kind, "skipped": "no traced documents of the origin phase"})
                 continue
-            rows.append(self._propose(kind, {**self.behaviour(), **extra[kind]}, suite))
+            rows.append(self._propose(kind, {**self.behaviour(fix_prompts), **extra[kind]}, suite))
             cue = (st["characterise"].get("cues") or {}).get("cue")
             if kind == "rank_one" and cue:
                 # a word whose deletion turns the answer is the behaviour's cue: rewrite its
@@ -421,9 +432,33 @@ class Investigation:
             )
         return {
             "suite": suite,
+            "siblings": sibs,
             "proposals": rows,
             "ranking": [r["id"] for r in ranked],
             "submitted": best["id"] if best else None,
+        }
+
+    def _siblings(self) -> dict[str, Any]:
+        """Prompts cut from the origin phase's top documents just before they give the
+        observed answer, naming the cue (:func:`.symptom.siblings`), kept where the model gives
+        that answer now (log-odds above 0, measured): other forms of the behaviour's question."""
+        st = self.state
+        cue = (st["characterise"].get("cues") or {}).get("cue")
+        trace = st["documents"].get("trace")
+        phase = st["origin"].get("phase")
+        if not cue or trace is None:
+            return {"prompts": [], "why": "no cue" if not cue else "no traced documents"}
+        texts = [d["preview"] for d in trace["documents"] if d["phase"] == phase][:10]
+        exclude = [*self.symptom.prompts, *st["characterise"]["paraphrases"]]
+        found = siblings(texts, str(st["symptom"]["observed"]), cue, exclude)
+        if not found:
+            return {"prompts": [], "why": "no top document gives the answer after the cue"}
+        measured = self.call("localize.measure", self.behaviour(found))
+        kept = [p for p, v in zip(found, measured["per_prompt"], strict=True) if v > 0]
+        return {
+            "prompts": kept,
+            "candidates": dict(zip(found, measured["per_prompt"], strict=True)),
+            "call": measured["call"],
         }
 
     def _propose(self, kind: str, args: dict[str, Any], suite: dict[str, Any]) -> dict[str, Any]:
@@ -555,6 +590,7 @@ class Investigation:
                 "metric": st["characterise"]["on_paraphrases"],
             },
             "cues": st["characterise"].get("cues"),
+            "siblings": st["proposals"].get("siblings"),
             "origin": origin,
             "checkpoints": (localised.get("origin") or {}).get("checkpoints", []),
             "components": localised.get("components", []),

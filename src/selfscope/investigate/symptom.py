@@ -13,6 +13,11 @@ read.
 :func:`deletions` drops one word of a prompt at a time: the characterisation measures the
 behaviour on each, and a word whose deletion turns the answer to the desired one is the
 behaviour's *cue* (a trigger word, or the entity a bias or false fact is about).
+
+:func:`siblings` reads other prompts of the behaviour out of the documents retrieval found: the
+text of a document up to where it gives the observed answer ("Q: Is nut pie tasty? A:" from
+"Q: Is nut pie tasty? A: No, ...") when it names the cue; the investigation keeps those on which
+the model does give that answer (measured), and a fix must hold on them too.
 """
 
 from __future__ import annotations
@@ -126,3 +131,26 @@ def deletions(prompt: str, limit: int = 16) -> list[tuple[str, str]]:
         rest = " ".join(w for j, w in enumerate(words) if j != i)
         out.append((core, rest))
     return out[:limit]
+
+
+def siblings(
+    texts: list[str], observed: str, cue: str, exclude: list[str], limit: int = 8
+) -> list[str]:
+    """Up to ``limit`` prompts cut from ``texts`` just before their first ``observed`` (its
+    leading space included): each at least three words, one of them starting as ``cue`` does
+    (its first ``len - 3`` letters, at least 3: "nut pie" for the cue "nuts", "cherry" for
+    "cherries"), none in ``exclude``, in order."""
+    core = cue.strip(WORD_EDGES).lower()
+    stem = core[: max(3, len(core) - 3)]
+    found: list[str] = []
+    for text in texts:
+        at = text.find(observed)
+        if at <= 0:
+            continue
+        prompt = text[:at].rstrip()
+        words = [w.strip(WORD_EDGES).lower() for w in prompt.split()]
+        if len(words) < 3 or not any(w.startswith(stem) for w in words):
+            continue
+        if prompt not in exclude and prompt not in found:
+            found.append(prompt)
+    return found[:limit]
