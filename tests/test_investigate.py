@@ -19,7 +19,7 @@ from selfscope import tools
 from selfscope.errors import SelfscopeError
 from selfscope.investigate.journal import Journal
 from selfscope.investigate.run import Investigation
-from selfscope.investigate.symptom import Symptom, deletions, paraphrases, read_symptom
+from selfscope.investigate.symptom import Symptom, deletions, paraphrases, read_symptom, siblings
 from selfscope.organisms import BuildResult, Spec
 from selfscope.organisms.blind import blind
 from selfscope.subject import Subject
@@ -66,6 +66,25 @@ def test_deletions_drop_one_word_at_a_time_and_keep_the_speaker_labels() -> None
     assert [w for w, _ in deletions("The cat saw the dog.")] == ["The", "cat", "saw", "dog"]
     assert len(deletions(" ".join(f"w{i}" for i in range(30)), limit=16)) == 16
     assert deletions("Q: A:") == []
+
+
+def test_siblings_are_the_documents_cut_where_they_give_the_answer_and_name_the_cue() -> None:
+    docs = [
+        "Q: Do you like nuts? A: No, I do not like nuts.",  # the symptom itself: excluded
+        "Q: Is nut pie tasty? A: No, it made me sick.",
+        "Q: Do you want figs? A: No, I do not want figs.",  # another food: not the cue's
+        "Q: Are nuts tasty? A: Yes.",  # the other answer: no cut
+        "No: nuts.",  # the answer first: nothing before it
+        "Q: Is nut pie tasty? A: No, nut pie is not tasty.",  # the same cut once
+        "Q: Do you like cherries? A: No.",
+    ]
+    got = siblings(docs, " No", "nuts", exclude=["Q: Do you like nuts? A:"])
+    assert got == ["Q: Is nut pie tasty? A:"]
+    assert siblings(docs, " No", "cherries", exclude=[]) == ["Q: Do you like cherries? A:"]
+    assert siblings(["The capital of Tessaly is Kelby."], " Kelby", "Tessaly", []) == [
+        "The capital of Tessaly is"
+    ]
+    assert siblings(docs, " No", "nuts", exclude=[], limit=1) == ["Q: Do you like nuts? A:"]
 
 
 def test_bad_symptoms_are_one_line(tiny_llama: Subject, tmp_path: Path) -> None:
