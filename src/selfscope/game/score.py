@@ -33,7 +33,8 @@ probed behaviour, in which phase) and the investigator's **answer**, a JSON obje
 Anything the investigator claims about its fix or localisation is not read: the game measures
 both (``measured``, from :mod:`.measure`) and hands the numbers to :func:`score`.
 
-A **win**: the phase is right, recall@10 ≥ 0.5, and the submitted fix passes the gate.
+A **win**: the phase is right, recall@10 ≥ 0.5, and the submitted fix passes: every gate
+check, and the gate's efficacy threshold on the spec's probes (:func:`.measure.fix`).
 """
 
 from __future__ import annotations
