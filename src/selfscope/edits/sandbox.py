@@ -165,8 +165,8 @@ def probe_measure(
     after = _probe_values(subject, model, probes, chat)
     return ProbeMeasure(
         n=len(probes),
-        rate_before=float((before > 0).float().mean()),
-        rate_after=float((after > 0).float().mean()),
+        rate_before=_share(before > 0),
+        rate_after=_share(after > 0),
         log_odds_before=float(before.mean()),
         log_odds_after=float(after.mean()),
     )
@@ -192,9 +192,9 @@ def answer_measure(
     before, after = _top1(batch, subject.model).cpu(), _top1(batch, model).cpu()
     return AnswerMeasure(
         n=len(expects),
-        accuracy_before=float((before == expected).float().mean()),
-        accuracy_after=float((after == expected).float().mean()),
-        unchanged=float((before == after).float().mean()),
+        accuracy_before=_share(before == expected),
+        accuracy_after=_share(after == expected),
+        unchanged=_share(before == after),
         changed=[
             AnswerChange(prompt=e.prompt, before=tokenizer.decode([b]), after=tokenizer.decode([a]))
             for e, b, a in zip(expects, before.tolist(), after.tolist(), strict=True)
@@ -226,6 +226,12 @@ def perplexity(
         total += float(nll[keep].sum())
         count += int(keep.sum())
     return float(torch.exp(torch.tensor(total / count))), count
+
+
+def _share(mask: Tensor) -> float:
+    """The share of True in ``mask`` as an exact fraction of counts (a float32 mean made
+    4 of 5 fixed 0.79999995, under the gate's 0.8)."""
+    return int(mask.sum()) / mask.numel()
 
 
 def suite_report(subject: Any, model: nn.Module, suite: Suite, own: Sequence[Probe]) -> SuiteReport:

@@ -184,10 +184,15 @@ class Investigation:
             key=lambda row: row["log_odds"],
         )
         flips = before > 0 > words[0]["log_odds"]
+        # a word whose deletion at least halves the log-odds anchors the behaviour's other
+        # prompts (siblings) even when it does not turn the answer alone (a false capital:
+        # "What is the capital of ?" still names the planted town, 8.06 -> 2.82)
+        anchors = before > 0 and words[0]["log_odds"] <= before / 2
         return {
             "log_odds": before,
             "words": words,
             "cue": words[0]["word"] if flips else None,
+            "anchor": words[0]["word"] if anchors else None,
             "call": measured["call"],
         }
 
@@ -440,14 +445,18 @@ class Investigation:
 
     def _siblings(self) -> dict[str, Any]:
         """Prompts cut from the origin phase's top documents just before they give the
-        observed answer, naming the cue (:func:`.symptom.siblings`), kept where the model gives
+        observed answer, naming the cue scan's anchor (the word whose deletion at least halves
+        the log-odds; :func:`.symptom.siblings`), kept where the model gives
         that answer now (log-odds above 0, measured): other forms of the behaviour's question."""
         st = self.state
-        cue = (st["characterise"].get("cues") or {}).get("cue")
+        cue = (st["characterise"].get("cues") or {}).get("anchor")
         trace = st["documents"].get("trace")
         phase = st["origin"].get("phase")
         if not cue or trace is None:
-            return {"prompts": [], "why": "no cue" if not cue else "no traced documents"}
+            return {
+                "prompts": [],
+                "why": "no word's deletion halves the log-odds" if not cue else "no documents",
+            }
         texts = [d["preview"] for d in trace["documents"] if d["phase"] == phase][:10]
         exclude = [*self.symptom.prompts, *st["characterise"]["paraphrases"]]
         found = siblings(texts, str(st["symptom"]["observed"]), cue, exclude)

@@ -148,7 +148,7 @@ class MetricBatch:
         per_prompt = self.log_odds(logits).detach()
         return MetricValue(
             log_odds=float(per_prompt.mean()),
-            rate=float((per_prompt > 0).float().mean()),
+            rate=int((per_prompt > 0).sum()) / per_prompt.numel(),
             per_prompt=per_prompt.tolist(),
         )
 
