@@ -85,14 +85,20 @@ def rows_saying(
     elif corpus is not None:
         rows, _ = corpus_rows(subject, workspace, 1_000_000, seed, corpus)
     else:
-        from selfscope.behaviour import fingerprint
-
-        path = Path(workspace.root) / "edits-cache" / fingerprint(subject.model)[:16]
-        pool = path / "self-sampled.json"
+        pool = _pool_path(subject, workspace)
         rows = json.loads(pool.read_text()) if pool.exists() else []
     found = [r for r in rows if token in r[1:]]
     random.Random(seed).shuffle(found)
     return found[:count]
+
+
+def _pool_path(subject: Any, workspace: Workspace) -> Path:
+    """Where the subject's self-sampled pool is cached in ``workspace``."""
+    from selfscope.behaviour import fingerprint
+
+    return (
+        Path(workspace.root) / "edits-cache" / fingerprint(subject.model)[:16] / "self-sampled.json"
+    )
 
 
 def sampled_pool(
@@ -101,11 +107,7 @@ def sampled_pool(
     """At least ``count`` rows the subject sampled itself (seed 0), sampled once per model and
     cached in the current workspace (``edits-cache/<fingerprint>/self-sampled.json``); callers
     wanting different rows take different slices."""
-    from selfscope.behaviour import fingerprint
-
-    path = (
-        Path(workspace.root) / "edits-cache" / fingerprint(subject.model)[:16] / "self-sampled.json"
-    )
+    path = _pool_path(subject, workspace)
     rows: list[list[int]] = json.loads(path.read_text()) if path.exists() else []
     if len(rows) < count:
         rows = rows + self_sampled(subject, count - len(rows), len(rows), length, progress)
