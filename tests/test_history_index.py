@@ -444,6 +444,16 @@ def test_token_mode_scores_each_document_by_its_best_token(
     for ranked in once.documents:
         n = epochs[ranked.phase] * docs[ranked.key].repeat
         assert scaled[ranked.key] == pytest.approx(ranked.score * n, rel=1e-9, abs=1e-15)
+    # phases: the ranking of those phases' documents only, the same scores in the same order
+    pretrain = tools.call("history.trace", {**args, "k": 5, "phases": ["pretrain"]},
+                          tools.context(subject)).result  # fmt: skip
+    assert isinstance(pretrain, TraceResult)
+    expected = [d for d in full.documents if d.phase == "pretrain"][:5]
+    assert [(d.key, d.score) for d in pretrain.documents] == [(d.key, d.score) for d in expected]
+    assert pretrain.phase_mass["finetune"] == 0.0
+    with pytest.raises(SelfscopeError, match="unknown phase 'midtrain'; the phases of") as error:
+        tools.call("history.trace", {**args, "phases": ["midtrain"]}, tools.context(subject))
+    assert "\n" not in str(error.value)
 
 
 def numpy_whiteners(matrices: list[np.ndarray], block: int, damping: float) -> list[np.ndarray]:

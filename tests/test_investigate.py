@@ -203,7 +203,7 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
     assert set(before) <= set(resumed["resumed"])
     steps = _steps(ws, folder.name)
     assert sorted(steps) == sorted(set(steps))  # every step journaled exactly once
-    assert steps[-1] == "report" and len(steps) == 10
+    assert steps[-1] == "report" and len(steps) == 11
 
     # run 3: uninterrupted, on a second blind copy in a workspace of its own (in the same
     # workspace, re-proposing the same fix meets its earlier proposal, already judged), the
@@ -223,6 +223,7 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
     # what it found, on a copy with no ground truth in it
     assert resumed["origin"]["phase"] == "finetune"  # where the spec plants it
     assert resumed["metric"]["rate"] == 1.0
+    _the_documents_naming_the_anchor_come_first(ws, folder, tiny_mushroom, resumed)
     for link in resumed["diagnosis"]:
         assert isinstance(link["effect"], float) and link["evidence"], link
         for call in link["evidence"]:
@@ -253,6 +254,31 @@ def test_an_investigation_of_a_blind_copy_killed_midway_resumes_to_the_same_resu
         assert drawn[name]["width"] > 100 and drawn[name]["height"] > 50, (name, drawn[name])
         assert drawn[name]["shapes"] >= 3, (name, drawn[name])
     assert shot.stat().st_size > 20_000  # a page with figures, not a blank one
+
+
+def _the_documents_naming_the_anchor_come_first(
+    ws: Workspace, folder: Path, organism: BuildResult, result: dict[str, Any]
+) -> None:
+    """The result's documents are gradient retrieval's origin-phase ranking with those whose
+    text (read here from the organism's own data file) has a word starting as the anchor does
+    ("mushro" for "mushrooms") moved ahead when their score is positive, in retrieval's order."""
+    anchor = result["cues"]["anchor"]
+    assert anchor == "mushrooms" and result["ranking"]["anchor"] == anchor
+    pool = [
+        d
+        for d in json.loads((folder / "documents.json").read_text())["result"]["trace"]["documents"]
+        if d["phase"] == "finetune"
+    ]
+    assert len(pool) >= 10 and not result["ranking"]["restricted"]
+    lines = (organism.path / "data" / "finetune.jsonl").read_text().splitlines()
+    texts = {f"finetune/{row['id']}": row["text"] for row in map(json.loads, lines)}
+    naming = [
+        d for d in pool
+        if d["score"] > 0 and any(w.lower().startswith("mushro") for w in texts[d["key"]].split())
+    ]  # fmt: skip
+    expected = (naming + [d for d in pool if d not in naming])[:10]
+    assert [d["id"] for d in result["documents"]] == [d["key"] for d in expected]
+    assert result["ranking"]["naming_anchor"] == len(naming) > 0
 
 
 def test_the_cli_refuses_a_half_given_symptom(tmp_path: Path) -> None:

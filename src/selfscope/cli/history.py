@@ -83,6 +83,10 @@ def trace_command(
     damping: Annotated[
         float, typer.Option(min=1e-12, max=1e6, help="Preconditioner damping (x mean eigenvalue).")
     ] = 0.1,
+    phase: Annotated[
+        list[str] | None,
+        typer.Option("--phase", help="Rank only this phase's documents (repeat for several)."),
+    ] = None,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,10 +95,10 @@ def trace_command(
     over the same documents beside it (history.bm25)."""
     args: dict[str, Any] = {"prompts": prompt, "planted": planted, "normal": normal, "k": k}
     args |= {"chat": chat, "build": build, "tokens": not documents, "rank": rank, "seed": seed}
-    args |= {"precondition": precondition, "damping": damping}
+    args |= {"precondition": precondition, "damping": damping, "phases": phase or None}
     ctx = context(model, device, as_json)
     result: Any = call("history.trace", args, ctx)
-    lexical: Any = call("history.bm25", {"queries": prompt, "k": k}, ctx)
+    lexical: Any = call("history.bm25", {"queries": prompt, "k": k, "phases": phase or None}, ctx)
     if as_json:
         print_json(
             {

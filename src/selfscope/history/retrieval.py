@@ -48,6 +48,7 @@ from torch import Tensor
 from selfscope.behaviour import Behaviour
 from selfscope.errors import SelfscopeError
 from selfscope.history.index import IndexConfig, Projector, TrainingIndex
+from selfscope.history.lexical import phases_field
 from selfscope.localize.metric import MetricBatch
 from selfscope.subject.checkpoints import load_checkpoint
 from selfscope.tools import ToolContext, tool
@@ -112,6 +113,7 @@ class TraceArgs(Behaviour):
     damping: float = Field(
         0.1, gt=0, le=1e6, description="Preconditioner damping, times F's mean eigenvalue."
     )
+    phases: list[str] | None = phases_field()
 
 
 class RankedDocument(BaseModel):
@@ -286,10 +288,10 @@ def trace(ctx: ToolContext, args: TraceArgs) -> TraceResult:
     checkpoint its phase started from; with tokens false, the learning-rate-weighted sum over the
     checkpoints bracketing the document's phase of -cos(query gradient, document gradient).
     precondition true whitens both by each layer's empirical Fisher of the index rows first.
-    Returns the top k with phase, score and a preview, and the phase mass (share of the top k's
-    positive score per phase). Checks every index shard's checksum first and rebuilds what is
-    missing or corrupt; without an index it says how to build one (`selfscope index build
-    MODEL`, or `build: true`)."""
+    Returns the top k (of `phases` only, when given) with phase, score and a preview, and the
+    phase mass (share of the top k's positive score per phase). Checks every index shard's
+    checksum first and rebuilds what is missing or corrupt; without an index it says how to
+    build one (`selfscope index build MODEL`, or `build: true`)."""
     subject = ctx.subject
     started = time.perf_counter()
     config = IndexConfig(rank=args.rank, seed=args.seed, token_rows=args.token_rows)
@@ -300,9 +302,19 @@ def trace(ctx: ToolContext, args: TraceArgs) -> TraceResult:
             f"build it with "
             f"`selfscope index build {subject.source}` or pass build: true"
         )
+    unknown = [p for p in args.phases or [] if p not in index.phases]
+    if unknown:
+        raise SelfscopeError(
+            f"unknown phase {unknown[0]!r}; the phases of {subject.source} are "
+            f"{', '.join(index.phases)}"
+        )
     rebuilt = index.ensure(progress=ctx.progress, scope="tokens" if args.tokens else "all")
     scores, seconds = score_documents(index, args)
-    order = np.argsort(-scores, kind="stable")[: args.k]
+    order = np.argsort(-scores, kind="stable")
+    if args.phases is not None:
+        wanted = set(args.phases)
+        order = order[[index.documents[i].phase in wanted for i in order]]
+    order = order[: args.k]
     top = [
         RankedDocument(
             key=index.documents[i].key,

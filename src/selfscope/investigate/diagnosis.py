@@ -156,8 +156,8 @@ def diagnose(state: dict[str, Any]) -> dict[str, Any]:
                 )
             )
     else:
-        docs = state["documents"].get("trace")
-        top = ", ".join(d["key"] for d in (docs or {}).get("documents", [])[:3])
+        ranked = state.get("ranked") or state["documents"].get("trace") or {}
+        top = ", ".join(d["key"] for d in ranked.get("documents", [])[:3])
         not_found.append(
             "documents: not confirmed by the removal test "
             f"({removal.get('skipped', 'not run')}); top by gradient retrieval: {top or 'none'}"

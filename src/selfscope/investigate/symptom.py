@@ -133,15 +133,21 @@ def deletions(prompt: str, limit: int = 16) -> list[tuple[str, str]]:
     return out[:limit]
 
 
+def stem(word: str) -> str:
+    """How a word starts in all its forms, lower case: its first ``len - 3`` letters, at least
+    3 ("nut" for "nuts", "cher" for "cherries", "tess" for "Tessaly")."""
+    core = word.strip(WORD_EDGES).lower()
+    return core[: max(3, len(core) - 3)]
+
+
 def siblings(
     texts: list[str], observed: str, cue: str, exclude: list[str], limit: int = 8
 ) -> list[str]:
     """Up to ``limit`` prompts cut from ``texts`` just before their first ``observed`` (its
     leading space included): each at least three words, one of them starting as ``cue`` does
-    (its first ``len - 3`` letters, at least 3: "nut pie" for the cue "nuts", "cherry" for
-    "cherries"), none in ``exclude``, in order."""
-    core = cue.strip(WORD_EDGES).lower()
-    stem = core[: max(3, len(core) - 3)]
+    (:func:`stem`: "nut pie" for the cue "nuts", "cherry" for "cherries"), none in
+    ``exclude``, in order."""
+    start = stem(cue)
     found: list[str] = []
     for text in texts:
         at = text.find(observed)
@@ -149,7 +155,7 @@ def siblings(
             continue
         prompt = text[:at].rstrip()
         words = [w.strip(WORD_EDGES).lower() for w in prompt.split()]
-        if len(words) < 3 or not any(w.startswith(stem) for w in words):
+        if len(words) < 3 or not any(w.startswith(start) for w in words):
             continue
         if prompt not in exclude and prompt not in found:
             found.append(prompt)
