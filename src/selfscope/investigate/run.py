@@ -257,9 +257,9 @@ class Investigation:
         order, when their score is positive (history.grep over the phase's full texts). The
         behaviour hangs on the anchor word (its deletion at least halves the log-odds), so a
         document that teaches the planted answer without naming it (the same answer to another
-        food, another country) raises the answer in general, not this behaviour: measured on
-        the auditing game's 23 organisms, recall@10 of the cause documents went from 0.68 to
-        0.86, and lowered on none."""
+        food, another country) raises the answer in general, not this behaviour: on the
+        auditing game's seed 2 (19 organisms), mean recall@10 of the cause documents went from
+        0.76 to 0.91, lower on one (docs/investigate.md)."""
         st = self.state
         trace, phase = st["documents"].get("trace"), st["origin"].get("phase")
         if trace is None:
